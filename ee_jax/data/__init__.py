@@ -1,0 +1,1 @@
+"""Data contract, dataset building/opening, and the host input pipeline."""
