@@ -40,8 +40,9 @@ def make_builder(data_cfg) -> tfds.core.DatasetBuilder:
   """The (writable) builder for `config.data`; building it is a separate step."""
   cls = builder_class(data_cfg.name)
   params = data_cfg.get("builder")
-  config = tfds.core.BuilderConfig(name=data_cfg.config_name,
-                                   description=f"{data_cfg.name} built from config")
+  config = data_cfg.config_name
+  if config not in getattr(cls, "builder_configs", {}):
+    config = tfds.core.BuilderConfig(name=config, description=f"{data_cfg.name} from a config")
   return cls(params=params, config=config, data_dir=data_dir(data_cfg),
              file_format="array_record")
 

