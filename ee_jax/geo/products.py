@@ -69,7 +69,19 @@ def _pick_band_file(product: str, band: str, candidates: list[str]) -> str:
 
 
 def resolve_offset(product_id: str, remove_offset) -> int:
-  """remove_offset: 'auto' (from the processing baseline in the name), True/False, or a number."""
+  """remove_offset: 'auto' (from the processing baseline in the name), True/False, or a number.
+
+  Strings ('true', 'false', '1000') are accepted too, as command-line overrides give them.
+  """
+  if isinstance(remove_offset, str) and remove_offset.lower() != "auto":
+    text = remove_offset.strip().lower()
+    remove_offset = {"true": True, "false": False, "": False}.get(text, text)
+    if isinstance(remove_offset, str):
+      try:
+        remove_offset = int(remove_offset)
+      except ValueError:
+        raise DataError(f"{product_id}: remove_offset must be 'auto', true, false or a "
+                        f"number, got '{text}'") from None
   if remove_offset == "auto":
     return bandlib.default_offset(product_id)
   if remove_offset is True:
@@ -143,6 +155,16 @@ def multiband_file(path: str, band_names: Sequence[str], *,
                      nodata=nodata)
 
 
+def parse_nodata(value) -> float | None:
+  """'auto' / None: use each file's own nodata (0 where a file declares none); else a number."""
+  if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "")):
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise DataError(f"nodata must be 'auto' or a number, got {value!r}") from None
+
+
 def acquisition(spec, band_names: Sequence[str], **defaults) -> Acquisition:
   """A folder or a file path, or a mapping {path, date, band_order, remove_offset, ...}."""
   if isinstance(spec, (str, os.PathLike)):
@@ -150,6 +172,7 @@ def acquisition(spec, band_names: Sequence[str], **defaults) -> Acquisition:
   spec = dict(spec)
   path = os.path.expanduser(spec.pop("path"))
   options = {**defaults, **spec}
+  options["nodata"] = parse_nodata(options.get("nodata"))
   unknown = set(options) - {"date", "remove_offset", "product_id", "nodata", "band_order"}
   if unknown:
     raise DataError(f"{path}: unknown product option(s) {sorted(unknown)}")

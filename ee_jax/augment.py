@@ -1,0 +1,206 @@
+"""On-device normalisation and the two views of a tile (DESIGN.md, "Two views per tile").
+
+Geometry is tracked exactly: one random square crop shared by both views, then an
+independent dihedral transform per view (`apply_dihedral`), which the train step undoes on
+the feature maps (`undo_dihedral`) so pixel (i, j) of both views is the same ground pixel.
+Independent per view: dates subset (T > 1), per-band gain/offset, synthetic clouds (marked
+invalid), Gaussian noise, band dropout.
+
+Randomness: each example's key is `fold_in(fold_in(base_key, step), global_index)`, so the
+views of an example depend only on (seed, step, index), never on the device count or on
+which device holds the example.
+
+Every view's arrays are in the VIEW frame (after its dihedral transform):
+  image      float32 [B, T', S, S, C]  normalised, augmented
+  date_valid bool    [B, T', S, S]     pixel observed on that date (not nodata, not cloud)
+  valid      bool    [B, S, S]         pixel usable: observed on ANY chosen date
+                                       (`valid_reduce='any'`, default) or on ALL ('all')
+  dihedral   int32   [B]               k in 0..7 of the view's transform
+  dates      int32   [B, T']           which of the tile's T dates the view uses (sorted)
+plus, shared by both views, `crop_offset` int32 [B, 2] (row, col) of the crop in the tile.
+"""
+
+import dataclasses
+import functools
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ee_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Augmentation parameters; intensities are in normalised units (band std = 1)."""
+  crop_size: int = 0                  # square crop shared by both views; 0 -> min(H, W)
+  dihedral: bool = True               # random flips/rot90 per view (undone on features)
+  gain: float = 0.1                   # per-band gain ~ 1 + U(-gain, gain)
+  offset: float = 0.1                 # per-band offset ~ U(-offset, offset)
+  noise_std: float = 0.05             # per-pixel Gaussian noise
+  band_dropout: float = 0.1           # per-band probability of zeroing (never all bands)
+  cloud_prob: float = 0.2             # per date and view: probability of synthetic clouds
+  cloud_blobs: int = 3                # Gaussian blobs per cloud field (at least one is on)
+  cloud_radius: Tuple[float, float] = (0.1, 0.3)  # blob radii, fraction of crop size
+  cloud_fill: float = 2.0             # value written under clouds (bright, like clouds)
+  num_dates: int = 0                  # dates per view (random subset, sorted); 0 -> all T
+  valid_reduce: str = "any"           # per-pixel valid over chosen dates: 'any' | 'all'
+
+  @classmethod
+  def from_config(cls, cfg) -> "AugmentConfig":
+    """From a ConfigDict/dict (e.g. `config.augment`); unknown keys are an error."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ConfigError(f"config.augment: unknown keys {unknown}; known: {sorted(names)}")
+    if "cloud_radius" in d:
+      d["cloud_radius"] = tuple(d["cloud_radius"])
+    out = cls(**d)
+    if out.valid_reduce not in ("any", "all"):
+      raise ConfigError(f"config.augment.valid_reduce: '{out.valid_reduce}' is not 'any'/'all'")
+    return out
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`AugmentConfig`'s defaults as a ConfigDict, to embed as `config.augment`."""
+  return ml_collections.ConfigDict(dataclasses.asdict(AugmentConfig()))
+
+
+def normalize(image, mean, std):
+  """uint16 digital numbers -> float32 (x - mean) / std, per band (last axis)."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (image.astype(jnp.float32) - mean) / std
+
+
+# ---------------------------------------------------------------- dihedral group (8 elements)
+# k in 0..7: k >= 4 flips left-right first, then rotates by 90 degrees (k % 4) times.
+
+def _fwd(x, k):
+  if k >= 4:
+    x = jnp.flip(x, axis=1)
+  return jnp.rot90(x, k % 4, axes=(0, 1))
+
+
+def _inv(x, k):
+  x = jnp.rot90(x, -(k % 4), axes=(0, 1))
+  if k >= 4:
+    x = jnp.flip(x, axis=1)
+  return x
+
+
+def _dihedral(fn, x, k):
+  if isinstance(k, int):
+    return fn(x, k)
+  if x.shape[0] != x.shape[1]:
+    raise ValueError(f"a traced dihedral index needs square [H, W, ...] arrays; got {x.shape}")
+  return jax.lax.switch(k, [functools.partial(fn, k=i) for i in range(8)], x)
+
+
+def apply_dihedral(x, k):
+  """Dihedral element k (int or traced int32 scalar) applied to x [H, W, ...]."""
+  return _dihedral(_fwd, x, k)
+
+
+def undo_dihedral(x, k):
+  """Inverse of `apply_dihedral(., k)` on x [H, W, ...]."""
+  return _dihedral(_inv, x, k)
+
+
+def undo_dihedral_batch(x, k):
+  """`undo_dihedral` per example: x [B, H, W, ...], k [B]."""
+  return jax.vmap(undo_dihedral)(x, k)
+
+
+# ---------------------------------------------------------------- per-example pieces
+
+def example_keys(base_key, step, index):
+  """Per-example keys [B]: fold_in(fold_in(base_key, step), global example index)."""
+  step_key = jax.random.fold_in(base_key, jnp.asarray(step, jnp.uint32))
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(
+      jnp.asarray(index).astype(jnp.uint32))
+
+
+def cloud_field(key, size: int, cfg: AugmentConfig):
+  """bool [size, size]: blob-shaped clouds (thresholded sum of random elliptic Gaussians)
+  with probability `cfg.cloud_prob`, else all False."""
+  k_on, k_c, k_r, k_b = jax.random.split(key, 4)
+  n = max(cfg.cloud_blobs, 1)
+  centres = jax.random.uniform(k_c, (n, 2)) * size
+  lo, hi = cfg.cloud_radius
+  radii = jax.random.uniform(k_r, (n, 2), minval=lo, maxval=hi) * size
+  blob_on = jax.random.bernoulli(k_b, 0.5, (n,)).at[0].set(True)
+  yy, xx = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32) + 0.5,
+                        jnp.arange(size, dtype=jnp.float32) + 0.5, indexing="ij")
+  d2 = (((yy[None] - centres[:, 0, None, None]) / radii[:, 0, None, None]) ** 2 +
+        ((xx[None] - centres[:, 1, None, None]) / radii[:, 1, None, None]) ** 2)
+  field = jnp.sum(jnp.exp(-d2) * blob_on[:, None, None], axis=0)
+  return jax.random.bernoulli(k_on, cfg.cloud_prob) & (field > 0.5)
+
+
+def _view(key, image, valid, cfg: AugmentConfig):
+  """One view of a cropped example: image [T, S, S, C] float, valid [T, S, S] bool."""
+  k_dates, k_dih, k_gain, k_off, k_cloud, k_noise, k_drop = jax.random.split(key, 7)
+  t, s, _, c = image.shape
+  t_view = cfg.num_dates or t
+  if t_view > t:
+    raise ConfigError(f"config.augment.num_dates={t_view} but the tiles have {t} dates")
+  dates = jnp.arange(t, dtype=jnp.int32)
+  if t_view < t:
+    dates = jnp.sort(jax.random.choice(k_dates, t, (t_view,), replace=False)).astype(jnp.int32)
+    image, valid = image[dates], valid[dates]
+
+  gain = 1.0 + jax.random.uniform(k_gain, (c,), minval=-cfg.gain, maxval=cfg.gain)
+  offset = jax.random.uniform(k_off, (c,), minval=-cfg.offset, maxval=cfg.offset)
+  image = image * gain + offset
+  if cfg.cloud_prob > 0:
+    clouds = jax.vmap(lambda k: cloud_field(k, s, cfg))(jax.random.split(k_cloud, t_view))
+    image = jnp.where(clouds[..., None], cfg.cloud_fill, image)
+    valid = valid & ~clouds
+  if cfg.noise_std > 0:
+    image = image + cfg.noise_std * jax.random.normal(k_noise, image.shape)
+  if cfg.band_dropout > 0:
+    drop = jax.random.bernoulli(k_drop, cfg.band_dropout, (c,))
+    drop = drop & ~jnp.all(drop)
+    image = jnp.where(drop, 0.0, image)
+
+  k = jax.random.randint(k_dih, (), 0, 8) if cfg.dihedral else jnp.zeros((), jnp.int32)
+  # Dihedral acts on the two spatial axes: move them first.
+  image = jnp.moveaxis(apply_dihedral(jnp.moveaxis(image, 0, 2), k), 2, 0)
+  valid = jnp.moveaxis(apply_dihedral(jnp.moveaxis(valid, 0, 2), k), 2, 0)
+  pixel_valid = valid.any(axis=0) if cfg.valid_reduce == "any" else valid.all(axis=0)
+  return dict(image=image, date_valid=valid, valid=pixel_valid, dihedral=k.astype(jnp.int32),
+              dates=dates)
+
+
+def _example(key, image, valid, mean, std, cfg: AugmentConfig):
+  """Both views of one example: image uint16 [T, H, W, C], valid bool [T, H, W]."""
+  t, h, w, c = image.shape
+  s = cfg.crop_size or min(h, w)
+  if s > min(h, w):
+    raise ConfigError(f"config.augment.crop_size={s} exceeds the tile size {h}x{w}")
+  k_crop, k1, k2 = jax.random.split(key, 3)
+  kr, kc = jax.random.split(k_crop)
+  r0 = jax.random.randint(kr, (), 0, h - s + 1)
+  c0 = jax.random.randint(kc, (), 0, w - s + 1)
+  image = jax.lax.dynamic_slice(image, (0, r0, c0, 0), (t, s, s, c))
+  valid = jax.lax.dynamic_slice(valid, (0, r0, c0), (t, s, s))
+  x = normalize(image, mean, std)
+  x = jnp.where(valid[..., None], x, 0.0)  # nodata -> the band mean
+  v1 = _view(k1, x, valid, cfg)
+  v2 = _view(k2, x, valid, cfg)
+  return v1, v2, jnp.stack([r0, c0]).astype(jnp.int32)
+
+
+def make_views(base_key, step, index, image, valid, mean, std, cfg: AugmentConfig):
+  """The two views of a batch (see the module docstring for the outputs).
+
+  image uint16 [B, T, H, W, C], valid bool [B, T, H, W], index [B] global example indices,
+  mean/std [C] per-band statistics from the dataset metadata. Jittable; `cfg` is static.
+  """
+  keys = example_keys(base_key, step, index)
+  fn = functools.partial(_example, mean=mean, std=std, cfg=cfg)
+  v1, v2, offset = jax.vmap(fn)(keys, image, valid)
+  return v1, v2, offset

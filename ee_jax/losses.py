@@ -1,0 +1,134 @@
+"""Dense InfoNCE between two views (DESIGN.md, "Dense InfoNCE").
+
+z1, z2 [B, H, W, E] are L2-normalised embeddings already brought back to the same frame
+(dihedral undone), so pixel (i, j) is the same ground pixel in both. N anchor pixels per
+image are drawn among pixels valid in both views; the keys are the same pixels' embeddings
+from the other view, gathered from every device, so each anchor has one positive (its own
+ground pixel) and B_global * N - 1 candidate negatives. Symmetric over the two views.
+
+Across devices the loss must be the loss of the global batch. The returned `loss` is this
+device's share, scaled so that its `pmean` over the axis is the global mean over valid
+anchors; that is also what makes the `pmean` of the per-device gradients the gradient of
+the global loss (the transpose of `all_gather` sums every device's cotangents onto the
+keys' owner). `metrics` are already global (psum'd inside), so a pmean leaves them as is.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+_MASKED = -1e9  # finite, so masked logits give no NaNs in value or gradient
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Loss config, to embed as `config.loss`."""
+  c = ml_collections.ConfigDict()
+  c.num_anchors = 64        # anchor pixels per image (fewer valid pixels -> masked anchors)
+  c.temperature = 0.1
+  c.exclude_radius = 0.0    # same-image negatives within this pixel distance dropped; 0 = off
+  return c
+
+
+def _per_image_keys(key, b: int):
+  """A single key is split into one per image; a batch of keys [B] is used as is."""
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  single = key.ndim == 0 if typed else key.ndim == 1
+  return jax.random.split(key, b) if single else key
+
+
+def sample_anchors(key, valid_both, num_anchors: int):
+  """N random pixels per image among the valid ones, without replacement.
+
+  valid_both bool [B, P] -> (idx int32 [B, N], mask bool [B, N]) with N = min(num_anchors, P);
+  where an image has fewer than N valid pixels the extra anchors are masked out.
+  `key`: one key, or one per image ([B]; device-count independent when per example).
+  """
+  b, p = valid_both.shape
+  n = min(num_anchors, p)
+  keys = _per_image_keys(key, b)
+  u = jax.vmap(lambda k: jax.random.uniform(k, (p,)))(keys)
+  _, idx = jax.lax.top_k(jnp.where(valid_both, u, u - 2.0), n)  # valid pixels rank first
+  return idx.astype(jnp.int32), jnp.take_along_axis(valid_both, idx, axis=1)
+
+
+def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
+                   temperature: float = 0.1, exclude_radius: float = 0.0,
+                   axis_name: Optional[str] = None, anchor_idx=None):
+  """Symmetric dense InfoNCE; returns (loss, metrics).
+
+  z1, z2 float [B, H, W, E] (L2-normalised); valid1, valid2 bool [B, H, W].
+  `anchor_idx` int [B, N] (flat pixel indices) replaces random sampling (tests, eval);
+  anchors at pixels not valid in both views are masked out either way.
+  metrics: loss, pos_cos, neg_cos, top1 (positive retrieval accuracy), anchors (valid
+  anchors per image).
+  """
+  b, h, w, e = z1.shape
+  both = (valid1 & valid2).reshape(b, h * w)
+  if anchor_idx is None:
+    if key is None:
+      raise ValueError("dense_info_nce: pass `key` (random anchors) or `anchor_idx`")
+    idx, amask = sample_anchors(key, both, num_anchors)
+  else:
+    idx = jnp.asarray(anchor_idx, jnp.int32)
+    amask = jnp.take_along_axis(both, idx, axis=1)
+  n = idx.shape[1]
+
+  def take(z):
+    return jnp.take_along_axis(z.reshape(b, h * w, e), idx[..., None], axis=1)
+  a1, a2 = take(z1).astype(jnp.float32), take(z2).astype(jnp.float32)   # [B, N, E]
+
+  if axis_name is None:
+    gather = lambda x: x                                                 # noqa: E731
+    psum = lambda x: x                                                   # noqa: E731
+    dev, ndev = 0, 1
+  else:
+    gather = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)     # noqa: E731
+    psum = lambda x: jax.lax.psum(x, axis_name)                          # noqa: E731
+    dev, ndev = jax.lax.axis_index(axis_name), jax.lax.psum(1, axis_name)
+  k1, k2 = gather(a1).reshape(-1, e), gather(a2).reshape(-1, e)         # [K, E]
+  kmask, kidx = gather(amask).reshape(-1), gather(idx).reshape(-1)      # [K]
+  num_keys = k1.shape[0]
+
+  # Anchor (b, n) of this device is key number target[b, n] of the gathered keys.
+  img = dev * b + jnp.arange(b)                                          # global image id
+  target = img[:, None] * n + jnp.arange(n)[None, :]                     # [B, N]
+  key_ids = jnp.arange(num_keys)
+  is_pos = key_ids[None, None, :] == target[..., None]                   # [B, N, K]
+  negative = kmask[None, None, :] & ~is_pos
+  if exclude_radius > 0:
+    same_img = (key_ids // n)[None, None, :] == img[:, None, None]
+    dr = (idx // w)[..., None] - (kidx // w)[None, None, :]
+    dc = (idx % w)[..., None] - (kidx % w)[None, None, :]
+    near = (dr * dr + dc * dc) <= exclude_radius ** 2
+    negative = negative & ~(same_img & near)
+  allowed = negative | is_pos
+
+  weight = amask.astype(jnp.float32)
+  count = jnp.maximum(psum(weight.sum()), 1.0)
+
+  def direction(anchors, keys):
+    cos = jnp.einsum("bne,ke->bnk", anchors, keys)
+    logits = jnp.where(allowed, cos / temperature, _MASKED)
+    pos = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+    ce = jax.nn.logsumexp(logits, axis=-1) - pos
+    top1 = (jnp.argmax(logits, axis=-1) == target).astype(jnp.float32)
+    return ce, cos, top1
+
+  ce12, cos12, top12 = direction(a1, k2)
+  ce21, _, top21 = direction(a2, k1)
+  local_sum = jnp.sum(0.5 * (ce12 + ce21) * weight)
+  loss = local_sum / count * ndev
+
+  sg = jax.lax.stop_gradient
+  neg_w = negative.astype(jnp.float32) * weight[..., None]
+  pos_cos = jnp.sum(a1 * a2, axis=-1)
+  metrics = dict(
+      loss=psum(sg(local_sum)) / count,
+      pos_cos=psum(sg(jnp.sum(pos_cos * weight))) / count,
+      neg_cos=psum(sg(jnp.sum(cos12 * neg_w))) / jnp.maximum(psum(neg_w.sum()), 1.0),
+      top1=psum(jnp.sum(0.5 * (top12 + top21) * weight)) / count,
+      anchors=psum(weight.sum()) / (b * ndev),
+  )
+  return loss, metrics

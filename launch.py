@@ -1,0 +1,45 @@
+"""The one entry point: `python launch.py --mode=MODE --config=configs/X.py[:arg] --workdir=W`.
+
+Flags only parse the command line; everything below them lives in `ee_jax.run`, which
+tests call directly.
+"""
+
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from ee_jax import run as run_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                lock_config=True)
+flags.DEFINE_enum("mode", "build", sorted(run_lib.MODES), "What to run.")
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports.")
+flags.mark_flags_as_required(["config"])
+
+
+def parse_flags(argv):
+  """absl parsing, with one clear line for a config override naming an unknown key."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    culprits = [a for a in argv if re.match(rf"--config\.(.+\.)?{re.escape(key)}(=|$)", a)]
+    where = f" (from {culprits[0].split('=')[0]})" if culprits else ""
+    sys.exit(f"error: unknown config key '{key}'{where}; see the config file for the keys")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,148 @@
+"""`landcover_tiles`: labelled tiles from image raster(s) plus a label raster.
+
+`params.scenes` lists scenes, each {images: [source, ...] (or image: source), label: path,
+scene_id: ''}; a source is whatever `s2_tiles` accepts (product folder, multi-band GeoTIFF,
+or a mapping with path/date/band_order/...). Several images make a time series.
+
+`params.classes` is the class map: a list of [name, raw value or list of raw values]; the
+class index is the position in the list. Raw values not listed, and the label raster's
+nodata, become `ignore_index` (255). Image and label must share CRS, transform and size;
+otherwise, with `allow_reproject=True`, the label is reprojected (nearest) onto the image
+grid, and without it the build stops naming both files and both grids.
+"""
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+
+from ee_jax.data import contract
+from ee_jax.errors import ConfigError, DataError
+from ee_jax.geo import bands as bandlib
+from ee_jax.geo import products as productlib
+from ee_jax.geo.reader import Grid, open_raster
+from tfds_builders.common import TileBuilder
+from tfds_builders.s2_tiles.builder import TILING_DEFAULTS, validate_tiling
+from tfds_builders.scenes import Scene, scene_tiles
+
+
+class LabelReader:
+  """Reads label windows on the scene grid, mapped to class indices (255 = ignore)."""
+
+  def __init__(self, path: str, grid: Grid, classes, nodata, allow_reproject: bool,
+               image_path: str):
+    self.path = path
+    self._ds = open_raster(path)
+    label_grid = Grid.of(self._ds)
+    nodata = productlib.parse_nodata(nodata)
+    self.nodata = self._ds.nodata if nodata is None else nodata
+    self._reader = self._ds
+    if not label_grid.same_as(grid):
+      if not allow_reproject:
+        self._ds.close()
+        raise DataError(
+            f"label raster {path} is not on the image grid of {image_path}: label "
+            f"{label_grid.describe()}; image {grid.describe()}. Set "
+            f"data.builder.allow_reproject=True to reproject the label (nearest).")
+      fill = self.nodata if self.nodata is not None else np.iinfo(self._ds.dtypes[0]).max
+      self.nodata = fill
+      self._reader = WarpedVRT(self._ds, crs=grid.crs, transform=grid.transform,
+                               width=grid.width, height=grid.height,
+                               resampling=Resampling.nearest, src_nodata=self.nodata, nodata=fill)
+    self._lut = [(index, np.atleast_1d(np.asarray(raw)))
+                 for index, (_, raw) in enumerate(classes)]
+
+  def __call__(self, window) -> np.ndarray:
+    try:
+      raw = self._reader.read(1, window=window)
+    except rasterio.errors.RasterioError as e:
+      raise DataError(f"{self.path}: reading window {window} failed ({e})") from e
+    label = np.full(raw.shape, contract.IGNORE_INDEX, np.uint8)
+    for index, values in self._lut:
+      label[np.isin(raw, values)] = index
+    if self.nodata is not None:
+      label[raw == self.nodata] = contract.IGNORE_INDEX
+    return label
+
+  def close(self):
+    if self._reader is not self._ds:
+      self._reader.close()
+    self._ds.close()
+
+
+class LandcoverTiles(TileBuilder):
+  """Labelled land-cover tiles in the tile contract of DESIGN.md."""
+
+  LABELLED = True
+  DEFAULT_PARAMS = dict(
+      scenes=[],                 # [{images: [...], label: path, scene_id: ''}]
+      classes=[],                # [[name, raw value or [raw values]], ...]
+      label_nodata="auto",       # 'auto': the label file's nodata; or a number (e.g. -1)
+      allow_reproject=False,
+      bands=list(bandlib.S2_L1C_BANDS),
+      remove_offset="auto",
+      nodata="auto",
+      split_fractions={"train": 0.7, "validation": 0.15, "test": 0.15},
+      **TILING_DEFAULTS,
+  )
+
+  def _validate_params(self):
+    where = f"data.builder ({self.name})"
+    validate_tiling(self.params, where)
+    p = self.params
+    if not p["scenes"]:
+      raise ConfigError(f"{where}: scenes is empty; list {{images, label}} for each scene")
+    for i, s in enumerate(p["scenes"]):
+      if not isinstance(s, dict) or "label" not in s or not ("images" in s or "image" in s):
+        raise ConfigError(f"{where}: scenes[{i}] needs 'images' (or 'image') and 'label'")
+    if not p["classes"] or len(p["classes"]) > 255:
+      raise ConfigError(f"{where}: classes must list 1..255 [name, raw values] pairs")
+    for i, c in enumerate(p["classes"]):
+      if len(c) != 2 or not isinstance(c[0], str):
+        raise ConfigError(f"{where}: classes[{i}] must be [name, raw value(s)], got {c!r}")
+    p["bands"] = [bandlib.normalise_band_name(b) for b in p["bands"]]
+
+  def _scenes(self) -> list[tuple[Scene, dict]]:
+    if not hasattr(self, "_scene_cache"):
+      p = self.params
+      self._scene_cache = []
+      for spec in p["scenes"]:
+        images = spec.get("images") or [spec["image"]]
+        images = [images] if isinstance(images, str) else list(images)
+        acqs = [productlib.acquisition(img, p["bands"], remove_offset=p["remove_offset"],
+                                       nodata=p["nodata"]) for img in images]
+        self._scene_cache.append((Scene.from_acquisitions(acqs, spec.get("scene_id", "")),
+                                  spec))
+    return self._scene_cache
+
+  def _split_names(self):
+    return list(self.params["split_fractions"])
+
+  def _tile_layout(self):
+    scene, _ = self._scenes()[0]
+    return dict(num_dates=len(scene.acquisitions), tile_size=self.params["tile_size"],
+                bands=self.params["bands"], gsd=scene.grid.gsd,
+                class_names=[c[0] for c in self.params["classes"]])
+
+  def _tiles(self, split):
+    p = self.params
+    for scene, spec in self._scenes():
+      first_image = scene.acquisitions[0].files[0]
+      labels = LabelReader(spec["label"], scene.grid, p["classes"], p["label_nodata"],
+                           p["allow_reproject"], first_image)
+      try:
+        yield from scene_tiles(scene, p["bands"], p, split, label_window=labels)
+      finally:
+        labels.close()
+
+  def _extra_metadata(self):
+    return {
+        "product_ids": [a.product_id for s, _ in self._scenes() for a in s.acquisitions],
+        "offsets_removed": {a.product_id: a.offset for s, _ in self._scenes()
+                            for a in s.acquisitions},
+        "label_files": [spec["label"] for _, spec in self._scenes()],
+        "classes": self.params["classes"],
+    }
+
+  def _describe_sources(self):
+    return "scenes " + ", ".join(s.scene_id for s, _ in self._scenes())
