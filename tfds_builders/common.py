@@ -122,10 +122,11 @@ class TileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._split_counts[split] = n
     if self.LABELLED:
       self._class_counts[split] = counts.tolist()
-    if split in self.STATS_SPLITS and n == 0:
+    if n == 0:
       raise DataError(f"{self.name}: no valid tiles in the {split} split "
-                      f"({self._describe_sources()}); check nodata, cloud masks and "
-                      f"max_invalid={self.params.get('max_invalid')}")
+                      f"({self._describe_sources()}); check nodata and cloud masks, "
+                      f"max_invalid={self.params.get('max_invalid')}, and for small scenes "
+                      f"block_tiles and split_fractions")
     if self._stats.count:
       self.info.metadata[contract.META_MEAN] = self._stats.mean.tolist()
       self.info.metadata[contract.META_STD] = self._stats.std.tolist()

@@ -9,11 +9,11 @@ import rasterio
 from rasterio.windows import Window
 
 from ee_jax.data import contract
-from ee_jax.data.splits import block_split
+from ee_jax.data.splits import assign_blocks
 from ee_jax.errors import DataError
 from ee_jax.geo.products import Acquisition
 from ee_jax.geo.reader import GDAL_ENV, AcquisitionReader, Grid, reference_grid
-from ee_jax.geo.tiling import iter_split_tiles
+from ee_jax.geo.tiling import block_grid, iter_split_tiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +61,15 @@ def scene_tiles(scene: Scene, bands: Sequence[str], params: dict, split: str,
         arrays[contract.LABEL] = (label_window(window), 0)
       return arrays
 
-    def split_of_block(br, bc):
-      return block_split(scene.scene_id, br, bc, params["split_fractions"], params["split_seed"])
+    blocks = block_grid(scene.grid.height, scene.grid.width, size, params["stride"],
+                        params["block_tiles"])
+    assignment = assign_blocks(scene.scene_id, blocks, params["split_fractions"],
+                               params["split_seed"])
 
     for r, c, a in iter_split_tiles(
         scene.grid.height, scene.grid.width, tile_size=size, stride=params["stride"],
-        block_tiles=params["block_tiles"], split_of_block=split_of_block, split=split,
+        block_tiles=params["block_tiles"], split_of_block=lambda *b: assignment.get(b),
+        split=split,
         read_window=read_window):
       valid = a[contract.VALID]
       if 1.0 - valid.mean() > params["max_invalid"]:
@@ -75,7 +78,7 @@ def scene_tiles(scene: Scene, bands: Sequence[str], params: dict, split: str,
           contract.IMAGE: a[contract.IMAGE], contract.VALID: valid,
           contract.DATES: scene.dates, contract.CRS: crs,
           contract.TRANSFORM: np.array(
-              (scene.grid.transform * rasterio.Affine.translation(c, r)).to_gdal(), np.float64),
+              (scene.grid.transform @ rasterio.Affine.translation(c, r)).to_gdal(), np.float64),
           contract.SCENE_ID: scene.scene_id, contract.ROW: r, contract.COL: c,
       }
       if label_window is not None:
