@@ -27,10 +27,13 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    key = str(e).strip("\"'")
-    culprits = [a for a in argv if re.match(rf"--config\.(.+\.)?{re.escape(key)}(=|$)", a)]
+    text = str(e)
+    key = re.search(r"([A-Za-z_]\w*)", text).group(1)
+    culprits = [a for a in argv if re.match(rf"--config\.(.+\.)?{re.escape(key)}(\\.|=|$)", a)]
     where = f" (from {culprits[0].split('=')[0]})" if culprits else ""
-    sys.exit(f"error: unknown config key '{key}'{where}; see the config file for the keys")
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    hint = f"; did you mean '{hint.group(1)}'?" if hint else "; see the config file for the keys"
+    sys.exit(f"error: unknown config key '{key}'{where}{hint}")
 
 
 def main(argv):

@@ -1,0 +1,37 @@
+"""Every config loads (with and without its argument) and names only keys that exist."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from ee_jax.data import datasets
+from tfds_builders.common import merge_params
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not os.path.basename(p).startswith(("_", "defaults")))
+
+
+def test_there_are_configs():
+  assert "pretrain_s2" in CONFIGS
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_config_loads_and_resolves(name, arg):
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config(arg)
+  config.lock()
+  cls = datasets.builder_class(config.data.name)
+  # Builder parameters are all known to the builder.
+  merge_params(cls.DEFAULT_PARAMS, config.data.builder, f"configs/{name}.py")
+  assert config.data.per_device_batch > 0
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_rejects_unknown_argument(name):
+  module = importlib.import_module(f"configs.{name}")
+  with pytest.raises(ValueError, match="unknown argument"):
+    module.get_config("no_such_variant")
