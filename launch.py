@@ -29,7 +29,7 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as e:
     text = str(e)
     key = re.search(r"([A-Za-z_]\w*)", text).group(1)
-    culprits = [a for a in argv if re.match(rf"--config\.(.+\.)?{re.escape(key)}(\\.|=|$)", a)]
+    culprits = [a for a in argv if re.match(rf"--config\.(.+\.)?{re.escape(key)}(\.|=|$)", a)]
     where = f" (from {culprits[0].split('=')[0]})" if culprits else ""
     hint = re.search(r'Did you mean "(\w+)"', text)
     hint = f"; did you mean '{hint.group(1)}'?" if hint else "; see the config file for the keys"

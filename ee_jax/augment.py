@@ -204,3 +204,10 @@ def make_views(base_key, step, index, image, valid, mean, std, cfg: AugmentConfi
   fn = functools.partial(_example, mean=mean, std=std, cfg=cfg)
   v1, v2, offset = jax.vmap(fn)(keys, image, valid)
   return v1, v2, offset
+
+
+def view_shape(cfg: AugmentConfig, tile_shape):
+  """(T', S, S, C) of a view of tiles shaped (T, H, W, C): the model's input shape."""
+  t, h, w, c = tile_shape
+  s = cfg.crop_size or min(h, w)
+  return (cfg.num_dates or t, s, s, c)

@@ -116,12 +116,15 @@ DEFAULT_PARAMS = {
     "field_size": 12,            # mean field diameter, pixels (10 m)
     "zone_size": 48,             # land-use zones (context), pixels
     "zone_purity": 0.5,          # share of a zone's dominant class
-    "phase_jitter_days": 10.0,   # per field, std
-    "amplitude_jitter": 0.15,    # per field, std of the vegetation cycle's scale
+    "scene_phase_jitter_days": 12.0,  # per scene (regional calendar), std
+    "phase_jitter_days": 20.0,   # per field (sowing date), std
+    "amplitude_jitter": 0.25,    # per field, std of the vegetation cycle's scale
+    "field_mixing": 0.3,         # per field, up to this share of another class's signature
     "brightness_jitter": 0.08,   # per field, std of the brightness scale
-    "texture_std": 0.15,         # within-field, spatially correlated
+    "spectral_jitter": 0.04,     # per field and band, std of a colour scale
+    "texture_std": 0.25,         # within-field, spatially correlated
     "atmosphere_jitter": 0.03,   # per scene and date: gain std; haze up to 10x this x 1000 DN
-    "noise_std": 120.0,          # sensor noise, digital numbers
+    "noise_std": 250.0,          # sensor noise, digital numbers
     "cloud_fraction": 0.15,      # mean cloud cover per date
 }
 
@@ -181,18 +184,22 @@ class _Voronoi:
 
 
 def _blur3(x, sigma, axes):
-  """Separable 3-tap Gaussian blur with edge padding (a sensor point-spread function)."""
+  """Separable 3-tap Gaussian blur, edges replicated (a sensor point-spread function)."""
   if sigma <= 0:
     return x
   w = np.exp(-0.5 / sigma ** 2)
-  k = np.array([w, 1.0, w], np.float32) / (1.0 + 2.0 * w)
+  w0, w1 = np.float32(w / (1.0 + 2.0 * w)), np.float32(1.0 / (1.0 + 2.0 * w))
   for ax in axes:
-    pad = [(0, 0)] * x.ndim
-    pad[ax] = (1, 1)
-    xp = np.pad(x, pad, mode="edge")
-    n = x.shape[ax]
-    sl = lambda a, b: (slice(None),) * ax + (slice(a, b),)  # noqa: E731
-    x = k[1] * xp[sl(1, n + 1)] + k[0] * (xp[sl(0, n)] + xp[sl(2, n + 2)])
+    lo = (slice(None),) * ax + (slice(None, -1),)
+    hi = (slice(None),) * ax + (slice(1, None),)
+    first = (slice(None),) * ax + (0,)
+    last = (slice(None),) * ax + (-1,)
+    out = x * w1
+    out[hi] += w0 * x[lo]
+    out[lo] += w0 * x[hi]
+    out[first] += w0 * x[first]
+    out[last] += w0 * x[last]
+    x = out
   return x
 
 
@@ -306,8 +313,10 @@ class SyntheticLandcover(TileBuilder):
          "an integer >= field_size")
     need("zone_purity", is_num(p["zone_purity"]) and 0 <= p["zone_purity"] <= 1,
          "a number in [0, 1]")
-    for key, hi in (("phase_jitter_days", 90), ("amplitude_jitter", 1), ("brightness_jitter", 0.5),
-                    ("texture_std", 1), ("atmosphere_jitter", 0.3), ("noise_std", 5000)):
+    for key, hi in (("scene_phase_jitter_days", 90), ("phase_jitter_days", 90),
+                    ("amplitude_jitter", 1), ("field_mixing", 0.5), ("brightness_jitter", 0.5),
+                    ("spectral_jitter", 0.5), ("texture_std", 1), ("atmosphere_jitter", 0.3),
+                    ("noise_std", 5000)):
       need(key, is_num(p[key]) and 0 <= p[key] <= hi, f"a number in [0, {hi}]")
     need("cloud_fraction", is_num(p["cloud_fraction"]) and 0 <= p["cloud_fraction"] < 1,
          "a number in [0, 1)")
@@ -347,7 +356,9 @@ class SyntheticLandcover(TileBuilder):
     labelled = split != "unlabelled"
     for scene in range((n + per_scene - 1) // per_scene):
       scene_id = f"synthetic-{split}-{scene:05d}"
-      image, valid, label, dates, (x0, y0) = self.generate_scene(split, scene)
+      g = self.generate_scene(split, scene)
+      image, valid, label, dates, (x0, y0) = (g["image"], g["valid"], g["label"], g["dates"],
+                                              g["origin"])
       if not labelled:
         label = np.full_like(label, contract.IGNORE_INDEX)
       for t in range(min(per_scene, n - scene * per_scene)):
@@ -367,9 +378,10 @@ class SyntheticLandcover(TileBuilder):
 
   # --- the generator ---------------------------------------------------------------------
   def generate_scene(self, split: str, index: int):
-    """One scene of `split`: (image [T,S,S,C] uint16, valid [T,S,S] bool, label [S,S]
-    uint8, dates [T] int32, (x0, y0) upper-left corner in metres). Depends only on the
-    parameters, `split` and `index`."""
+    """One whole scene of `split` (before tiling), a pure function of the parameters,
+    `split` and `index`. Returns a dict: image [T,S,S,C] uint16, valid [T,S,S] bool,
+    label [S,S] uint8, dates [T] int32, origin (x, y) of the upper-left corner in metres,
+    and for diagnostics field_id [S,S] int64 and doy [T] (day of year of each date)."""
     p = self.params
     size, t_n = p["scene_size"], p["num_dates"]
     split_id = _stable_id(split)
@@ -408,26 +420,36 @@ class SyntheticLandcover(TileBuilder):
 
     # Per-field variation, then abundances per field and date.
     nf = fields.num_cells
-    phase = rng.normal(0.0, p["phase_jitter_days"], size=nf)
+    phase = rng.normal(0.0, p["phase_jitter_days"], size=nf) + \
+        rng.normal(0.0, p["scene_phase_jitter_days"])
     amp = np.clip(rng.normal(1.0, p["amplitude_jitter"], size=nf), 0.3, 1.7)
     bright = np.clip(rng.normal(1.0, p["brightness_jitter"], size=nf), 0.5, 1.5)
-    abund = np.zeros((nf, t_n, len(_EM_NAMES)), np.float64)
+    colour = np.clip(rng.normal(1.0, p["spectral_jitter"], size=(nf, len(band_idx))), 0.5, 1.5)
+    other = (field_class + rng.integers(1, k_n, size=nf)) % k_n           # never the own class
+    share = rng.uniform(0.0, p["field_mixing"], size=nf)
     field_doy = doy[None, :] - phase[:, None]
-    for k in range(k_n):
+    abund = np.zeros((nf, t_n, len(_EM_NAMES)), np.float64)
+    mixed = np.zeros_like(abund)
+    for k in range(k_n):  # own class, and a share of another (intercrop, weeds, margins)
       m = field_class == k
       if m.any():
         abund[m] = sig.abundances(k, field_doy[m], amp[m])
+      m = other == k
+      if m.any():
+        mixed[m] = sig.abundances(k, field_doy[m], amp[m])
+    abund = (1.0 - share[:, None, None]) * abund + share[:, None, None] * mixed
 
     # Pixels: abundances with within-field texture, mixed into spectra.
     tex = _smooth_noise(rng, (2,), size, sigma=1.5) * p["texture_std"]
-    w = abund[field_id].astype(np.float32)                                 # [S,S,T,E]
+    w = abund.astype(np.float32)[field_id]                                 # [S,S,T,E]
     is_bg = (np.arange(len(_EM_NAMES)) ==
              np.array(sig.background)[field_class[field_id]][:, :, None, None])
     fg = np.where(is_bg, 0.0, w) * np.clip(1.0 + tex[0], 0.2, 2.0)[:, :, None, None]
     fg = fg / np.maximum(fg.sum(-1, keepdims=True), 1.0)
     w = (fg + is_bg * (1.0 - fg.sum(-1, keepdims=True))).astype(np.float32)
-    refl = w @ spectra                                                     # [S,S,T,C]
+    refl = (w.reshape(-1, w.shape[-1]) @ spectra).reshape(w.shape[:-1] + (len(band_idx),))
     refl *= (bright[field_id] * np.clip(1.0 + 0.5 * tex[1], 0.5, 1.5))[:, :, None, None]
+    refl *= colour[field_id][:, :, None, :]
     refl = np.transpose(refl, (2, 0, 1, 3)).astype(np.float32)             # [T,S,S,C]
     refl = _blur3(refl, 0.6, axes=(1, 2))
 
@@ -444,6 +466,7 @@ class SyntheticLandcover(TileBuilder):
         0.35 * _smooth_noise(rng, (t_n,), size, sigma=1.5)
     thick = 0.8 + 0.2 * _smooth_noise(rng, (t_n,), size, sigma=4.0)
     shift = rng.integers(3, 9, size=(t_n, 2))
+    # cloud loop
     for t in range(t_n):
       if cover[t] < 1e-3:
         continue
@@ -457,6 +480,7 @@ class SyntheticLandcover(TileBuilder):
       refl[t] = (1.0 - a) * refl[t] + a * cloud * np.clip(thick[t], 0.5, 1.2)[:, :, None]
       valid[t] = (alpha < 0.2) & (shadow < 0.3)
 
+    # Sensor noise.
     refl += np.float32(p["noise_std"]) * rng.standard_normal(size=refl.shape, dtype=np.float32)
     image = np.clip(np.rint(refl), 0, _MAX_DN).astype(np.uint16)
 
@@ -466,4 +490,5 @@ class SyntheticLandcover(TileBuilder):
     extent = size * _GSD * 1.25
     x0 = 200000.0 + (index % 40) * extent
     y0 = 1000000.0 + (split_id % 97) * 40 * extent + (index // 40) * extent
-    return image, valid, label, dates, (x0, y0)
+    return {"image": image, "valid": valid, "label": label, "dates": dates, "origin": (x0, y0),
+            "field_id": field_id, "doy": doy}
