@@ -218,3 +218,17 @@ def test_label_on_another_crs_needs_allow_reproject(tmp_path):
 def test_unknown_builder_param_is_a_config_error(tmp_path):
   with pytest.raises(ConfigError, match="unknown key 'tile_sise'"):
     datasets.make_builder(s2_cfg(tmp_path, [], tile_sise=3))
+
+
+def test_splits_larger_than_the_shuffle_buffer_build_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills to temporary bucket files past its buffer; those must work without TF."""
+  from tensorflow_datasets.core import shuffle
+  from ee_jax.data import tfds_compat
+  tfds_compat.install()
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 10_000)  # a few tiles
+  prod = rasters.write_product(tmp_path / "p", BANDS, size_10m=128)
+  builder = datasets.prepare(s2_cfg(tmp_path, [prod], split_fractions={"train": 1}))
+  tiles = all_examples(builder)["train"]
+  assert len(tiles) == 16
+  assert sorted((int(e["row"]), int(e["col"])) for e in tiles) == [
+      (r, c) for r in range(0, 128, 32) for c in range(0, 128, 32)]

@@ -12,7 +12,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ee_jax.data import contract
+from ee_jax.data import contract, tfds_compat
 from ee_jax.errors import ConfigError, DataError
 
 # Dataset name -> "module:Class". Imported lazily so reading never imports builder code.
@@ -78,6 +78,7 @@ def prepare(data_cfg, log=print) -> tfds.core.DatasetBuilder:
     log(f"Dataset already prepared: {dataset_path(data_cfg)}")
     return prepared
   builder = make_builder(data_cfg)
+  tfds_compat.install()
   log(f"Building {data_cfg.name}/{data_cfg.config_name} into {dataset_path(data_cfg)} ...")
   builder.download_and_prepare(file_format="array_record",
                                download_config=tfds.download.DownloadConfig(
