@@ -27,9 +27,11 @@ Evaluation visits every example of the split exactly once, in order; the last gl
 is padded (with copies of example 0) and a boolean `mask` marks the real examples. Every
 process yields the same number of batches, so collectives inside the eval step line up.
 
-Speed: examples are read as raw records and only the requested keys are decoded (raw bytes
-straight into the batch arrays); `num_threads` threads read parts of each batch. See
-`benchmarks/input_pipeline.py` for measured throughput.
+Speed: examples are read as raw records (`__getitems__`, which array_record serves with one
+thread per shard touched) and only the requested keys are decoded, raw bytes straight into
+the batch arrays; TFDS's own decoding of the same tiles is ~3x slower. `num_threads > 1`
+splits each batch among that many reader threads (per-record reads); on a 2-core machine
+it did not beat the default of 1. See `benchmarks/input_pipeline.py`.
 """
 
 from __future__ import annotations
@@ -166,11 +168,6 @@ def open_split(dataset, split: str, raw: bool = False):
     raise DataError(f"{builder.data_dir}: cannot open split '{split}': {e}") from e
 
 
-def default_num_threads() -> int:
-  """Reader threads when not given: one per CPU core, at most 8."""
-  return max(1, min(8, os.cpu_count() or 1))
-
-
 def _is_string(feature) -> bool:
   return np.dtype(feature.np_dtype).kind in "OSU"
 
@@ -300,12 +297,14 @@ class BatchIterator:
   leaving a `with` block) stops the background thread; closing is idempotent.
   """
 
-  def __init__(self, make: Callable[[int], Batch], items: Sequence[int] | range | Iterator[int],
-               *, prefetch: int, pool: futures.ThreadPoolExecutor | None,
-               num_batches: int | None, name: str):
+  def __init__(self, make: Callable[[int], Batch], items: Sequence[int] | Iterator[int], *,
+               prefetch: int, pool: futures.ThreadPoolExecutor | None,
+               num_batches: int | None, first: int, name: str):
     self._make = make
     self._pool = pool
     self.num_batches = num_batches  # None: endless
+    self.first = first
+    self.yielded = 0  # batches returned so far
     self._closed = False
     self._done = False
     self._stop = threading.Event()
@@ -319,6 +318,11 @@ class BatchIterator:
     else:
       self._items = items
 
+  @property
+  def next_step(self) -> int:
+    """Training step (or eval batch number) of the batch the next `next()` returns."""
+    return self.first + self.yielded
+
   def __iter__(self):
     return self
 
@@ -331,8 +335,22 @@ class BatchIterator:
       except StopIteration:
         self._done = True
         raise
-      return self._make(i)
-    item = self._queue.get()
+      try:
+        batch = self._make(i)
+      except BaseException:
+        self._done = True
+        raise
+      self.yielded += 1
+      return batch
+    while True:
+      try:
+        item = self._queue.get(timeout=1.0)
+        break
+      except queue.Empty:
+        if not self._thread.is_alive() and self._queue.empty():
+          self._done = True
+          raise RuntimeError("the input pipeline's prefetch thread stopped without a "
+                             "result (interpreter shutting down?)") from None
     if isinstance(item, _End):
       self._done = True
       self.close()
@@ -341,6 +359,7 @@ class BatchIterator:
       self._done = True
       self.close()
       raise item.error
+    self.yielded += 1
     return item
 
   def __len__(self) -> int:
@@ -387,12 +406,16 @@ class _BatchReader:
   """Reads the examples of given dataset indices into one host batch."""
 
   def __init__(self, dataset, split: str, keys: Sequence[str] | None,
-               layout: ProcessLayout, per_device_batch: int, num_threads: int | None):
+               layout: ProcessLayout, per_device_batch: int, num_threads: int):
     if per_device_batch < 1:
       raise ConfigError(f"per_device_batch must be >= 1, got {per_device_batch}")
     builder = open_builder(dataset)
     self.source = open_split(builder, split, raw=True)
     self.num_examples = len(self.source)
+    self.where = f"{builder.data_dir}, split '{split}'"
+    instructions = builder.info.splits[split].file_instructions
+    self.shards = [os.fspath(fi.filename) for fi in instructions]
+    self.shard_ends = np.cumsum([fi.take for fi in instructions])
     features = builder.info.features
     if keys is None:
       keys = default_keys(features)
@@ -404,13 +427,15 @@ class _BatchReader:
                         f"{list(_EXTRA_KEYS)} are added by the pipeline)")
     self.decoder = _Decoder(features, keys)
     if self.num_examples:
-      self.decoder.check(self.source[0])
+      try:
+        self.decoder.check(self.source[0])
+      except Exception as e:  # pylint: disable=broad-except
+        raise self._read_error(np.zeros(1, np.int64), e) from e
     self.layout = layout
     self.per_device_batch = per_device_batch
     self.local_batch = layout.local_batch(per_device_batch)
     self.global_batch = layout.global_batch(per_device_batch)
-    self.num_threads = (default_num_threads() if num_threads is None
-                        else max(1, int(num_threads)))
+    self.num_threads = max(1, int(num_threads))
     self.pool = (futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="ee_read")
                  if self.num_threads > 1 else None)
 
@@ -431,11 +456,28 @@ class _BatchReader:
     unique, inverse = np.unique(indices, return_inverse=True)
     if len(unique) < len(indices):
       rows = self.decoder.allocate(len(unique))
-      self._fill(unique, rows)
+      self._checked_fill(unique, rows)
       return {k: v[inverse] for k, v in rows.items()}
     out = self.decoder.allocate(len(indices))
-    self._fill(indices, out)
+    self._checked_fill(indices, out)
     return out
+
+  def _checked_fill(self, indices: np.ndarray, out: Batch) -> None:
+    try:
+      self._fill(indices, out)
+    except (DataError, ConfigError):
+      raise
+    except Exception as e:  # a corrupt or truncated shard
+      raise self._read_error(indices, e) from e
+
+  def _read_error(self, indices: np.ndarray, error: Exception) -> DataError:
+    """A DataError naming the shard files the examples live in."""
+    shards = sorted({self.shards[i] for i in
+                     np.searchsorted(self.shard_ends, indices, side="right")
+                     if i < len(self.shards)})
+    return DataError(f"{self.where}: cannot read examples {indices.tolist()[:8]}"
+                     f"{' ...' if len(indices) > 8 else ''} from {', '.join(shards)}: "
+                     f"{type(error).__name__}: {error}")
 
   def _fill(self, indices: np.ndarray, out: Batch) -> None:
     n = len(indices)
@@ -462,7 +504,7 @@ def _layout(process_index, process_count, local_devices) -> ProcessLayout:
 def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
                    start_step: int = 0, num_steps: int | None = None,
                    keys: Sequence[str] | None = None, prefetch: int = 2,
-                   num_threads: int | None = None, process_index: int | None = None,
+                   num_threads: int = 1, process_index: int | None = None,
                    process_count: int | None = None,
                    local_devices: int | None = None) -> BatchIterator:
   """Training batches from global step `start_step` on (endless unless `num_steps`).
@@ -470,7 +512,8 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
   `dataset`: a prepared `DatasetBuilder` or the path of a prepared dataset folder.
   `keys`: features to batch (default `default_keys`); `index` and `global_position` are
   always added. `prefetch`: batches prepared ahead in a background thread (0: none).
-  `num_threads`: threads reading each batch. `process_*`, `local_devices`: default JAX's.
+  `num_threads`: reader threads per batch (1: one `__getitems__` call, parallel over
+  shards). `process_*`, `local_devices`: default to JAX's values.
   """
   layout = _layout(process_index, process_count, local_devices)
   reader = _BatchReader(dataset, split, keys, layout, per_device_batch, num_threads)
@@ -507,12 +550,12 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
     steps = range(int(start_step), int(start_step) + int(num_steps))
   return BatchIterator(make, steps, prefetch=prefetch, pool=reader.pool,
                        num_batches=None if num_steps is None else int(num_steps),
-                       name=f"ee_train_prefetch_{split}")
+                       first=int(start_step), name=f"ee_train_prefetch_{split}")
 
 
 def eval_iterator(dataset, split: str, *, per_device_batch: int,
                   keys: Sequence[str] | None = None, prefetch: int = 2,
-                  num_threads: int | None = None, process_index: int | None = None,
+                  num_threads: int = 1, process_index: int | None = None,
                   process_count: int | None = None,
                   local_devices: int | None = None) -> BatchIterator:
   """One pass over `split` in order; `len()` is the same on every process.
@@ -538,14 +581,14 @@ def eval_iterator(dataset, split: str, *, per_device_batch: int,
 
   count = num_eval_batches(n, g)
   return BatchIterator(make, range(count), prefetch=prefetch, pool=reader.pool,
-                       num_batches=count, name=f"ee_eval_prefetch_{split}")
+                       num_batches=count, first=0, name=f"ee_eval_prefetch_{split}")
 
 
 def _data_options(data_cfg) -> dict:
   return dict(per_device_batch=int(data_cfg.per_device_batch),
               keys=data_cfg.get("batch_keys") or None,
               prefetch=int(data_cfg.get("prefetch", 2)),
-              num_threads=data_cfg.get("read_threads") or None)
+              num_threads=int(data_cfg.get("read_threads", 1)))
 
 
 def train_iterator_from_config(config, dataset, start_step: int = 0,
