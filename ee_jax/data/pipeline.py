@@ -180,7 +180,10 @@ def default_keys(features) -> tuple[str, ...]:
 
 
 def _fast_spec(feature):
-  """(bytes_encoded, dtype, shape) where a feature can be decoded straight from the proto."""
+  """(how, dtype, shape) where a feature can be decoded straight from the proto: how is
+  'bytes' (raw array bytes), 'list' (int64/float list) or 'text' (one bytes value)."""
+  if type(feature) is tfds.features.Text:  # pylint: disable=unidiomatic-typecheck
+    return "text", np.dtype(object), ()
   if type(feature) not in (tfds.features.Tensor, tfds.features.Scalar):
     return None
   shape = tuple(feature.shape)
@@ -189,7 +192,7 @@ def _fast_spec(feature):
   if (None in shape or dtype.kind in "OSU" or dtype == np.uint64 or content.optional or
       content.encoding not in ("bytes", "none", "")):
     return None
-  return content.encoding == "bytes", dtype, shape
+  return ("bytes" if content.encoding == "bytes" else "list"), dtype, shape
 
 
 class _Decoder:
@@ -227,15 +230,17 @@ class _Decoder:
       return
     for j, record in enumerate(records):
       fmap = _example_pb2.Example.FromString(record).features.feature
-      for key, (as_bytes, dtype, shape) in self.fast.items():
+      for key, (how, dtype, shape) in self.fast.items():
         feature = fmap[key]
-        if as_bytes:
-          value = np.frombuffer(feature.bytes_list.value[0], dtype)
+        if how == "bytes":
+          value = np.frombuffer(feature.bytes_list.value[0], dtype).reshape(shape)
+        elif how == "text":
+          value = feature.bytes_list.value[0]
         elif feature.HasField("int64_list"):
-          value = np.asarray(feature.int64_list.value, dtype)
+          value = np.asarray(feature.int64_list.value, dtype).reshape(shape)
         else:
-          value = np.asarray(feature.float_list.value, dtype)
-        out[key][offset + j] = value.reshape(shape)
+          value = np.asarray(feature.float_list.value, dtype).reshape(shape)
+        out[key][offset + j] = value
 
   def check(self, record: bytes) -> None:
     """The fast path must give exactly what TFDS gives (guards against format changes)."""
