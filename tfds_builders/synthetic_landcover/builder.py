@@ -19,12 +19,17 @@ How a scene is made (`scene_size` x `scene_size` pixels, cut into `tile_size` ti
   mowing, flowering). Many classes look alike on any single date (green crop vs green
   grass vs green canopy; bare soil before emergence vs after harvest) and differ in the
   timing and shape of their curves, so one date is much less informative than the series.
-* **Nuisances.** Per field: phase shift of the calendar (`phase_jitter_days`), amplitude of
-  the vegetation cycle (`amplitude_jitter`), brightness (`brightness_jitter`). Within a
-  field: spatially correlated texture (`texture_std`). Per scene: acquisition dates jittered
-  around an even spread over the year (`date_jitter_days`); per date: atmospheric gain and
-  haze (`atmosphere_jitter`). A small point-spread blur mixes pixels at field boundaries.
-  Per pixel: Gaussian sensor noise (`noise_std`, in digital numbers).
+  The first classes are named (cereal, maize, rapeseed, grassland, forest, urban,
+  sugar_beet, water); beyond those, `class_<k>` are procedural crops drawn from `seed`.
+* **Nuisances.** Per scene: a regional shift of the calendar (`scene_phase_jitter_days`)
+  and acquisition dates jittered around an even spread over the season
+  (`date_jitter_days`). Per field: shift of the calendar (sowing date,
+  `phase_jitter_days`), amplitude of the vegetation cycle (`amplitude_jitter`), a share of
+  another class's signature (intercrops, weeds; up to `field_mixing`), brightness
+  (`brightness_jitter`) and colour (`spectral_jitter`). Within a field: spatially
+  correlated texture (`texture_std`). Per date: atmospheric gain and haze
+  (`atmosphere_jitter`). A small point-spread blur mixes pixels at field boundaries. Per
+  pixel: Gaussian sensor noise (`noise_std`, digital numbers).
 * **Clouds.** Per scene and date a cloud cover drawn around `cloud_fraction` (some dates
   clear, some very cloudy); soft-edged bright clouds (high in the cirrus band B10 too) and
   their displaced shadows. `valid` is False under clouds and strong shadows; thin cloud
@@ -36,6 +41,12 @@ unobserved on *every* date gets `ignore_index` (255): nothing in the input shows
 'unlabelled' split (pre-training) carries 255 everywhere; its tiles come from their own
 scenes like every split, so no split leaks into another (splits are spatial by
 construction: each split's scenes are generated from their own seed stream).
+
+With the defaults (6 classes, 6 dates, 13 bands) a per-pixel linear classifier of the full
+time series reaches roughly 70% accuracy, on one date roughly 45% (chance: 17%);
+averaging over a field helps, and nonlinear temporal features help more: the task is
+learnable, but not trivially from one pixel, which is where pre-training can pay off.
+Every nuisance is a parameter, to make the benchmark easier or harder.
 """
 
 import datetime
@@ -106,9 +117,11 @@ DEFAULT_PARAMS = {
     "num_dates": 6,
     "tile_size": 32,
     "scene_size": 128,           # scenes are cut into (scene_size / tile_size)^2 tiles
-    "bands": list(S2_BANDS),     # any S2 band names, in the order wanted
+    "bands": tuple(S2_BANDS),    # any S2 band names, in the order wanted (tuple: CLI-overridable)
     "num_bands": 0,              # > 0: keep the most informative `num_bands` of `bands`
-    "num_tiles": {"unlabelled": 1024, "train": 256, "validation": 64, "test": 64},
+    # Tiles per split (a split named "unlabelled" has label 255 everywhere); the defaults
+    # build in about 15 s on 2 CPU cores (~370 MB).
+    "num_tiles": {"unlabelled": 2048, "train": 512, "validation": 128, "test": 128},
     "year": 2021,
     "first_doy": 45,             # dates spread evenly between these days of the year
     "last_doy": 320,
@@ -388,10 +401,12 @@ class SyntheticLandcover(TileBuilder):
     rng = np.random.default_rng(np.random.SeedSequence([p["seed"], split_id, index]))
     sig = self._signatures()
     k_n = p["num_classes"]
-    band_idx = [S2_BANDS.index(b) for b in self._bands()]
-    spectra = np.array([_ENDMEMBERS[e] for e in _EM_NAMES], np.float32)[:, band_idx]  # [E,C]
-    cloud = np.array(_CLOUD, np.float32)[band_idx]
-    haze = np.array(_HAZE, np.float32)[band_idx]
+    # The whole S2 spectrum is simulated and the bands selected at the end, so a band
+    # selection is exactly a view of the full data (same random draws).
+    spectra = np.array([_ENDMEMBERS[e] for e in _EM_NAMES], np.float32)    # [E,13]
+    cloud = np.array(_CLOUD, np.float32)
+    haze = np.array(_HAZE, np.float32)
+    nb = len(S2_BANDS)
 
     # Dates: an even spread over the season, jittered per scene.
     base = np.linspace(p["first_doy"], p["last_doy"], t_n) if t_n > 1 else \
@@ -424,7 +439,7 @@ class SyntheticLandcover(TileBuilder):
         rng.normal(0.0, p["scene_phase_jitter_days"])
     amp = np.clip(rng.normal(1.0, p["amplitude_jitter"], size=nf), 0.3, 1.7)
     bright = np.clip(rng.normal(1.0, p["brightness_jitter"], size=nf), 0.5, 1.5)
-    colour = np.clip(rng.normal(1.0, p["spectral_jitter"], size=(nf, len(band_idx))), 0.5, 1.5)
+    colour = np.clip(rng.normal(1.0, p["spectral_jitter"], size=(nf, nb)), 0.5, 1.5)
     other = (field_class + rng.integers(1, k_n, size=nf)) % k_n           # never the own class
     share = rng.uniform(0.0, p["field_mixing"], size=nf)
     field_doy = doy[None, :] - phase[:, None]
@@ -439,18 +454,24 @@ class SyntheticLandcover(TileBuilder):
         mixed[m] = sig.abundances(k, field_doy[m], amp[m])
     abund = (1.0 - share[:, None, None]) * abund + share[:, None, None] * mixed
 
-    # Pixels: abundances with within-field texture, mixed into spectra.
+    # Pixels. Within-field texture scales the non-background abundances by c = 1 + tex
+    # (renormalised where they would pass 1): w = m * fg + (1 - m * sum(fg)) * onehot(bg)
+    # with m = min(c, 1 / sum(fg)), so reflectance = B + m * (F - sum(fg) * B), where
+    # F = fg @ spectra and B the background spectrum, both per field: one gather per pixel.
     tex = _smooth_noise(rng, (2,), size, sigma=1.5) * p["texture_std"]
-    w = abund.astype(np.float32)[field_id]                                 # [S,S,T,E]
-    is_bg = (np.arange(len(_EM_NAMES)) ==
-             np.array(sig.background)[field_class[field_id]][:, :, None, None])
-    fg = np.where(is_bg, 0.0, w) * np.clip(1.0 + tex[0], 0.2, 2.0)[:, :, None, None]
-    fg = fg / np.maximum(fg.sum(-1, keepdims=True), 1.0)
-    w = (fg + is_bg * (1.0 - fg.sum(-1, keepdims=True))).astype(np.float32)
-    refl = (w.reshape(-1, w.shape[-1]) @ spectra).reshape(w.shape[:-1] + (len(band_idx),))
-    refl *= (bright[field_id] * np.clip(1.0 + 0.5 * tex[1], 0.5, 1.5))[:, :, None, None]
-    refl *= colour[field_id][:, :, None, :]
-    refl = np.transpose(refl, (2, 0, 1, 3)).astype(np.float32)             # [T,S,S,C]
+    background = np.array(sig.background)[field_class]                    # [F]
+    onehot = np.arange(len(_EM_NAMES)) == background[:, None]              # [F,E]
+    fg = np.where(onehot[:, None, :], 0.0, abund)                          # [F,T,E]
+    fg_sum = fg.sum(-1)                                                    # [F,T]
+    bg_spec = spectra[background].astype(np.float64)                       # [F,13]
+    delta = (fg @ spectra - fg_sum[..., None] * bg_spec[:, None, :])       # [F,T,13]
+    c = np.clip(1.0 + tex[0], 0.2, 2.0)                                    # [S,S]
+    m = np.minimum(c[None], 1.0 / np.maximum(fg_sum.T[:, field_id], 1e-6))  # [T,S,S]
+    refl = (bg_spec.astype(np.float32)[field_id][None] +
+            m.astype(np.float32)[..., None] *
+            delta.astype(np.float32).transpose(1, 0, 2)[:, field_id])      # [T,S,S,13]
+    scale = (bright[:, None] * colour).astype(np.float32)[field_id]        # [S,S,13]
+    refl *= scale * np.clip(1.0 + 0.5 * tex[1], 0.5, 1.5)[:, :, None]
     refl = _blur3(refl, 0.6, axes=(1, 2))
 
     # Atmosphere per date.
@@ -466,7 +487,6 @@ class SyntheticLandcover(TileBuilder):
         0.35 * _smooth_noise(rng, (t_n,), size, sigma=1.5)
     thick = 0.8 + 0.2 * _smooth_noise(rng, (t_n,), size, sigma=4.0)
     shift = rng.integers(3, 9, size=(t_n, 2))
-    # cloud loop
     for t in range(t_n):
       if cover[t] < 1e-3:
         continue
@@ -482,7 +502,8 @@ class SyntheticLandcover(TileBuilder):
 
     # Sensor noise.
     refl += np.float32(p["noise_std"]) * rng.standard_normal(size=refl.shape, dtype=np.float32)
-    image = np.clip(np.rint(refl), 0, _MAX_DN).astype(np.uint16)
+    band_idx = [S2_BANDS.index(b) for b in self._bands()]
+    image = np.clip(np.rint(refl[..., band_idx]), 0, _MAX_DN).astype(np.uint16)
 
     label = field_class[field_id].astype(np.uint8)
     label[~valid.any(axis=0)] = contract.IGNORE_INDEX
