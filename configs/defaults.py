@@ -23,4 +23,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.per_device_batch = 32
   c.data.shuffle_seed = 0
   c.data.prefetch = 2           # batches prepared ahead in a background thread
+  c.data.read_threads = 2       # reader threads decoding records for one batch
+  c.data.batch_keys = ()        # () = every numeric feature of the tile contract
   return c
