@@ -6,6 +6,9 @@ overrides further (`--config.train.steps=1000`). Unknown keys are rejected by ml
 
 import ml_collections
 
+from ee_jax import augment, losses, models
+from ee_jax.train import optim
+
 
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -25,4 +28,34 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2           # batches prepared ahead in a background thread
   c.data.read_threads = 2       # reader threads decoding records for one batch
   c.data.batch_keys = ()        # () = every numeric feature of the tile contract
+
+  c.model = models.default_config()      # UNet backbone + heads
+  c.augment = augment.default_config()   # the two views
+  c.loss = losses.default_config()       # dense InfoNCE
+  c.optim = optim.default_config()       # AdamW, warmup + cosine, clipping
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 2000
+  c.train.log_every = 50
+  c.train.eval_every = 500      # contrastive metrics on data.eval_split; 0 = never
+  c.train.eval_batches = 0      # 0 = the whole eval split
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A tiny model and a few steps: the `:smoke` variant of every config."""
+  c.model.widths = (8, 16)
+  c.model.features = 16
+  c.model.num_groups = 4
+  c.model.proj_dim = 16
+  c.loss.num_anchors = 32
+  c.data.per_device_batch = 4
+  c.optim.warmup_steps = 2
+  c.train.steps = 6
+  c.train.log_every = 2
+  c.train.eval_every = 6
+  c.train.eval_batches = 2
+  c.train.checkpoint_every = 3
   return c

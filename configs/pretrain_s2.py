@@ -16,8 +16,15 @@ def get_config(arg: str | None = None):
   c.data.builder.update(S2Tiles.DEFAULT_PARAMS)
   c.data.train_split = "train"
   c.data.eval_split = "validation"
+  c.augment.crop_size = 48
+  c.train.steps = 300
+  c.train.log_every = 10
+  c.train.eval_every = 100
+  c.train.checkpoint_every = 100
+  c.optim.warmup_steps = 30
   if arg == "smoke":
-    c.data.per_device_batch = 8
+    defaults.smoke(c)
+    c.augment.crop_size = 32
   elif arg:
     raise ValueError(f"configs/pretrain_s2.py: unknown argument '{arg}' (known: smoke)")
   return c

@@ -13,7 +13,15 @@ def build(config, workdir=None) -> None:
   print(datasets.summary(builder))
 
 
-MODES = {"build": build}
+def pretrain(config, workdir) -> None:
+  """Dense contrastive pre-training (builds the dataset first when it is missing)."""
+  if not workdir:
+    raise ConfigError("--workdir is required for --mode=pretrain")
+  from ee_jax.train.pretrain import pretrain as run_pretrain  # pylint: disable=import-outside-toplevel
+  run_pretrain(config, workdir)
+
+
+MODES = {"build": build, "pretrain": pretrain}
 
 
 def run(mode: str, config, workdir: str | None) -> None:
