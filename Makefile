@@ -17,8 +17,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The embedded real Sentinel-2 scene: build the tiles, then pre-train a small model on them.
 demo: $(STAMP)
-	$(PY) launch.py --mode=build --config=configs/pretrain_s2.py --config.data.data_dir=$(DATA_DIR)
+	$(PY) launch.py --mode=build --config=configs/pretrain_s2.py:demo --config.data.data_dir=$(DATA_DIR)
+	$(PY) launch.py --mode=pretrain --config=configs/pretrain_s2.py:demo \
+	  --config.data.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)/pretrain_s2
 
 test: $(STAMP)
 	$(PY) -m pytest -q
