@@ -27,6 +27,7 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ee_jax.errors import ConfigError
 
@@ -78,25 +79,31 @@ def normalize(image, mean, std):
 # ---------------------------------------------------------------- dihedral group (8 elements)
 # k in 0..7: k >= 4 flips left-right first, then rotates by 90 degrees (k % 4) times.
 
-def _fwd(x, k):
+def _fwd(x, k, xp=jnp):
   if k >= 4:
-    x = jnp.flip(x, axis=1)
-  return jnp.rot90(x, k % 4, axes=(0, 1))
+    x = xp.flip(x, axis=1)
+  return xp.rot90(x, k % 4, axes=(0, 1))
 
 
-def _inv(x, k):
-  x = jnp.rot90(x, -(k % 4), axes=(0, 1))
+def _inv(x, k, xp=jnp):
+  x = xp.rot90(x, -(k % 4), axes=(0, 1))
   if k >= 4:
-    x = jnp.flip(x, axis=1)
+    x = xp.flip(x, axis=1)
   return x
 
 
 def _dihedral(fn, x, k):
+  """Static k: plain flips/rotations. Traced k: ONE gather through a constant [8, H*W]
+  table of source pixels (not a switch over 8 branches, which under vmap computes all 8)."""
   if isinstance(k, int):
     return fn(x, k)
-  if x.shape[0] != x.shape[1]:
+  h, w = x.shape[:2]
+  if h != w:
     raise ValueError(f"a traced dihedral index needs square [H, W, ...] arrays; got {x.shape}")
-  return jax.lax.switch(k, [functools.partial(fn, k=i) for i in range(8)], x)
+  iota = np.arange(h * w).reshape(h, w)
+  table = np.stack([fn(iota, i, xp=np).reshape(-1) for i in range(8)]).astype(np.int32)
+  src = jnp.asarray(table)[k]
+  return x.reshape((h * w,) + x.shape[2:])[src].reshape(x.shape)
 
 
 def apply_dihedral(x, k):

@@ -27,9 +27,9 @@ def local_device_count() -> int:
   return jax.local_device_count()
 
 
-def replicate(tree):
-  """One copy of every leaf per local device, laid out the way `pmap` expects."""
-  devices = jax.local_devices()
+def replicate(tree, devices=None):
+  """One copy of every leaf per device (default: all local ones), laid out for `pmap`."""
+  devices = list(devices or jax.local_devices())
   mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 

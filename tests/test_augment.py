@@ -1,0 +1,120 @@
+"""Views: exact geometry (dihedral + shared crop), per-view independence, device-count
+independence of the per-example randomness."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ee_jax import augment, parallel
+from ee_jax.errors import ConfigError
+
+GEOMETRY_ONLY = augment.AugmentConfig(crop_size=8, gain=0.0, offset=0.0, noise_std=0.0,
+                                      band_dropout=0.0, cloud_prob=0.0)
+
+
+def test_dihedral_roundtrip_and_group():
+  x = np.random.default_rng(0).normal(size=(6, 6, 2)).astype(np.float32)
+  undo = jax.jit(lambda x, k: augment.undo_dihedral(augment.apply_dihedral(x, k), k))
+  apply = jax.jit(augment.apply_dihedral)
+  images = []
+  for k in range(8):
+    np.testing.assert_array_equal(undo(x, k), x)                   # traced k
+    rect = x[:, :4]                                                # static k: any shape
+    np.testing.assert_array_equal(
+        augment.undo_dihedral(augment.apply_dihedral(rect, k), k), rect)
+    images.append(np.asarray(apply(x, k)))
+  assert len({im.tobytes() for im in images}) == 8                 # 8 distinct elements
+
+
+def _coordinate_tiles(b, t, size):
+  """Each pixel holds its ground (row, col) and its date index, as uint16 'bands'."""
+  rr, cc = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  tile = np.stack([np.broadcast_to(rr, (t, size, size)), np.broadcast_to(cc, (t, size, size)),
+                   np.broadcast_to(np.arange(t)[:, None, None], (t, size, size))], -1)
+  return np.broadcast_to(tile, (b, t, size, size, 3)).astype(np.uint16)
+
+
+def test_views_map_back_to_ground_pixels():
+  b, t, size = 6, 3, 12
+  image = _coordinate_tiles(b, t, size)
+  valid = np.ones((b, t, size, size), bool)
+  valid[:, :, 5, 7] = False                               # a nodata pixel on every date
+  cfg = dataclasses.replace(GEOMETRY_ONLY, num_dates=2)
+  v1, v2, offset = jax.jit(augment.make_views, static_argnames="cfg")(
+      jax.random.key(0), 3, np.arange(b), image, valid, np.zeros(3), np.ones(3), cfg=cfg)
+  ks = np.concatenate([v1["dihedral"], v2["dihedral"]])
+  assert len(set(ks.tolist())) > 1                        # the geometry was really exercised
+  for v in (v1, v2):
+    assert v["image"].shape == (b, 2, 8, 8, 3) and v["valid"].shape == (b, 8, 8)
+    for i in range(b):
+      k, (r0, c0) = int(v["dihedral"][i]), offset[i]
+      ground = np.moveaxis(augment.undo_dihedral(np.moveaxis(v["image"][i], 0, 2), k), 2, 0)
+      dates = np.asarray(v["dates"][i])
+      assert (np.diff(dates) > 0).all()
+      expect = image[i, dates, r0:r0 + 8, c0:c0 + 8].astype(np.float32)
+      expect = expect * valid[i, dates, r0:r0 + 8, c0:c0 + 8, None]   # nodata -> 0
+      np.testing.assert_array_equal(ground, expect)
+      np.testing.assert_array_equal(augment.undo_dihedral(v["valid"][i], k),
+                                    valid[i, 0, r0:r0 + 8, c0:c0 + 8])
+  # Date subsets are drawn independently per view.
+  assert any((v1["dates"][i] != v2["dates"][i]).any() for i in range(b))
+
+
+def test_photometric_and_clouds():
+  b, t, size = 4, 1, 16
+  rng = np.random.default_rng(0)
+  image = rng.integers(900, 1100, size=(b, t, size, size, 4)).astype(np.uint16)
+  valid = np.ones((b, t, size, size), bool)
+  cfg = augment.AugmentConfig(cloud_prob=1.0, noise_std=0.0, band_dropout=0.0, dihedral=False,
+                              cloud_fill=7.0)
+  mean, std = np.full(4, 1000.0), np.full(4, 50.0)
+  v1, v2, _ = jax.jit(augment.make_views, static_argnames="cfg")(
+      jax.random.key(1), 0, np.arange(b), image, valid, mean, std, cfg=cfg)
+  for v in (v1, v2):
+    cloudy = ~np.asarray(v["valid"])
+    frac = cloudy.mean(axis=(1, 2))
+    assert (frac > 0).all() and (frac < 1).all()          # blobs, not all or nothing
+    np.testing.assert_array_equal(np.asarray(v["image"])[:, 0][cloudy], 7.0)
+    assert np.abs(np.asarray(v["image"])[:, 0][~cloudy]).max() <= 2.5  # normalised data
+  assert (np.asarray(v1["valid"]) != np.asarray(v2["valid"])).any()
+  # Gain/offset jitter is drawn per view: where both views are clear, they still differ.
+  clear = np.asarray(v1["valid"] & v2["valid"])
+  assert (np.asarray(v1["image"])[:, 0][clear] != np.asarray(v2["image"])[:, 0][clear]).all()
+
+
+def test_views_independent_of_device_count():
+  b, t, size = 4, 3, 10
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 3000, size=(b, t, size, size, 3)).astype(np.uint16)
+  valid = rng.random((b, t, size, size)) > 0.1
+  index = np.array([10, 11, 12, 13])
+  cfg = augment.AugmentConfig(crop_size=8, num_dates=2, cloud_prob=0.5)
+  mean, std = np.full(3, 1500.0), np.full(3, 800.0)
+  key = jax.random.key(42)
+
+  def views(image, valid, index, key):
+    return augment.make_views(key, 7, index, image, valid, mean, std, cfg)
+
+  one = jax.jit(views)(image, valid, index, key)
+  two = parallel.pmap_step(views)(*parallel.shard((image, valid, index)),
+                                  parallel.replicate(key))
+  two = parallel.unshard(two)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                         one, two)
+
+
+def test_config():
+  cfg = augment.default_config()
+  cfg.crop_size = 8
+  assert augment.AugmentConfig.from_config(cfg) == augment.AugmentConfig(crop_size=8)
+  with pytest.raises(ConfigError, match="unknown keys"):
+    augment.AugmentConfig.from_config({"crop": 8})
+  with pytest.raises(ConfigError, match="crop_size"):
+    augment.make_views(jax.random.key(0), 0, np.arange(1), np.zeros((1, 1, 4, 4, 1), np.uint16),
+                       np.ones((1, 1, 4, 4), bool), [0.0], [1.0], GEOMETRY_ONLY)
+  assert augment.view_shape(augment.AugmentConfig(num_dates=2), (5, 12, 10, 4)) == (2, 10, 10, 4)
+  np.testing.assert_allclose(augment.normalize(np.array([[3, 5]], np.uint16), [1, 1], [2, 4]),
+                             [[1.0, 1.0]])

@@ -1,0 +1,120 @@
+"""Dense InfoNCE: against a direct numpy implementation, masking, and across devices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ee_jax import losses, parallel
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _case(b=2, h=4, w=4, e=8, n=5, seed=0):
+  rng = np.random.default_rng(seed)
+  z1 = _unit(rng.normal(size=(b, h, w, e))).astype(np.float32)
+  z2 = _unit(z1 + 0.5 * rng.normal(size=z1.shape)).astype(np.float32)
+  v1, v2 = rng.random((b, h, w)) > 0.2, rng.random((b, h, w)) > 0.2
+  idx = np.stack([rng.choice(h * w, n, replace=False) for _ in range(b)]).astype(np.int32)
+  return z1, z2, v1, v2, idx
+
+
+def _reference(z1, z2, v1, v2, idx, tau, radius):
+  """Loops over anchors: the loss written down as plainly as possible."""
+  b, h, w, e = z1.shape
+  both = (v1 & v2).reshape(b, -1)
+  f = [z1.reshape(b, -1, e), z2.reshape(b, -1, e)]
+  pix = [(i, p) for i in range(b) for p in idx[i]]
+  ok = [both[i, p] for i, p in pix]
+  ces, tops, poss, negs = [], [], [], []
+  for a, (ia, pa) in enumerate(pix):
+    if not ok[a]:
+      continue
+    ce_dirs = []
+    for src, dst in ((0, 1), (1, 0)):
+      cand = []
+      for k, (ik, pk) in enumerate(pix):
+        near = ik == ia and (pa // w - pk // w) ** 2 + (pa % w - pk % w) ** 2 <= radius ** 2
+        if ok[k] and (k == a or not (radius > 0 and near)):
+          cand.append((k, float(f[src][ia, pa] @ f[dst][ik, pk])))
+      logits = np.array([c for _, c in cand]) / tau
+      pos = [k for k, _ in cand].index(a)
+      ce_dirs.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[pos])
+      tops.append(float(np.argmax(logits) == pos))
+      if src == 0:
+        poss.append(cand[pos][1])
+        negs += [c for k, c in cand if k != a]
+    ces.append(np.mean(ce_dirs))
+  return dict(loss=np.mean(ces), top1=np.mean(tops), pos_cos=np.mean(poss),
+              neg_cos=np.mean(negs))
+
+
+@pytest.mark.parametrize("radius", [0.0, 1.5])
+def test_matches_numpy_reference(radius):
+  z1, z2, v1, v2, idx = _case()
+  loss, m = losses.dense_info_nce(z1, z2, v1, v2, temperature=0.5, exclude_radius=radius,
+                                  anchor_idx=idx)
+  ref = _reference(z1, z2, v1, v2, idx, 0.5, radius)
+  np.testing.assert_allclose(loss, ref["loss"], rtol=1e-5, atol=1e-5)
+  for name in ("loss", "top1", "pos_cos", "neg_cos"):
+    np.testing.assert_allclose(m[name], ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_identical_views_small_temperature_near_zero():
+  z = _unit(np.random.default_rng(1).normal(size=(2, 6, 6, 64))).astype(np.float32)
+  valid = np.ones((2, 6, 6), bool)
+  loss, m = losses.dense_info_nce(z, z, valid, valid, jax.random.key(0), num_anchors=16,
+                                  temperature=0.02)
+  assert float(loss) < 1e-3 and float(m["top1"]) == 1.0
+  np.testing.assert_allclose(m["pos_cos"], 1.0, atol=1e-5)
+
+
+def test_invalid_pixels_do_not_contribute():
+  z1, z2, v1, v2, _ = _case(n=8, seed=2)
+  key = jax.random.key(3)
+  loss, _ = losses.dense_info_nce(z1, z2, v1, v2, key, num_anchors=8)
+  bad = ~(v1 & v2)
+  z1b = np.where(bad[..., None], _unit(np.ones_like(z1)), z1)       # change invalid pixels
+  loss_b, _ = losses.dense_info_nce(z1b, z2, v1, v2, key, num_anchors=8)
+  np.testing.assert_allclose(loss, loss_b, rtol=1e-6)
+  # Fewer valid pixels than anchors (image 0: 3) and none at all (image 1): masked, finite.
+  v = np.zeros_like(v1)
+  v[0].flat[:3] = True
+  loss, m = losses.dense_info_nce(z1, z2, v, v, key, num_anchors=8)
+  assert np.isfinite(loss) and float(m["anchors"]) == 1.5
+  idx, mask = losses.sample_anchors(key, jnp.asarray(v.reshape(2, -1)), 8)
+  assert sorted(np.asarray(idx[0][mask[0]]).tolist()) == [0, 1, 2] and not mask[1].any()
+  loss, _ = losses.dense_info_nce(z1, z2, v & False, v & False, key, num_anchors=8)
+  assert np.isfinite(loss) and float(loss) == 0.0
+
+
+def test_two_devices_equal_one_device_loss_and_grads():
+  rng = np.random.default_rng(4)
+  b, h, w, e_in, e = 4, 4, 4, 6, 8
+  x1 = rng.normal(size=(b, h, w, e_in)).astype(np.float32)
+  x2 = (x1 + 0.3 * rng.normal(size=x1.shape)).astype(np.float32)
+  v1, v2 = rng.random((b, h, w)) > 0.3, rng.random((b, h, w)) > 0.3
+  idx = np.stack([rng.choice(h * w, 6, replace=False) for _ in range(b)]).astype(np.int32)
+  weights = rng.normal(size=(e_in, e)).astype(np.float32)
+
+  def loss_fn(wts, x1, x2, v1, v2, idx, axis_name):
+    emb = lambda x: x @ wts / jnp.linalg.norm(x @ wts, axis=-1, keepdims=True)  # noqa: E731
+    return losses.dense_info_nce(emb(x1), emb(x2), v1, v2, temperature=0.3,
+                                 exclude_radius=1.0, anchor_idx=idx, axis_name=axis_name)
+
+  (loss, m), grad = jax.value_and_grad(loss_fn, has_aux=True)(
+      weights, x1, x2, v1, v2, idx, None)
+
+  def per_device(wts, x1, x2, v1, v2, idx):
+    (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(
+        wts, x1, x2, v1, v2, idx, parallel.AXIS)
+    return jax.lax.pmean((loss, m, g), parallel.AXIS)
+
+  loss2, m2, grad2 = parallel.unreplicate(parallel.pmap_step(per_device)(
+      parallel.replicate(weights), *parallel.shard((x1, x2, v1, v2, idx))))
+  np.testing.assert_allclose(loss2, loss, rtol=1e-5)
+  for name in m:
+    np.testing.assert_allclose(m2[name], m[name], rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(grad2, grad, rtol=1e-4, atol=1e-6)
