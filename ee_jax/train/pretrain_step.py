@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ee_jax import augment, losses
+from ee_jax import augment, losses, models
 from ee_jax.parallel import AXIS
 from ee_jax.train.state import TrainState
 
@@ -74,6 +74,4 @@ def make_eval_step(model, mean, std, aug_cfg: augment.AugmentConfig, loss_cfg,
 def init_state(model, tx, key, aug_cfg: augment.AugmentConfig, tile_shape) -> TrainState:
   """A fresh TrainState for tiles shaped (T, H, W, C) (the views' shape fixes the model's)."""
   t, s, _, c = augment.view_shape(aug_cfg, tile_shape)
-  x = jnp.zeros((1, t, s, s, c), jnp.float32)
-  params = model.init(key, x, jnp.ones((1, t, s, s), jnp.float32))["params"]
-  return TrainState.create(params, tx)
+  return TrainState.create(models.init_params(model, key, (1, t, s, s, c), with_valid=True), tx)
