@@ -83,3 +83,31 @@ def check_bands(checkpoint_meta: dict, dataset_meta: dict, checkpoint_dir: str,
   if ckpt_bands != data_bands:
     raise DataError(f"band list mismatch: checkpoint {checkpoint_dir} was trained on "
                     f"{ckpt_bands}, dataset {dataset_dir} has {data_bands}")
+
+
+def resolve_checkpoint(path: str) -> tuple[epath.Path, int]:
+  """A workdir, its checkpoints/ folder, or one step folder -> (checkpoints dir, step)."""
+  p = epath.Path(os.path.expanduser(path))
+  if (p / "checkpoints").is_dir():
+    p = p / "checkpoints"
+  if p.name.isdigit() and (p / "state").is_dir():
+    return p.parent, int(p.name)
+  if not p.is_dir():
+    raise DataError(f"{path}: no such checkpoint, checkpoints folder or workdir")
+  steps = sorted(int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "state").is_dir())
+  if not steps:
+    raise DataError(f"{path}: holds no complete checkpoint")
+  return p, steps[-1]
+
+
+def load_params(path: str) -> tuple[Any, dict]:
+  """(params, metadata) of the latest complete checkpoint under `path` (workdir, its
+  checkpoints/ folder, or one step folder), without needing the train state's structure."""
+  directory, step = resolve_checkpoint(path)
+  manager = ocp.CheckpointManager(os.fspath(directory))
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    manager.close()
+  state = ocp.StandardCheckpointer().restore(directory / str(step) / "state")
+  return state["params"], meta
