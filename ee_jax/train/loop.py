@@ -1,0 +1,90 @@
+"""The training loop shared by pre-training and fine-tuning.
+
+Runs pmapped steps from `start` to `config.train.steps`, logging to metrics.jsonl, evaluating
+every `train.eval_every` steps, checkpointing every `train.checkpoint_every` steps, at the
+end and on SIGTERM. The batches of step s are a pure function of (seed, s), so a resumed
+run sees exactly what an uninterrupted one would.
+"""
+
+import signal
+import time
+from typing import Callable, Sequence
+
+import jax
+
+from ee_jax import checkpoints, parallel
+from ee_jax.data import pipeline
+from ee_jax.train import metrics_log
+
+
+class StopFlag:
+  """Set by SIGTERM (preemption); the loop saves and returns after the current step."""
+
+  def __init__(self):
+    self.stop = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, nothing to restore
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.stop = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def host_metrics(metrics) -> dict:
+  """Replicated device metrics -> {name: float} on host."""
+  return {k: float(v) for k, v in jax.device_get(parallel.unreplicate(metrics)).items()}
+
+
+def run(config, workdir: str, builder, state, *, start: int,
+        p_step: Callable, step_keys: Sequence[str], evaluate: Callable | None,
+        ckpt: checkpoints.Checkpointer, ckpt_meta: dict, indices=None,
+        pixels_per_tile: int = 0) -> tuple[dict, object]:
+  """Trains from step `start`; returns (last logged metrics, final replicated state).
+
+  p_step(p_state, batch, base_keys) -> (p_state, metrics); evaluate(p_state) -> metrics.
+  """
+  total = int(config.train.steps)
+  log = metrics_log.MetricsLog(workdir, total)
+  log.truncate_after(start)
+  base_keys = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+  p_state = parallel.replicate(state)
+  global_batch = config.data.per_device_batch * jax.device_count()
+  keys = (*step_keys, "index")
+  last, step = {}, start
+  subset = {} if indices is None else {"indices": indices}
+  with StopFlag() as flag, pipeline.train_iterator_from_config(
+      config, builder, start_step=start, keys=tuple(step_keys), **subset) as batches:
+    t0, since = time.time(), start
+    for step in range(start + 1, total + 1):
+      batch = next(batches)
+      p_state, metrics = p_step(p_state, {k: batch[k] for k in keys}, base_keys)
+      if step % config.train.log_every == 0 or step == total:
+        m = host_metrics(metrics)
+        m["tiles_per_s"] = (step - since) * global_batch / max(time.time() - t0, 1e-9)
+        if pixels_per_tile:
+          m["pixels_per_s"] = m["tiles_per_s"] * pixels_per_tile
+        last.update(log.write(step, m))
+        t0, since = time.time(), step
+      if evaluate and config.train.eval_every and (
+          step % config.train.eval_every == 0 or step == total):
+        last.update(log.write(step, evaluate(p_state), prefix="eval_"))
+        t0 = time.time()
+      if step % config.train.checkpoint_every == 0 or step == total or flag.stop:
+        ckpt.save(step, jax.device_get(parallel.unreplicate(p_state)), ckpt_meta)
+      if flag.stop:
+        print(f"SIGTERM: saved step {step}; rerun the same command to resume")
+        break
+  ckpt.wait()
+  log.close()
+  print(f"Checkpoints: {ckpt.directory} (latest step {step}); metrics: {log.path}")
+  return last, p_state
