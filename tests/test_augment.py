@@ -4,7 +4,6 @@ independence of the per-example randomness."""
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -9,7 +9,7 @@ import rasterio
 
 from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
-from ee_jax.geo.bands import S2_L1C_BANDS, S2_L2A_BANDS
+from ee_jax.geo.bands import S2_L2A_BANDS
 from tests import rasters
 
 BANDS = list(S2_L2A_BANDS)
