@@ -392,3 +392,126 @@ def test_corrupt_shard_names_the_file(dataset, tmp_path):
     except Exception as e:  # pylint: disable=broad-except
       # Opening can already fail inside array_record; that must be a DataError too.
       pytest.fail(f"not a DataError: {type(e).__name__}: {e}")
+
+
+# --------------------------------------------------------------------------------------
+# Training on a subset of the split (label fractions).
+# --------------------------------------------------------------------------------------
+SUBSET = np.random.default_rng(0).choice(NUM_TRAIN, 13, replace=False)  # unsorted
+
+
+def test_subset_epochs_permute_the_subset(dataset):
+  path, ref = dataset
+  g = 4  # per_device_batch 2 x 2 devices: 3 steps per epoch over 13 examples
+  it = pipeline.train_iterator(path, "train", per_device_batch=2, seed=4, num_steps=9,
+                               indices=SUBSET)
+  assert (it.num_examples, it.passes_per_epoch, it.steps_per_epoch) == (13, 1, 3)
+  batches = collect(it)
+  subset = np.sort(SUBSET)
+  epochs = []
+  for e in range(3):
+    idx = np.concatenate([flat(b, "index") for b in batches[3 * e:3 * e + 3]])
+    assert len(set(idx.tolist())) == 12 and set(idx.tolist()) <= set(SUBSET.tolist())
+    np.testing.assert_array_equal(idx, subset[pipeline.epoch_permutation(13, 4, e)][:12])
+    epochs.append(idx)
+  assert not np.array_equal(epochs[0], epochs[1])
+  for step, b in enumerate(batches):
+    np.testing.assert_array_equal(flat(b, "index"),
+                                  pipeline.train_indices(NUM_TRAIN, g, 4, step, SUBSET))
+    assert_content_matches(b, ref["train"])
+  # The order of `indices` does not matter (the subset is a set).
+  again = collect(pipeline.train_iterator(path, "train", per_device_batch=2, seed=4,
+                                          num_steps=9, indices=subset[::-1].tolist()))
+  assert_batches_equal(again, batches)
+
+
+def test_subset_of_everything_is_the_plain_stream(dataset):
+  path, _ = dataset
+  kw = dict(per_device_batch=4, seed=9, num_steps=6)
+  plain = collect(pipeline.train_iterator(path, "train", **kw))
+  every = collect(pipeline.train_iterator(path, "train", indices=np.arange(NUM_TRAIN)[::-1],
+                                          **kw))
+  assert_batches_equal(every, plain)
+
+
+def test_subset_smaller_than_a_global_batch_repeats_within_the_epoch(dataset):
+  path, ref = dataset
+  subset = np.array([30, 3, 17])  # M = 3, G = 8: 3 passes per epoch, 9 // 8 = 1 step
+  kw = dict(per_device_batch=4, seed=2, num_steps=5, indices=subset)
+  it = pipeline.train_iterator(path, "train", **kw)
+  assert (it.num_examples, it.passes_per_epoch, it.steps_per_epoch) == (3, 3, 1)
+  batches = collect(it)
+  assert len(batches) == 5
+  for step, b in enumerate(batches):
+    idx = flat(b, "index")
+    assert b["image"].shape[:2] == (2, 4)
+    counts = np.bincount(idx, minlength=NUM_TRAIN)[np.sort(subset)]
+    assert counts.sum() == 8 and set(counts.tolist()) <= {2, 3}  # 3 passes, 1 dropped
+    assert set(idx.tolist()) == set(subset.tolist())
+    want = np.concatenate([np.sort(subset)[pipeline.epoch_permutation(3, 2, 3 * step + j)]
+                           for j in range(3)])[:8]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_array_equal(idx, pipeline.train_indices(NUM_TRAIN, 8, 2, step, subset))
+    assert_content_matches(b, ref["train"])
+  assert len({tuple(flat(b, "index")) for b in batches}) > 1  # reshuffled every epoch
+  # Deterministic, and a resumed run continues the same stream.
+  assert_batches_equal(collect(pipeline.train_iterator(path, "train", prefetch=0, **kw)),
+                       batches)
+  resumed = collect(pipeline.train_iterator(path, "train", start_step=3,
+                                            **{**kw, "num_steps": 2}))
+  assert_batches_equal(resumed, batches[3:])
+  # A single example fills a whole batch.
+  one = collect(pipeline.train_iterator(path, "train", per_device_batch=4, seed=0,
+                                        num_steps=1, indices=[5]))[0]
+  np.testing.assert_array_equal(flat(one, "index"), np.full(8, 5))
+
+
+@pytest.mark.parametrize("subset", [SUBSET, np.array([8, 1, 33, 20, 11])])
+def test_subset_resume_and_two_processes(dataset, subset):
+  path, ref = dataset
+  kw = dict(per_device_batch=3, seed=5, num_steps=6, indices=subset)  # G = 12 on 4 devices
+  single = collect(pipeline.train_iterator(path, "train", process_count=1, local_devices=4,
+                                           **kw))
+  per_proc = [collect(pipeline.train_iterator(path, "train", process_index=p, process_count=2,
+                                              **kw)) for p in range(2)]
+  for step in range(6):
+    for key in single[step]:
+      np.testing.assert_array_equal(
+          np.concatenate([flat(per_proc[p][step], key) for p in range(2)]),
+          flat(single[step], key), err_msg=key)
+    np.testing.assert_array_equal(flat(single[step], "index"),
+                                  pipeline.train_indices(NUM_TRAIN, 12, 5, step, subset))
+    assert set(flat(single[step], "index").tolist()) <= set(subset.tolist())
+  resumed = collect(pipeline.train_iterator(path, "train", process_count=1, local_devices=4,
+                                            start_step=4, **{**kw, "num_steps": 2}))
+  assert_batches_equal(resumed, single[4:])
+  for batch in per_proc[1]:
+    assert_content_matches(batch, ref["train"])
+
+
+def test_subset_from_config(dataset):
+  path, _ = dataset
+  config = ml_collections.ConfigDict({"data": {
+      "train_split": "train", "eval_split": "validation", "per_device_batch": 2,
+      "shuffle_seed": 6, "prefetch": 1}})
+  batches = collect(pipeline.train_iterator_from_config(config, path, start_step=1,
+                                                         indices=SUBSET), n=2)
+  for i, b in enumerate(batches):
+    np.testing.assert_array_equal(flat(b, "index"),
+                                  pipeline.train_indices(NUM_TRAIN, 4, 6, 1 + i, SUBSET))
+
+
+@pytest.mark.parametrize("indices, match", [
+    ([], "non-empty"),
+    ([[1, 2]], "1-D"),
+    ([3, 37], r"\[37\] are outside .*37 examples"),
+    ([-1, 4], "outside"),
+    ([4, 2, 4], r"distinct; repeated: \[4\]"),
+    (np.array([1.5, 2.0]), "integers"),
+])
+def test_bad_subsets_are_clear_errors(dataset, indices, match):
+  path, _ = dataset
+  with pytest.raises(ConfigError, match=match):
+    pipeline.train_iterator(path, "train", per_device_batch=2, seed=0, indices=indices)
+  with pytest.raises(ConfigError, match=match):
+    pipeline.train_indices(NUM_TRAIN, 4, 0, 0, indices)

@@ -16,7 +16,21 @@ Training order (deterministic in `(seed, step)`, independent of the number of pr
 
 So a run restarted at step `s` sees exactly the batches an uninterrupted run would have seen
 from `s`, and the content of each global batch does not depend on how many processes share
-it. Besides the requested features every batch carries
+it.
+
+Training on a subset (`indices`, e.g. a label fraction from `ee_jax.data.label_fractions`):
+the subset is a set (sorted first, so its order does not matter) of M split indices, and
+epochs permute it instead of the split: epoch `e` visits `subset[epoch_permutation(M, seed,
+e)]`. The subset of all N examples is therefore exactly the unsubsetted stream. A subset
+smaller than one global batch (say 4 tiles, global batch 16) is not an error: its epoch is
+`P = ceil(G / M)` seeded permutations of it, concatenated (`subset[epoch_permutation(M, seed,
+e * P + j)]`, j = 0 .. P-1), so one epoch fills at least one global batch and each example
+appears P (or P - 1, the remainder being dropped) times per epoch. Batches then hold repeated
+examples; `index` stays the real split index. Everything else (determinism, resume, process
+slicing) is unchanged. Without a subset, a split smaller than one global batch stays a
+ConfigError (lower the batch size).
+
+Besides the requested features every batch carries
 
 * `index` (int64): the example's index in the split (-1 for evaluation padding);
 * `global_position` (int32): the example's position in its global batch, `0 .. G-1`; with
@@ -113,20 +127,68 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return rng.permutation(num_examples).astype(np.int64)
 
 
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-  """Full global batches per epoch (the remainder of each epoch is dropped)."""
-  return num_examples // global_batch
+def steps_per_epoch(num_examples: int, global_batch: int, passes: int = 1) -> int:
+  """Full global batches per epoch of `passes` passes over `num_examples` examples (the
+  remainder of each epoch is dropped)."""
+  return (passes * num_examples) // global_batch
 
 
-def train_indices(num_examples: int, global_batch: int, seed: int, step: int) -> np.ndarray:
-  """Dataset indices of global training batch `step` (all processes together), [G]."""
-  spe = steps_per_epoch(num_examples, global_batch)
+def subset_passes(subset_size: int, global_batch: int) -> int:
+  """Passes over a training subset per epoch: 1, or `ceil(G / M)` when the subset is smaller
+  than one global batch."""
+  if subset_size < 1:
+    raise ConfigError(f"a training subset needs at least one example, got {subset_size}")
+  return max(1, -(-global_batch // subset_size))
+
+
+def check_subset(indices, num_examples: int, where: str = "the split") -> np.ndarray:
+  """`indices` as a sorted int64 array of distinct indices in `[0, num_examples)`."""
+  subset = np.asarray(indices)
+  if subset.ndim != 1 or not subset.size:
+    raise ConfigError(f"training indices must be a non-empty 1-D list of example indices, got "
+                      f"shape {subset.shape}")
+  if not np.issubdtype(subset.dtype, np.integer):
+    if not (np.issubdtype(subset.dtype, np.floating) and np.all(subset == np.round(subset))):
+      raise ConfigError(f"training indices must be integers, got dtype {subset.dtype}")
+  subset = np.sort(subset.astype(np.int64))
+  bad = subset[(subset < 0) | (subset >= num_examples)]
+  if bad.size:
+    raise ConfigError(f"training indices {bad[:8].tolist()} are outside {where} "
+                      f"({num_examples} examples)")
+  repeated = subset[1:][subset[1:] == subset[:-1]]
+  if repeated.size:
+    raise ConfigError(f"training indices must be distinct; repeated: "
+                      f"{np.unique(repeated)[:8].tolist()}")
+  return subset
+
+
+def _epoch_order(num_examples: int, seed: int, epoch: int, subset: np.ndarray | None,
+                 passes: int) -> np.ndarray:
+  """Split indices visited by training epoch `epoch` (before dropping the remainder)."""
+  if subset is None:
+    return epoch_permutation(num_examples, seed, epoch)
+  m = len(subset)
+  if passes == 1:
+    return subset[epoch_permutation(m, seed, epoch)]
+  return np.concatenate([subset[epoch_permutation(m, seed, epoch * passes + j)]
+                         for j in range(passes)])
+
+
+def train_indices(num_examples: int, global_batch: int, seed: int, step: int,
+                  indices=None) -> np.ndarray:
+  """Dataset indices of global training batch `step` (all processes together), [G].
+
+  `indices`: None (the whole split of `num_examples`) or the subset trained on."""
+  subset = None if indices is None else check_subset(indices, num_examples)
+  m = num_examples if subset is None else len(subset)
+  passes = 1 if subset is None else subset_passes(m, global_batch)
+  spe = steps_per_epoch(m, global_batch, passes)
   if spe == 0:
     raise ConfigError(f"the split has {num_examples} examples, fewer than one global batch "
                       f"({global_batch}); lower config.data.per_device_batch")
   epoch, within = divmod(int(step), spe)
-  perm = epoch_permutation(num_examples, seed, epoch)
-  return perm[within * global_batch:(within + 1) * global_batch]
+  order = _epoch_order(num_examples, seed, epoch, subset, passes)
+  return order[within * global_batch:(within + 1) * global_batch]
 
 
 def num_eval_batches(num_examples: int, global_batch: int) -> int:
@@ -506,8 +568,8 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
                    start_step: int = 0, num_steps: int | None = None,
                    keys: Sequence[str] | None = None, prefetch: int = 2,
                    num_threads: int = DEFAULT_NUM_THREADS, process_index: int | None = None,
-                   process_count: int | None = None,
-                   local_devices: int | None = None) -> BatchIterator:
+                   process_count: int | None = None, local_devices: int | None = None,
+                   indices=None) -> BatchIterator:
   """Training batches from global step `start_step` on (endless unless `num_steps`).
 
   `dataset`: a prepared `DatasetBuilder` or the path of a prepared dataset folder.
@@ -515,13 +577,23 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
   always added. `prefetch`: batches prepared ahead in a background thread (0: none).
   `num_threads`: reader threads per batch (1: read in the prefetch thread itself).
   `process_*`, `local_devices`: default to JAX's values.
+  `indices`: train on these examples of the split only (distinct, any order; see the module
+  docstring for epochs over a subset smaller than one global batch); None: all of them.
+
+  The iterator also carries `num_examples` (examples trained on), `passes_per_epoch` and
+  `steps_per_epoch`.
   """
   layout = _layout(process_index, process_count, local_devices)
   reader = _BatchReader(dataset, split, keys, layout, per_device_batch, num_threads)
   n, g, l = reader.num_examples, reader.global_batch, reader.local_batch
   if n == 0:
     raise DataError(f"split '{split}' of {open_builder(dataset).data_dir} is empty")
-  spe = steps_per_epoch(n, g)
+  subset = None
+  if indices is not None:
+    subset = check_subset(indices, n, where=reader.where)
+  m = n if subset is None else len(subset)
+  passes = 1 if subset is None else subset_passes(m, g)
+  spe = steps_per_epoch(m, g, passes)
   if spe == 0:
     raise ConfigError(
         f"split '{split}' has {n} examples, fewer than one global batch of {g} "
@@ -535,7 +607,7 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
     epoch, within = divmod(step, spe)
     if epoch not in cache:
       cache.clear()
-      cache[epoch] = epoch_permutation(n, seed, epoch)
+      cache[epoch] = _epoch_order(n, seed, epoch, subset, passes)
     offset = within * g + start
     indices = cache[epoch][offset:offset + l]
     batch = reader.read(indices)
@@ -549,9 +621,13 @@ def train_iterator(dataset, split: str, *, per_device_batch: int, seed: int,
     steps = itertools.count(int(start_step))
   else:
     steps = range(int(start_step), int(start_step) + int(num_steps))
-  return BatchIterator(make, steps, prefetch=prefetch, pool=reader.pool,
-                       num_batches=None if num_steps is None else int(num_steps),
-                       first=int(start_step), name=f"ee_train_prefetch_{split}")
+  iterator = BatchIterator(make, steps, prefetch=prefetch, pool=reader.pool,
+                           num_batches=None if num_steps is None else int(num_steps),
+                           first=int(start_step), name=f"ee_train_prefetch_{split}")
+  iterator.num_examples = m
+  iterator.passes_per_epoch = passes
+  iterator.steps_per_epoch = spe
+  return iterator
 
 
 def eval_iterator(dataset, split: str, *, per_device_batch: int,
@@ -592,13 +668,14 @@ def _data_options(data_cfg) -> dict:
               num_threads=int(data_cfg.get("read_threads", DEFAULT_NUM_THREADS)))
 
 
-def train_iterator_from_config(config, dataset, start_step: int = 0,
+def train_iterator_from_config(config, dataset, start_step: int = 0, indices=None,
                                **overrides) -> BatchIterator:
   """`train_iterator` for `config.data` (train_split, per_device_batch, shuffle_seed,
-  prefetch, and if present batch_keys / read_threads)."""
+  prefetch, and if present batch_keys / read_threads); `indices`: the training subset
+  (e.g. a label fraction), None for the whole split."""
   data = config.data if hasattr(config, "data") else config
   kwargs = _data_options(data)
-  kwargs.update(seed=int(data.shuffle_seed), start_step=start_step)
+  kwargs.update(seed=int(data.shuffle_seed), start_step=start_step, indices=indices)
   kwargs.update(overrides)
   return train_iterator(dataset, data.train_split, **kwargs)
 
