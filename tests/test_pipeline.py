@@ -515,3 +515,16 @@ def test_bad_subsets_are_clear_errors(dataset, indices, match):
     pipeline.train_iterator(path, "train", per_device_batch=2, seed=0, indices=indices)
   with pytest.raises(ConfigError, match=match):
     pipeline.train_indices(NUM_TRAIN, 4, 0, 0, indices)
+
+
+def test_read_examples(dataset):
+  path, ref = dataset
+  idx = [5, 0, 5, 36]
+  got = pipeline.read_examples(path, "train", idx, ("label", "scene_id"))
+  assert got["label"].shape == (4, TILE, TILE)
+  for j, i in enumerate(idx):
+    np.testing.assert_array_equal(got["label"][j], ref["train"][i]["label"])
+    assert got["scene_id"][j] == ref["train"][i]["scene_id"]
+  assert pipeline.read_examples(path, "train", [], ("label",))["label"].shape == (0, TILE, TILE)
+  with pytest.raises(ConfigError, match=r"\[37\] are outside"):
+    pipeline.read_examples(path, "train", [37], ("label",))

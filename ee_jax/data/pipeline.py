@@ -661,6 +661,25 @@ def eval_iterator(dataset, split: str, *, per_device_batch: int,
                        num_batches=count, first=0, name=f"ee_eval_prefetch_{split}")
 
 
+def read_examples(dataset, split: str, indices, keys: Sequence[str],
+                  num_threads: int = DEFAULT_NUM_THREADS) -> Batch:
+  """The decoded `keys` of examples `indices` of `split`, stacked `[len(indices), ...]`, on
+  host (e.g. the scene ids of a few tiles; only `keys` are decoded)."""
+  reader = _BatchReader(dataset, split, keys, ProcessLayout(0, 1, 1), 1, num_threads)
+  try:
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    bad = indices[(indices < 0) | (indices >= reader.num_examples)]
+    if bad.size:
+      raise ConfigError(f"examples {bad[:8].tolist()} are outside {reader.where} "
+                        f"({reader.num_examples} examples)")
+    if not indices.size:
+      return reader.decoder.allocate(0)
+    return reader.read(indices)
+  finally:
+    if reader.pool is not None:
+      reader.pool.shutdown(wait=True)
+
+
 def _data_options(data_cfg) -> dict:
   return dict(per_device_batch=int(data_cfg.per_device_batch),
               keys=data_cfg.get("batch_keys") or None,
