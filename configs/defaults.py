@@ -44,6 +44,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The fine-tuning sections: where the backbone comes from, and how it is trained."""
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ""              # pre-training workdir/checkpoint; '' = random init
+  c.init.allow_band_mismatch = False  # fine-tune even if the band lists differ
+  c.init.allow_stats_mismatch = False # ... or the normalisation statistics differ
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.label_fraction = 1.0     # share of train tiles with labels (2^-k)
+  c.finetune.fraction_seed = 0        # which tiles: nested across fractions for one seed
+  c.finetune.class_balanced = False   # choose tiles so rare classes appear early
+  c.finetune.freeze_backbone = False  # linear probe
+  c.finetune.backbone_lr_mult = 1.0   # backbone learning rate = this x optim.learning_rate
+  c.finetune.class_weights = ()       # per-class loss weights; () = uniform
+  c.finetune.dihedral = True          # random flips/rotations of tiles and labels
+  c.finetune.test_split = "test"      # split of the final evaluation (eval.json)
+  return c
+
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny model and a few steps: the `:smoke` variant of every config."""
   c.model.widths = (8, 16)

@@ -1,5 +1,6 @@
 """Modes of launch.py, callable without absl flags (tests call these directly)."""
 
+import json
 import sys
 
 from ee_jax.data import datasets
@@ -21,7 +22,35 @@ def pretrain(config, workdir) -> None:
   run_pretrain(config, workdir)
 
 
-MODES = {"build": build, "pretrain": pretrain}
+def finetune(config, workdir) -> None:
+  """Segmentation fine-tuning from a pre-training checkpoint or random init, then eval."""
+  if not workdir:
+    raise ConfigError("--workdir is required for --mode=finetune")
+  from ee_jax.train.finetune import finetune as run_finetune  # pylint: disable=import-outside-toplevel
+  run_finetune(config, workdir)
+
+
+def evaluate(config, workdir) -> None:
+  """Evaluates the latest fine-tuning checkpoint of --workdir; writes eval.json."""
+  if not workdir:
+    raise ConfigError("--workdir is required for --mode=evaluate")
+  from ee_jax.train.evaluate import evaluate as run_evaluate  # pylint: disable=import-outside-toplevel
+  result = run_evaluate(config, workdir)
+  print(json.dumps({k: result[k] for k in ("split", "miou", "oa", "per_class_iou")}, indent=2))
+
+
+def study(config, workdir) -> None:
+  """The label-fraction study (pretrained vs random init); report.md, study.json, plot."""
+  if not workdir:
+    raise ConfigError("--workdir is required for --mode=study")
+  if "study" not in config:
+    raise ConfigError("--mode=study needs a study config (e.g. configs/study_synthetic.py)")
+  from ee_jax.study import run_study  # pylint: disable=import-outside-toplevel
+  run_study(config, workdir)
+
+
+MODES = {"build": build, "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate,
+         "study": study}
 
 
 def run(mode: str, config, workdir: str | None) -> None:

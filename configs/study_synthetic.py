@@ -1,0 +1,32 @@
+"""The label-fraction study on `synthetic_landcover`: pretrained vs random initialisation.
+
+  python launch.py --mode=study --config=configs/study_synthetic.py --workdir=W3
+
+Pre-trains first (configs/pretrain_synthetic.py into W3/pretrain) unless
+study.pretrain_workdir names an existing pre-training run.
+"""
+
+from configs import finetune_synthetic
+
+
+def get_config(arg: str | None = None):
+  if arg not in (None, "smoke", "demo"):
+    raise ValueError(f"configs/study_synthetic.py: unknown argument '{arg}' "
+                     f"(known: smoke, demo)")
+  c = finetune_synthetic.get_config("smoke" if arg == "smoke" else None)
+  c.study = dict(
+      fractions=(1.0, 1 / 4, 1 / 16, 1 / 64),
+      inits=("pretrained", "random"),
+      seeds=(0, 1, 2),
+      pretrain_config="configs/pretrain_synthetic.py",
+      pretrain_arg="smoke" if arg == "smoke" else "",
+      pretrain_workdir="",
+  )
+  c.train.eval_every = 0  # no validation passes inside study runs: only the final test
+  if arg == "smoke":
+    c.study.fractions = (1.0, 1 / 4)
+    c.study.seeds = (0,)
+  if arg == "demo":  # 2 fractions, 1 seed: part of `make demo`
+    c.study.fractions = (1.0, 1 / 16)
+    c.study.seeds = (0,)
+  return c

@@ -1,0 +1,97 @@
+"""The label-fraction study: fractions x initialisation (pretrained, random) x seeds.
+
+Each run is a fine-tuning plus evaluation in <workdir>/runs/<name>; a run whose eval.json
+exists is not redone, and an interrupted run resumes from its checkpoints, so the whole
+study is resumable. The pre-training it compares against is either given
+(`study.pretrain_workdir`) or run first into <workdir>/pretrain from `study.pretrain_config`.
+"""
+
+import importlib.util
+import json
+import os
+
+import jax
+import ml_collections
+
+from ee_jax import report
+from ee_jax.errors import ConfigError
+from ee_jax.train.finetune import finetune
+from ee_jax.train.pretrain import pretrain
+
+INITS = ("pretrained", "random")
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """get_config(arg) of a config file given by path (relative to the repo root or cwd)."""
+  candidates = [path, os.path.join(os.path.dirname(os.path.dirname(__file__)), path)]
+  found = next((p for p in candidates if os.path.isfile(p)), None)
+  if found is None:
+    raise ConfigError(f"config.study.pretrain_config: file not found: {path}")
+  spec = importlib.util.spec_from_file_location("study_pretrain_config", found)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def pretrain_config_for(config) -> ml_collections.ConfigDict:
+  """The pre-training config, on the same dataset (name, parameters, data_dir) as the study."""
+  st = config.study
+  p = load_config_file(st.pretrain_config, st.pretrain_arg)
+  for key in ("name", "config_name", "data_dir"):
+    p.data[key] = config.data[key]
+  p.data.builder = config.data.builder.copy_and_resolve_references()
+  return p
+
+
+def run_name(fraction: float, init: str, seed: int) -> str:
+  return f"frac{fraction:.6g}_{init}_seed{seed}"
+
+
+def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str):
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  del c["study"]
+  c.seed = seed
+  c.finetune.label_fraction = fraction
+  c.finetune.fraction_seed = seed
+  c.init.checkpoint = pretrain_dir if init == "pretrained" else ""
+  return c
+
+
+def run_study(config, workdir: str) -> dict:
+  st = config.study
+  unknown = sorted(set(st.inits) - set(INITS))
+  if unknown:
+    raise ConfigError(f"config.study.inits: unknown {unknown}; known: {list(INITS)}")
+  if any(not 0 < f <= 1 for f in st.fractions):
+    raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
+  os.makedirs(workdir, exist_ok=True)
+  pretrain_dir = st.pretrain_workdir or os.path.join(workdir, "pretrain")
+  if "pretrained" in st.inits:
+    print(f"== pre-training: {pretrain_dir}")
+    pretrain(pretrain_config_for(config), pretrain_dir)
+
+  runs = []
+  for fraction in st.fractions:
+    for init in st.inits:
+      for seed in st.seeds:
+        name = run_name(fraction, init, seed)
+        rundir = os.path.join(workdir, "runs", name)
+        eval_path = os.path.join(rundir, "eval.json")
+        if not os.path.exists(eval_path):
+          print(f"== {name}")
+          finetune(run_config(config, fraction, init, seed, pretrain_dir), rundir)
+        with open(eval_path) as f:
+          result = json.load(f)
+        runs.append({"name": name, "fraction": fraction, "init": init, "seed": seed,
+                     "miou": result["miou"], "oa": result["oa"],
+                     "per_class_iou": result["per_class_iou"], "workdir": rundir})
+        report.write_study_json(workdir, runs, config, pretrain_dir, complete=False)
+
+  summary = report.summarise(runs)
+  if jax.process_index() == 0:
+    report.write_study_json(workdir, runs, config, pretrain_dir, complete=True)
+    paths = report.write_report(workdir, summary, config, pretrain_dir)
+    print(report.table(summary))
+    print(f"Report: {paths['report']}\nPlot: {paths['plot']}\nResults: {paths['json']}")
+  return summary

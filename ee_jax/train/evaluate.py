@@ -1,0 +1,68 @@
+"""Segmentation evaluation: confusion matrix over a split -> eval.json.
+
+Every example of the split counts exactly once on any number of devices and processes:
+the eval iterator pads the last global batch and marks padding with `mask`, and the
+per-device confusion matrices are summed across devices inside the step.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from ee_jax import checkpoints, metrics, models, parallel
+from ee_jax.data import contract, datasets, pipeline
+from ee_jax.errors import DataError
+from ee_jax.train import finetune_step
+
+EVAL_KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
+
+
+def confusion_over_split(p_eval, p_params, config, builder, split: str,
+                         **pipeline_overrides) -> np.ndarray:
+  """Sum of the (device-summed) confusion matrices over every batch of `split`."""
+  total = None
+  with pipeline.eval_iterator_from_config(config, builder, split=split, keys=EVAL_KEYS,
+                                          **pipeline_overrides) as it:
+    for batch in it:
+      cm = p_eval(p_params, {k: batch[k] for k in (*EVAL_KEYS, "mask")})
+      cm = np.asarray(jax.device_get(parallel.unreplicate(cm)), np.int64)
+      total = cm if total is None else total + cm
+  return total
+
+
+def make_evaluator(model, meta: dict, num_classes: int, ignore_index: int):
+  """A pmapped eval step for `model` with the normalisation stored in `meta`."""
+  mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+  return parallel.pmap_step(finetune_step.make_eval_step(model, mean, std, num_classes,
+                                                         ignore_index))
+
+
+def scores_for(p_eval, p_params, config, builder, split, class_names) -> dict:
+  cm = confusion_over_split(p_eval, p_params, config, builder, split)
+  return metrics.segmentation_scores(cm, class_names)
+
+
+def evaluate(config, workdir: str, split: str | None = None) -> dict:
+  """Evaluates the latest checkpoint in `workdir` on `split` (default
+  config.finetune.test_split); writes and returns <workdir>/eval.json."""
+  params, meta = checkpoints.load_params(workdir)
+  if meta.get("kind") != "finetune":
+    raise DataError(f"{workdir}: holds a '{meta.get('kind')}' checkpoint; evaluation needs a "
+                    f"fine-tuned segmentation model (--mode=finetune)")
+  builder = datasets.prepare(config.data, log=lambda *a: None)
+  checkpoints.check_bands(meta, builder.info.metadata, workdir, os.fspath(builder.data_dir))
+  split = split or config.finetune.test_split
+  class_names = list(meta["class_names"])
+  model = models.build_segmentation_model(ml_collections.ConfigDict(meta["model"]),
+                                         len(class_names))
+  p_eval = make_evaluator(model, meta, len(class_names), meta["ignore_index"])
+  result = scores_for(p_eval, parallel.replicate(params), config, builder, split, class_names)
+  result.update(split=split, checkpoint_step=checkpoints.resolve_checkpoint(workdir)[1],
+                num_examples=builder.info.splits[split].num_examples)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  return result

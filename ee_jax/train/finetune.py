@@ -1,0 +1,153 @@
+"""Segmentation fine-tuning from a pre-training checkpoint (or from random weights).
+
+Partial restore: the backbone comes from the pre-training checkpoint, the segmentation head
+is new (the projection head is dropped). The backbone's architecture and the input
+normalisation come from the checkpoint, so the backbone sees what it was trained on; a band
+list or normalisation mismatch with the dataset is an error unless explicitly allowed.
+A workdir that already holds fine-tuning checkpoints resumes from the latest one.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from ee_jax import checkpoints, models, parallel
+from ee_jax.data import contract, datasets, label_fractions
+from ee_jax.errors import ConfigError, DataError
+from ee_jax.train import evaluate as evaluate_lib
+from ee_jax.train import finetune_step, loop
+from ee_jax.train.pretrain import dataset_metadata, write_config
+from ee_jax.train.state import TrainState
+
+STEP_KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
+
+
+def check_normalisation(ckpt_meta: dict, data_meta: dict, ckpt_path: str, data_path: str):
+  """Same per-band statistics (to 0.1 %), or the backbone would see shifted inputs."""
+  for key in ("mean", "std"):
+    a, b = np.asarray(ckpt_meta[key]), np.asarray(data_meta[key])
+    if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-6):
+      raise DataError(
+          f"normalisation mismatch: checkpoint {ckpt_path} has band {key} "
+          f"{np.round(a, 1).tolist()}, dataset {data_path} has {np.round(b, 1).tolist()}. "
+          f"Set config.init.allow_stats_mismatch=True to fine-tune with the checkpoint's "
+          f"statistics anyway (e.g. transfer to another region).")
+
+
+def _restore_backbone(params, backbone, source: str):
+  want = jax.tree_util.tree_map(np.shape, params["backbone"])
+  have = jax.tree_util.tree_map(np.shape, backbone)
+  if want != have:
+    raise DataError(f"{source}: the checkpoint's backbone does not fit the model "
+                    f"(different architecture or input bands/dates)")
+  return dict(params, backbone=jax.tree_util.tree_map(np.asarray, backbone))
+
+
+def select_tiles(config, builder, workdir: str, num_classes: int, ignore_index: int):
+  """The label fraction's train tiles (None = all), recorded in the workdir."""
+  ft = config.finetune
+  if ft.label_fraction >= 1.0:
+    return None
+  split = config.data.train_split
+  n = builder.info.splits[split].num_examples
+  if ft.class_balanced:
+    hist = label_fractions.class_histograms(builder, split, num_classes, ignore_index)
+    indices = label_fractions.fraction_indices(hist, ft.label_fraction, ft.fraction_seed,
+                                               class_balanced=True)
+  else:
+    indices = label_fractions.fraction_indices(n, ft.label_fraction, ft.fraction_seed)
+  if jax.process_index() == 0:
+    label_fractions.write_selection(workdir, indices, {
+        "fraction": ft.label_fraction, "seed": ft.fraction_seed,
+        "class_balanced": ft.class_balanced, "split": split, "split_size": n})
+  return indices
+
+
+def finetune(config, workdir: str) -> dict:
+  """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json)."""
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  builder = datasets.prepare(config.data)
+  info = builder.info.metadata
+  if contract.META_CLASS_NAMES not in info:
+    raise DataError(f"{builder.data_dir}: dataset has no labels (class_names); fine-tuning "
+                    f"needs a labelled dataset such as landcover_tiles or synthetic_landcover")
+  class_names = list(info[contract.META_CLASS_NAMES])
+  ignore_index = int(info[contract.META_IGNORE_INDEX])
+  data_meta = dataset_metadata(builder)
+  k = len(class_names)
+  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
+  resuming = ckpt.latest_step() is not None
+  model_cfg, norm, backbone, source = config.model, data_meta, None, "random"
+
+  if resuming:
+    previous = ckpt.metadata()
+    model_cfg = ml_collections.ConfigDict(previous["model"])
+    norm = previous
+  elif config.init.checkpoint:
+    src_params, src_meta = checkpoints.load_params(config.init.checkpoint)
+    source = config.init.checkpoint
+    if not config.init.allow_band_mismatch:
+      checkpoints.check_bands(src_meta, data_meta, source, data_meta["dataset"])
+    if not config.init.allow_stats_mismatch:
+      check_normalisation(src_meta, data_meta, source, data_meta["dataset"])
+    model_cfg = ml_collections.ConfigDict(src_meta["model"])
+    model_cfg.dtype = config.model.dtype
+    norm = src_meta
+    backbone = src_params["backbone"]
+
+  model = models.build_segmentation_model(model_cfg, k)
+  total = int(config.train.steps)
+  tx, schedule = finetune_step.make_optimizer(config.optim, config.finetune, total)
+  t, s, c = data_meta["num_dates"], data_meta["tile_size"], len(data_meta["bands"])
+  params = models.init_params(model, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0),
+                              (1, t, s, s, c), with_valid=True)
+  if backbone is not None:
+    params = _restore_backbone(params, backbone, source)
+  state = TrainState.create(params, tx)
+  start = 0
+  if resuming:
+    state, _ = ckpt.restore(state)
+    start = int(state.step)
+    print(f"Resuming from {ckpt.directory} at step {start}")
+  print(f"Fine-tuning: {models.count_params(state.params):,} parameters, {k} classes, "
+        f"init {'from ' + source if source != 'random' else 'random'}"
+        f"{', backbone frozen' if config.finetune.freeze_backbone else ''}, "
+        f"label fraction {config.finetune.label_fraction:g}")
+
+  indices = select_tiles(config, builder, workdir, k, ignore_index)
+  weights = list(config.finetune.class_weights) or None
+  if weights is not None and len(weights) != k:
+    raise ConfigError(f"config.finetune.class_weights: {len(weights)} weights for {k} classes")
+  mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
+  ckpt_meta = {**data_meta, "kind": "finetune", "mean": list(mean), "std": list(std),
+               "model": model_cfg.to_dict(), "class_names": class_names, "num_classes": k,
+               "ignore_index": ignore_index, "init_checkpoint": source,
+               "label_fraction": config.finetune.label_fraction,
+               "config": json.loads(config.to_json_best_effort()),
+               "code_version": checkpoints.code_version()}
+  p_step = parallel.pmap_step(finetune_step.make_finetune_step(
+      model, tx, schedule, mean, std, k, ignore_index, weights, config.finetune.dihedral),
+      donate_argnums=(0,))
+  p_eval = evaluate_lib.make_evaluator(model, ckpt_meta, k, ignore_index)
+
+  def validation(p_state):
+    scores = evaluate_lib.scores_for(p_eval, p_state.params, config, builder,
+                                     config.data.eval_split, class_names)
+    return {"miou": scores["miou"], "oa": scores["oa"]}
+
+  last, _ = loop.run(config, workdir, builder, state, start=start, p_step=p_step,
+                     step_keys=STEP_KEYS, evaluate=validation, ckpt=ckpt, ckpt_meta=ckpt_meta,
+                     indices=indices, pixels_per_tile=s * s)
+  ckpt.close()
+  result = evaluate_lib.evaluate(config, workdir)
+  print(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, OA {_fmt(result['oa'])} "
+        f"-> {os.path.join(workdir, 'eval.json')}")
+  return {**last, "test_miou": result["miou"], "test_oa": result["oa"]}
+
+
+def _fmt(x):
+  return "n/a" if x is None else f"{100 * x:.2f}"

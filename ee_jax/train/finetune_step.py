@@ -1,0 +1,113 @@
+"""Per-device fine-tuning and evaluation steps for segmentation (wrap with parallel.pmap_step).
+
+Loss: cross-entropy over labelled pixels (label != ignore_index) that are observed on at
+least one date, optionally class-weighted. The loss is normalised by the labelled-pixel
+count of the whole global batch (psum), so per-device gradients summed over devices equal
+the gradient of the global-batch loss exactly, whatever the split across devices.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ee_jax import augment, metrics
+from ee_jax.parallel import AXIS
+from ee_jax.train import optim
+from ee_jax.train.state import TrainState
+
+
+def prepare_inputs(image, valid, mean, std):
+  """uint16 [b,T,H,W,C], bool [b,T,H,W] -> normalised float with nodata at 0, date weights."""
+  x = augment.normalize(image, mean, std)
+  x = jnp.where(valid[..., None], x, 0.0)
+  return x, valid.astype(jnp.float32)
+
+
+def random_dihedral(batch, base_key, step):
+  """The same random flip/rotation of image, valid and label per example (square tiles)."""
+  keys = augment.example_keys(base_key, step, batch["index"])
+  k = jax.vmap(lambda key: jax.random.randint(key, (), 0, 8))(keys)
+
+  def one(image, valid, label, k):
+    image = jnp.moveaxis(augment.apply_dihedral(jnp.moveaxis(image, 0, 2), k), 2, 0)
+    valid = jnp.moveaxis(augment.apply_dihedral(jnp.moveaxis(valid, 0, 2), k), 2, 0)
+    return image, valid, augment.apply_dihedral(label, k)
+
+  image, valid, label = jax.vmap(one)(batch["image"], batch["valid"], batch["label"], k)
+  return dict(batch, image=image, valid=valid, label=label)
+
+
+def pixel_weights(label, valid, num_classes, ignore_index, class_weights=None):
+  """Weight of each pixel in the loss: 0 for ignored or never-observed pixels."""
+  counted = (label != ignore_index) & valid.any(axis=1)
+  w = counted.astype(jnp.float32)
+  if class_weights is not None:
+    w = w * jnp.asarray(class_weights, jnp.float32)[jnp.clip(label, 0, num_classes - 1)]
+  return w
+
+
+def make_finetune_step(model, tx, schedule, mean, std, num_classes: int, ignore_index: int,
+                       class_weights=None, dihedral: bool = True, axis_name: str = AXIS):
+  """Per-device `step(state, batch, base_key) -> (state, metrics)`; batch holds image,
+  valid, label, index. metrics: loss, pixel accuracy on the batch, grad_norm, lr."""
+
+  def loss_fn(params, batch):
+    x, date_valid = prepare_inputs(batch["image"], batch["valid"], mean, std)
+    logits = model.apply({"params": params}, x, date_valid).astype(jnp.float32)
+    label = batch["label"].astype(jnp.int32)
+    w = pixel_weights(label, batch["valid"], num_classes, ignore_index, class_weights)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(label == ignore_index, 0, label))
+    total_w = jax.lax.psum(w.sum(), axis_name)
+    loss = (ce * w).sum() / jnp.maximum(total_w, 1e-6)
+    correct = ((logits.argmax(-1) == label) * (w > 0)).sum()
+    counted = (w > 0).sum()
+    return loss, (correct, counted)
+
+  def step_fn(state: TrainState, batch, base_key):
+    if dihedral:
+      batch = random_dihedral(batch, base_key, state.step)
+    (loss, (correct, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch)
+    grads = jax.lax.psum(grads, axis_name)   # each device holds its share of the global loss
+    out = {
+        "loss": jax.lax.psum(loss, axis_name),
+        "pixel_acc": jax.lax.psum(correct, axis_name) / jnp.maximum(
+            jax.lax.psum(counted, axis_name), 1),
+        "grad_norm": optax.global_norm(grads),
+        "lr": schedule(state.step),
+    }
+    return state.apply_gradients(grads, tx), out
+
+  return step_fn
+
+
+def make_eval_step(model, mean, std, num_classes: int, ignore_index: int,
+                   axis_name: str = AXIS):
+  """Per-device `eval_step(params, batch) -> confusion matrix [K, K]` summed over devices.
+
+  Padding examples (batch['mask'] False) and pixels never observed count nowhere.
+  """
+  def eval_fn(params, batch):
+    x, date_valid = prepare_inputs(batch["image"], batch["valid"], mean, std)
+    pred = model.apply({"params": params}, x, date_valid).argmax(-1)
+    seen = batch["valid"].any(axis=1) & batch["mask"][:, None, None]
+    cm = metrics.confusion_matrix(pred, batch["label"], seen, num_classes, ignore_index)
+    return jax.lax.psum(cm, axis_name)
+
+  return eval_fn
+
+
+def make_optimizer(optim_cfg, finetune_cfg, total_steps: int):
+  """Head trained normally; backbone frozen or at `backbone_lr_mult` x the learning rate."""
+  head_tx, schedule = optim.make_optimizer(optim_cfg, total_steps)
+  if finetune_cfg.freeze_backbone:
+    backbone_tx = optax.set_to_zero()
+  elif finetune_cfg.backbone_lr_mult == 1.0:
+    return head_tx, schedule
+  else:
+    scaled = optim_cfg.copy_and_resolve_references()
+    scaled.learning_rate = optim_cfg.learning_rate * finetune_cfg.backbone_lr_mult
+    backbone_tx, _ = optim.make_optimizer(scaled, total_steps)
+  labels = lambda params: {k: ("backbone" if k == "backbone" else "head") for k in params}  # noqa: E731
+  return optax.multi_transform({"backbone": backbone_tx, "head": head_tx}, labels), schedule

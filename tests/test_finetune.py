@@ -1,0 +1,179 @@
+"""Fine-tuning, evaluation and the label-fraction study on a tiny synthetic dataset."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import finetune_synthetic, study_synthetic
+from ee_jax import checkpoints, metrics, models, parallel
+from ee_jax.data import contract, datasets
+from ee_jax.errors import DataError
+from ee_jax.study import run_study
+from ee_jax.train import metrics_log
+from ee_jax.train import evaluate as evaluate_lib
+from ee_jax.train.finetune import finetune
+from ee_jax.train.pretrain import pretrain
+from tests.test_pretrain_loop import tiny_config
+
+TINY = dict(num_tiles={"unlabelled": 64, "train": 32, "validation": 16, "test": 20},
+            tile_size=16, scene_size=32, num_dates=2, num_bands=4)
+
+
+def tiny_finetune_config(data_dir, steps=6, **finetune_fields):
+  c = finetune_synthetic.get_config("smoke")
+  c.data.data_dir = str(data_dir)
+  c.data.config_name = "tiny_labelled"
+  c.data.builder.update(TINY)
+  c.data.per_device_batch = 4
+  c.train.steps = steps
+  c.train.eval_every = 0
+  c.train.checkpoint_every = steps
+  c.finetune.update(finetune_fields)
+  return c
+
+
+def tiny_pretrain_config(data_dir, steps=4):
+  c = tiny_config(data_dir, steps=steps, eval_every=0, checkpoint_every=steps)
+  c.data.config_name = "tiny_labelled"
+  c.data.builder.update(TINY)
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  pretrain(tiny_pretrain_config(data_dir), workdir)
+  return workdir
+
+
+def test_partial_restore_takes_backbone_and_fresh_head(data_dir, pretrained, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=1, freeze_backbone=True)
+  c.init.checkpoint = pretrained
+  finetune(c, str(tmp_path))
+  src, _ = checkpoints.load_params(pretrained)
+  tuned, meta = checkpoints.load_params(str(tmp_path))
+  assert meta["kind"] == "finetune" and meta["init_checkpoint"] == pretrained
+  # Frozen backbone: still exactly the pre-trained values after a step.
+  for a, b in zip(jax.tree_util.tree_leaves(src["backbone"]),
+                  jax.tree_util.tree_leaves(tuned["backbone"])):
+    np.testing.assert_array_equal(a, b)
+  # The head is the segmentation head (num_classes outputs), not the projection head.
+  k = len(meta["class_names"])
+  head_kernels = [x for x in jax.tree_util.tree_leaves(tuned["head"]) if x.ndim == 4]
+  assert head_kernels[-1].shape[-1] == k
+
+
+def test_partial_restore_head_is_freshly_initialised(data_dir, pretrained, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=1, backbone_lr_mult=0.0)
+  c.optim.learning_rate = 0.0  # nothing moves: the saved params are the initial ones
+  c.init.checkpoint = pretrained
+  finetune(c, str(tmp_path / "a"))
+  tuned, meta = checkpoints.load_params(str(tmp_path / "a"))
+  fresh = models.init_params(models.build_segmentation_model(
+      ml_collections.ConfigDict(meta["model"]), len(meta["class_names"])),
+      jax.random.fold_in(jax.random.PRNGKey(c.seed), 0), (1, 2, 16, 16, 4), with_valid=True)
+  for a, b in zip(jax.tree_util.tree_leaves(fresh["head"]),
+                  jax.tree_util.tree_leaves(tuned["head"])):
+    np.testing.assert_allclose(a, b)
+  src, _ = checkpoints.load_params(pretrained)
+  for a, b in zip(jax.tree_util.tree_leaves(src["backbone"]),
+                  jax.tree_util.tree_leaves(tuned["backbone"])):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(fresh["backbone"]), jax.tree_util.tree_leaves(tuned["backbone"])))
+
+
+def test_band_and_normalisation_mismatch_are_refused(data_dir, pretrained, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=1)
+  c.init.checkpoint = pretrained
+  c.data.config_name = "tiny_labelled_3bands"
+  c.data.builder.num_bands = 3
+  with pytest.raises(DataError, match="band list mismatch"):
+    finetune(c, str(tmp_path / "bands"))
+  c = tiny_finetune_config(data_dir, steps=1)
+  c.init.checkpoint = pretrained
+  c.data.config_name = "tiny_labelled_other_seed"
+  c.data.builder.seed = 7  # other data, other statistics
+  with pytest.raises(DataError, match="normalisation mismatch"):
+    finetune(c, str(tmp_path / "stats"))
+  c.init.allow_stats_mismatch = True
+  finetune(c, str(tmp_path / "stats_allowed"))
+  assert os.path.exists(tmp_path / "stats_allowed" / "eval.json")
+
+
+def test_eval_counts_every_example_once_on_two_devices(data_dir, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=2)
+  finetune(c, str(tmp_path))
+  result = json.load(open(tmp_path / "eval.json"))
+  builder = datasets.open_prepared(c.data)
+  assert builder.info.splits["test"].num_examples == 20  # not a multiple of 2 x 4
+  # The number of counted pixels: labelled and observed on some date, each tile once.
+  ds = builder.as_data_source("test")
+  expected = sum(int(((ds[i][contract.LABEL] != 255) & ds[i][contract.VALID].any(0)).sum())
+                 for i in range(len(ds)))
+  assert np.asarray(result["confusion_matrix"]).sum() == expected == result["num_pixels"]
+  # Two devices and one device give the same confusion matrix.
+  params, meta = checkpoints.load_params(str(tmp_path))
+  model = models.build_segmentation_model(ml_collections.ConfigDict(meta["model"]),
+                                          meta["num_classes"])
+  p_eval = evaluate_lib.make_evaluator(model, meta, meta["num_classes"], 255)
+  cm_two = evaluate_lib.confusion_over_split(p_eval, parallel.replicate(params), c, builder,
+                                             "test")
+  cm_one = evaluate_lib.confusion_over_split(
+      p_eval, parallel.replicate(params, devices=jax.devices()[:1]), c, builder, "test",
+      local_devices=1)
+  np.testing.assert_array_equal(cm_two, cm_one)
+  np.testing.assert_array_equal(cm_two, result["confusion_matrix"])
+  assert metrics.segmentation_scores(cm_one)["miou"] == pytest.approx(result["miou"])
+
+
+def test_finetune_learns(data_dir, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=40)
+  c.train.log_every = 10
+  c.optim.learning_rate = 3e-3
+  finetune(c, str(tmp_path))
+  train = [r for r in metrics_log.read_metrics(str(tmp_path)) if "loss" in r]
+  assert train[-1]["loss"] < train[0]["loss"] - 0.2
+  assert train[-1]["pixel_acc"] > train[0]["pixel_acc"] + 0.1
+  # (The tiny test split is a few scenes of other classes: its scores are only well-formed.)
+  result = json.load(open(tmp_path / "eval.json"))
+  assert 0 <= result["miou"] <= 1 and 0 <= result["oa"] <= 1
+
+
+def test_label_fraction_tiles_written_and_used(data_dir, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=2, label_fraction=0.25, fraction_seed=3)
+  finetune(c, str(tmp_path))
+  sel = json.load(open(tmp_path / "label_fraction.json"))
+  assert sel["count"] == 8 and len(sel["indices"]) == 8  # 1/4 of 32 train tiles
+
+
+def test_smoke_study_writes_report_json_and_plot(data_dir, tmp_path):
+  c = study_synthetic.get_config("smoke")
+  c.data.data_dir = str(data_dir)
+  c.data.config_name = "tiny_labelled"
+  c.data.builder.update(TINY)
+  c.data.per_device_batch = 4
+  c.train.steps = 2
+  summary = run_study(c, str(tmp_path))
+  assert [row["fraction"] for row in summary] == [1.0, 0.25]
+  for name in ("report.md", "study.json", "label_fraction.png"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  study = json.load(open(tmp_path / "study.json"))
+  assert study["complete"] and len(study["runs"]) == 4
+  text = open(tmp_path / "report.md").read()
+  assert "| 1/4 |" in text and "gain" in text
+  with open(tmp_path / "label_fraction.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # Resumable: a second call redoes nothing (the runs' eval.json are reused).
+  stamp = os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json")
+  run_study(c, str(tmp_path))
+  assert os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json") == stamp
