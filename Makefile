@@ -17,11 +17,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The embedded real Sentinel-2 scene: build the tiles, then pre-train a small model on them.
+# 1. the embedded real Sentinel-2 scene: build the tiles, pre-train a small model on them;
+# 2. synthetic land cover: pre-train on unlabelled tiles, then a reduced label-fraction
+#    study (pretrained vs random init; 2 fractions, 1 seed) ending with its report table.
 demo: $(STAMP)
 	$(PY) launch.py --mode=build --config=configs/pretrain_s2.py:demo --config.data.data_dir=$(DATA_DIR)
 	$(PY) launch.py --mode=pretrain --config=configs/pretrain_s2.py:demo \
 	  --config.data.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)/pretrain_s2
+	$(PY) launch.py --mode=study --config=configs/study_synthetic.py:demo \
+	  --config.data.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)/study_synthetic
 
 test: $(STAMP)
 	$(PY) -m pytest -q

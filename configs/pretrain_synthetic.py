@@ -28,6 +28,13 @@ def get_config(arg: str | None = None):
     c.augment.crop_size = 16
     c.data.config_name = "smoke"
     c.data.builder.num_tiles = {"unlabelled": 64, "train": 32, "validation": 32, "test": 16}
+  elif arg == "demo":  # a narrower model, for `make demo` on 2 CPU cores
+    c.model.widths = (16, 32, 64, 128)
+    c.model.features = 32
+    c.train.steps = 200
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
   elif arg:
-    raise ValueError(f"configs/pretrain_synthetic.py: unknown argument '{arg}' (known: smoke)")
+    raise ValueError(f"configs/pretrain_synthetic.py: unknown argument '{arg}' "
+                     f"(known: smoke, demo)")
   return c

@@ -19,14 +19,15 @@ def get_config(arg: str | None = None):
       inits=("pretrained", "random"),
       seeds=(0, 1, 2),
       pretrain_config="configs/pretrain_synthetic.py",
-      pretrain_arg="smoke" if arg == "smoke" else "",
+      pretrain_arg=arg or "",
       pretrain_workdir="",
   )
   c.train.eval_every = 0  # no validation passes inside study runs: only the final test
   if arg == "smoke":
     c.study.fractions = (1.0, 1 / 4)
     c.study.seeds = (0,)
-  if arg == "demo":  # 2 fractions, 1 seed: part of `make demo`
+  if arg == "demo":  # 2 fractions, 1 seed, shorter runs: part of `make demo`
     c.study.fractions = (1.0, 1 / 16)
     c.study.seeds = (0,)
+    c.train.steps = 200
   return c

@@ -13,7 +13,7 @@ import os
 import jax
 import ml_collections
 
-from ee_jax import report
+from ee_jax import checkpoints, report
 from ee_jax.errors import ConfigError
 from ee_jax.train.finetune import finetune
 from ee_jax.train.pretrain import pretrain
@@ -47,10 +47,15 @@ def run_name(fraction: float, init: str, seed: int) -> str:
   return f"frac{fraction:.6g}_{init}_seed{seed}"
 
 
-def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str):
+def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str,
+               model: dict | None = None):
+  """One run's config; `model` (the pre-trained architecture) is used by every init, so
+  random-init runs train exactly the network the pre-trained runs start from."""
   c = config.copy_and_resolve_references()
   c.unlock()
   del c["study"]
+  if model is not None:
+    c.model = ml_collections.ConfigDict(model)
   c.seed = seed
   c.finetune.label_fraction = fraction
   c.finetune.fraction_seed = seed
@@ -67,9 +72,12 @@ def run_study(config, workdir: str) -> dict:
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
   os.makedirs(workdir, exist_ok=True)
   pretrain_dir = st.pretrain_workdir or os.path.join(workdir, "pretrain")
+  model = None
   if "pretrained" in st.inits:
-    print(f"== pre-training: {pretrain_dir}")
-    pretrain(pretrain_config_for(config), pretrain_dir)
+    if not st.pretrain_workdir:
+      print(f"== pre-training: {pretrain_dir}")
+      pretrain(pretrain_config_for(config), pretrain_dir)
+    model = checkpoints.load_params(pretrain_dir)[1]["model"]
 
   runs = []
   for fraction in st.fractions:
@@ -80,7 +88,7 @@ def run_study(config, workdir: str) -> dict:
         eval_path = os.path.join(rundir, "eval.json")
         if not os.path.exists(eval_path):
           print(f"== {name}")
-          finetune(run_config(config, fraction, init, seed, pretrain_dir), rundir)
+          finetune(run_config(config, fraction, init, seed, pretrain_dir, model), rundir)
         with open(eval_path) as f:
           result = json.load(f)
         runs.append({"name": name, "fraction": fraction, "init": init, "seed": seed,
