@@ -20,6 +20,15 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
 flags.DEFINE_enum("mode", "build", sorted(run_lib.MODES), "What to run.")
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports.")
 flags.mark_flags_as_required(["config"])
+# Multi-process runs (docs/scaling.md): every process runs the same command.
+flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize) "
+                  "first: TPU VM pod slices, multi-GPU/multi-node, CPU clusters.")
+flags.DEFINE_string("coordinator_address", None, "--distributed: HOST:PORT of process 0 "
+                    "(else $JAX_COORDINATOR_ADDRESS, else auto-detected: TPU VM, SLURM, MPI).")
+flags.DEFINE_integer("num_processes", None, "--distributed: number of processes "
+                     "(else $JAX_NUM_PROCESSES, else auto-detected).")
+flags.DEFINE_integer("process_id", None, "--distributed: this process, 0 .. num_processes-1 "
+                     "(else $JAX_PROCESS_ID, else auto-detected).")
 
 
 def parse_flags(argv):
@@ -41,6 +50,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if FLAGS.distributed:
+    from ee_jax import distributed  # pylint: disable=import-outside-toplevel
+    from ee_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    try:
+      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except ConfigError as e:
+      sys.exit(f"error: {e}")
   run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
 
 

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ee_jax import checkpoints, metrics, models, parallel
+from ee_jax import checkpoints, distributed, metrics, models, parallel
 from ee_jax.data import contract, datasets, pipeline
 from ee_jax.errors import DataError
 from ee_jax.train import finetune_step
@@ -52,7 +52,8 @@ def evaluate(config, workdir: str, split: str | None = None) -> dict:
   if meta.get("kind") != "finetune":
     raise DataError(f"{workdir}: holds a '{meta.get('kind')}' checkpoint; evaluation needs a "
                     f"fine-tuned segmentation model (--mode=finetune)")
-  builder = datasets.prepare(config.data, log=lambda *a: None)
+  builder = distributed.primary_first(
+      lambda: datasets.prepare(config.data, log=lambda *a: None), "prepare")
   checkpoints.check_bands(meta, builder.info.metadata, workdir, os.fspath(builder.data_dir))
   split = split or config.finetune.test_split
   class_names = list(meta["class_names"])
@@ -65,4 +66,5 @@ def evaluate(config, workdir: str, split: str | None = None) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)
+  distributed.barrier("ee_jax:eval.json")  # all processes may read it once we return
   return result

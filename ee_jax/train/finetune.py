@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ee_jax import checkpoints, models, parallel
+from ee_jax import checkpoints, distributed, models, parallel
 from ee_jax.data import contract, datasets, label_fractions
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.train import evaluate as evaluate_lib
@@ -70,7 +70,7 @@ def finetune(config, workdir: str) -> dict:
   """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json)."""
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  builder = datasets.prepare(config.data)
+  builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
   info = builder.info.metadata
   if contract.META_CLASS_NAMES not in info:
     raise DataError(f"{builder.data_dir}: dataset has no labels (class_names); fine-tuning "

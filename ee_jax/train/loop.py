@@ -12,24 +12,37 @@ from typing import Callable, Sequence
 
 import jax
 
-from ee_jax import checkpoints, parallel
+from ee_jax import checkpoints, distributed, parallel
 from ee_jax.data import pipeline
 from ee_jax.train import metrics_log
 
 
 class StopFlag:
-  """Set by SIGTERM (preemption); the loop saves and returns after the current step."""
+  """Set by SIGTERM (preemption); the loop saves and returns after the current step.
+
+  In a multi-process run JAX's preemption service owns SIGTERM instead: whichever process
+  gets it, every process stops at the same step (`should_stop`), so all of them take part
+  in the same final checkpoint.
+  """
 
   def __init__(self):
     self.stop = False
     self._previous = None
 
   def __enter__(self):
+    if distributed.is_multiprocess():
+      return self  # a Python handler would replace JAX's preemption notifier
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler, nothing to restore
       self._previous = None
     return self
+
+  def should_stop(self, step: int) -> bool:
+    """Call at every step (all processes, from the same first step)."""
+    if distributed.reached_preemption_sync_point(step):
+      self.stop = True
+    return self.stop
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -79,9 +92,10 @@ def run(config, workdir: str, builder, state, *, start: int,
           step % config.train.eval_every == 0 or step == total):
         last.update(log.write(step, evaluate(p_state), prefix="eval_"))
         t0 = time.time()
-      if step % config.train.checkpoint_every == 0 or step == total or flag.stop:
+      stop = flag.should_stop(step)
+      if step % config.train.checkpoint_every == 0 or step == total or stop:
         ckpt.save(step, jax.device_get(parallel.unreplicate(p_state)), ckpt_meta)
-      if flag.stop:
+      if stop:
         print(f"SIGTERM: saved step {step}; rerun the same command to resume")
         break
   ckpt.wait()

@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 
-from ee_jax import augment, checkpoints, models, parallel
+from ee_jax import augment, checkpoints, distributed, models, parallel
 from ee_jax.data import contract, datasets, pipeline
 from ee_jax.train import loop, optim
 from ee_jax.train.pretrain_step import init_state, make_eval_step, make_pretrain_step
@@ -43,14 +43,20 @@ def write_config(config, workdir: str) -> None:
 
 
 def evaluate(p_eval, p_state, base_keys, config, builder) -> dict:
-  """Contrastive metrics on the eval split, averaged over batches (weighted by real tiles)."""
+  """Contrastive metrics on the eval split, averaged over batches (weighted by real tiles).
+
+  The weight is the real tiles of the whole global batch (every process), not of this
+  process's slice: the metrics are already global, and every process must agree.
+  """
   totals, weight = {}, 0.0
   limit = config.train.eval_batches
+  num = builder.info.splits[config.data.eval_split].num_examples
+  global_batch = config.data.per_device_batch * jax.device_count()
   with pipeline.eval_iterator_from_config(config, builder, keys=STEP_KEYS) as it:
     for i, batch in enumerate(it):
       if limit and i >= limit:
         break
-      n = float(batch["mask"].sum())
+      n = float(min(global_batch, num - i * global_batch))
       m = loop.host_metrics(
           p_eval(p_state, {k: batch[k] for k in (*STEP_KEYS, "index")}, base_keys))
       for k, v in m.items():
@@ -63,7 +69,7 @@ def pretrain(config, workdir: str) -> dict:
   """Runs (or resumes) pre-training; returns the last logged train and eval metrics."""
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  builder = datasets.prepare(config.data)
+  builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
   data_meta = dataset_metadata(builder)
   tile_shape = (data_meta["num_dates"], data_meta["tile_size"], data_meta["tile_size"],
                 len(data_meta["bands"]))

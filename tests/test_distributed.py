@@ -1,0 +1,187 @@
+"""Two real processes on localhost (jax.distributed, CPU + gloo, one device each) against one
+process with two fake devices, on the same global batches: pre-training (steps, checkpoints,
+resume, contrastive evaluation) and fine-tuning (steps, confusion-matrix evaluation) agree.
+
+Per-device batch 3 on 2 devices (global 6) pads the last evaluation batch unevenly: of the
+16 validation tiles, process 0 holds 3 real ones of the last global batch and process 1
+one, and of the 20 test tiles process 0 holds both real ones and process 1 none.
+
+All three run this file as a script, concurrently, with the same cheap XLA CPU compile
+options (compiling dominates; the semantics under test do not depend on them):
+  python tests/test_distributed.py single DATA WORKDIR OUT
+  python tests/test_distributed.py multi DATA WORKDIR OUT PORT PROCESS_ID
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if __name__ == "__main__":  # before JAX is imported: 2 fake devices (single) or 1 (multi)
+  sys.path.insert(0, REPO)
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count="
+                             f"{2 if sys.argv[1] == 'single' else 1} {FAST_COMPILE}")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ee_jax import checkpoints, distributed  # noqa: E402
+from ee_jax.errors import ConfigError  # noqa: E402
+
+TIMING_KEYS = ("time", "tiles_per_s", "pixels_per_s")
+
+
+def _configs(data_dir):
+  """(pre-training config, fine-tuning config) on the tiny labelled dataset."""
+  from tests.test_finetune import tiny_finetune_config, tiny_pretrain_config  # noqa: E501 pylint: disable=import-outside-toplevel
+  pre = tiny_pretrain_config(str(data_dir), steps=4)
+  pre.data.per_device_batch = 3
+  pre.train.update(log_every=2, eval_every=4, checkpoint_every=2, eval_batches=0)
+  fine = tiny_finetune_config(str(data_dir), steps=2)
+  fine.data.per_device_batch = 3
+  fine.train.log_every = 1
+  return pre, fine
+
+
+def _checksum(tree) -> list[float]:
+  return [float(np.sum(np.asarray(x, np.float64))) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def run_both(data_dir, workdir) -> dict:
+  """Pre-trains and fine-tunes under `workdir`; what every process reports."""
+  from ee_jax.train.finetune import finetune  # pylint: disable=import-outside-toplevel
+  from ee_jax.train.pretrain import pretrain  # pylint: disable=import-outside-toplevel
+  pre, fine = _configs(data_dir)
+  pre_dir = os.path.join(workdir, "pretrain")
+  out = {"pretrain": pretrain(pre, pre_dir)}
+  # Every process restores: the whole train state (a finished run resumes at its last step
+  # and trains no further), and the params alone, as fine-tuning from it would.
+  out["resumed"] = pretrain(pre, pre_dir)
+  params, meta = checkpoints.load_params(pre_dir)
+  out["pretrain_params"] = _checksum(params)
+  out["pretrain_kind"] = meta["kind"]
+  out["finetune"] = finetune(fine, os.path.join(workdir, "finetune"))
+  return out
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _close(a, b, where):
+  assert set(a) == set(b), (where, sorted(set(a) ^ set(b)))
+  for k in a:
+    if k in TIMING_KEYS:
+      continue
+    if isinstance(a[k], dict):
+      _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a[k], (list, float, int)) and a[k] is not None:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"{where}.{k}")
+    else:
+      assert a[k] == b[k], (where, k)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  from ee_jax.data import datasets  # pylint: disable=import-outside-toplevel
+  path = tmp_path_factory.mktemp("tfds")
+  datasets.prepare(_configs(path)[0].data, log=lambda *a: None)
+  return path
+
+
+def test_two_processes_equal_one_process_with_two_devices(data_dir, tmp_path):
+  port = _free_port()
+  # Every compile cached (the default skips those under 0.5 s: here, many eager ones).
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  script = [sys.executable, os.path.abspath(__file__)]
+  multi, ref = tmp_path / "multi", tmp_path / "single"
+  commands = [[*script, "single", str(data_dir), str(ref), str(tmp_path / "single.json")]]
+  commands += [[*script, "multi", str(data_dir), str(multi), str(tmp_path / f"multi{i}.json"),
+                str(port), str(i)] for i in range(2)]
+  procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for c in commands]
+  try:
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for c, p, log in zip(commands, procs, logs):
+    assert p.returncode == 0, f"{' '.join(c[2:])} failed:\n{log[-3000:]}"
+  single = json.load(open(tmp_path / "single.json"))
+  assert single["process"] == {"process_index": 0, "process_count": 1, "local_devices": 2,
+                               "devices": 2}
+  single = single["result"]
+  for i in range(2):
+    out = json.load(open(tmp_path / f"multi{i}.json"))
+    assert out["process"] == {"process_index": i, "process_count": 2, "local_devices": 1,
+                              "devices": 2}
+    _close(out["result"], single, f"process {i}")
+  # Pre-training evaluation ran over the padded last batch; fine-tuning's test split too.
+  assert np.isfinite(single["pretrain"]["eval_loss"])
+  assert single["finetune"]["test_miou"] is not None
+
+  # Only process 0 wrote logs and reports, once each.
+  for run in ("pretrain", "finetune"):
+    got = (multi / run / "metrics.jsonl").read_text().splitlines()
+    want = (ref / run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in got] == [json.loads(r)["step"] for r in want]
+    assert (multi / run / "config.json").exists()
+  multi_eval = json.load(open(multi / "finetune" / "eval.json"))
+  single_eval = json.load(open(ref / "finetune" / "eval.json"))
+  assert multi_eval["confusion_matrix"] == single_eval["confusion_matrix"]
+  assert multi_eval["num_pixels"] == single_eval["num_pixels"] > 0
+  # The checkpoints the two processes saved together hold the single process's params.
+  for run in ("pretrain", "finetune"):
+    a, meta = checkpoints.load_params(str(multi / run))
+    b, _ = checkpoints.load_params(str(ref / run))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert checkpoints.Checkpointer(str(multi / "pretrain")).latest_step() == 4
+
+
+def test_resolve_reads_flags_then_environment(monkeypatch):
+  for name in (distributed.ENV_ADDRESS, distributed.ENV_NUM_PROCESSES,
+               distributed.ENV_PROCESS_ID):
+    monkeypatch.delenv(name, raising=False)
+  # Nothing given: everything left to JAX's cluster detection (TPU VM, SLURM, Open MPI).
+  assert distributed.resolve() == {"coordinator_address": None, "num_processes": None,
+                                   "process_id": None}
+  monkeypatch.setenv(distributed.ENV_ADDRESS, "10.0.0.1:1234")
+  monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "4")
+  monkeypatch.setenv(distributed.ENV_PROCESS_ID, "3")
+  assert distributed.resolve() == {"coordinator_address": "10.0.0.1:1234",
+                                   "num_processes": 4, "process_id": 3}
+  assert distributed.resolve("h:1", 2, 0) == {"coordinator_address": "h:1",
+                                             "num_processes": 2, "process_id": 0}
+  with pytest.raises(ConfigError, match="not in"):
+    distributed.resolve(process_id=4)
+  monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
+  with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES"):
+    distributed.resolve()
+
+
+def test_single_process_helpers_are_no_ops():
+  assert not distributed.is_multiprocess() and distributed.is_primary()
+  distributed.barrier("nothing to wait for")
+  assert distributed.primary_first(lambda: 7, "x") == 7
+  assert distributed.reached_preemption_sync_point(3) is False
+
+
+def _main(mode, data_dir, workdir, out_path, port=None, process_id=None):
+  if mode == "multi":
+    distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
+  result = run_both(data_dir, workdir)
+  with open(out_path, "w") as f:
+    json.dump({"process": distributed.describe(), "result": result}, f)
+
+
+if __name__ == "__main__":
+  _main(*sys.argv[1:])
