@@ -1,13 +1,24 @@
-"""Pre-training step time and pixels/s, compile time printed separately.
+"""Pre-training and fine-tuning step throughput: step time, pixels/s, compile time, FLOP/s.
 
-Default model (configs/defaults.py), tiles 64x64x13 (T=1), per-device batch 32, all local
-devices (pmap). Achieved FLOP/s come from the compiled step's own cost analysis.
+Default model (configs/defaults.py), tiles 64x64x13 (T=1), per-device batch 32, fp32 and
+bf16 compute, all local devices (the same `pmap`'d steps as training, state donated, batch
+already on device: the input pipeline is measured separately by
+benchmarks/input_pipeline.py). FLOPs per step come from the compiled step's own XLA cost
+analysis (per device, times the devices); with `--peak_tflops` (per device) the model FLOP
+utilisation MFU = achieved / (peak x devices). The count is XLA's (multiply-adds as 2
+FLOPs) of the whole step: forward, backward, all-reduce and optimizer update, no
+rematerialisation; so it is the hardware FLOP utilisation of this step too.
 
-  python benchmarks/train_step.py [--per_device_batch 32] [--steps 10] [--dtype bfloat16]
+  python benchmarks/train_step.py                        # the table
+  python benchmarks/train_step.py --json                 # JSON on stdout instead
+  python benchmarks/train_step.py --tasks pretrain --dtypes bfloat16 --per_device_batch 32,128
+  python benchmarks/train_step.py --peak_tflops bfloat16=989,float32=495   # H100 SXM dense
 """
 
 import argparse
+import json
 import os
+import platform
 import sys
 import time
 
@@ -19,66 +30,190 @@ import numpy as np  # noqa: E402
 
 from configs import defaults  # noqa: E402
 from ee_jax import augment, models, parallel  # noqa: E402
-from ee_jax.train import optim  # noqa: E402
+from ee_jax.train import finetune_step, optim  # noqa: E402
 from ee_jax.train.pretrain_step import init_state, make_pretrain_step  # noqa: E402
+from ee_jax.train.state import TrainState  # noqa: E402
+
+TASKS = ("pretrain", "finetune")
+DTYPES = ("float32", "bfloat16")
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--per_device_batch", type=int, default=32)
-  p.add_argument("--tile", type=int, default=64)
-  p.add_argument("--bands", type=int, default=13)
-  p.add_argument("--dates", type=int, default=1)
-  p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  args = p.parse_args()
+def parse_peaks(text: str | None) -> dict:
+  """'989' (every dtype) or 'bfloat16=989,float32=495' -> {dtype: TFLOP/s per device}."""
+  if not text:
+    return {}
+  if "=" not in text:
+    return {d: float(text) for d in DTYPES}
+  peaks = {}
+  for part in text.split(","):
+    name, value = part.split("=")
+    if name.strip() not in DTYPES:
+      raise SystemExit(f"--peak_tflops: unknown dtype '{name}'; known: {DTYPES}")
+    peaks[name.strip()] = float(value)
+  return peaks
 
-  c = defaults.get_base_config()
-  c.model.dtype = args.dtype
-  c.augment.crop_size = args.tile
-  model = models.build_pretrain_model(c.model)
-  aug = augment.AugmentConfig.from_config(c.augment)
-  tx, schedule = optim.make_optimizer(c.optim, 1000)
-  state = init_state(model, tx, jax.random.PRNGKey(0), aug,
-                     (args.dates, args.tile, args.tile, args.bands))
-  n_dev = jax.local_device_count()
-  mean, std = np.full(args.bands, 1000.0), np.full(args.bands, 500.0)
-  step = parallel.pmap_step(make_pretrain_step(model, tx, schedule, mean, std, aug, c.loss),
-                            donate_argnums=(0,))
-  rng = np.random.default_rng(0)
-  b = args.per_device_batch
+
+def _batch(task, n_dev, b, args, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (n_dev * b, args.dates, args.tile, args.tile)
   batch = {
-      "image": rng.integers(1, 4000, (n_dev, b, args.dates, args.tile, args.tile, args.bands),
-                            dtype=np.uint16),
-      "valid": np.ones((n_dev, b, args.dates, args.tile, args.tile), bool),
-      "index": np.arange(n_dev * b, dtype=np.int64).reshape(n_dev, b),
+      "image": rng.integers(1, 4000, shape + (args.bands,), dtype=np.uint16),
+      "valid": np.ones(shape, bool),
+      "index": np.arange(n_dev * b, dtype=np.int64),
   }
+  if task == "finetune":
+    batch["label"] = rng.integers(0, args.num_classes, (n_dev * b, args.tile, args.tile),
+                                  dtype=np.uint8)
+  return jax.device_put(parallel.shard(batch, n_dev))
+
+
+def _step_and_state(task, dtype, args, total_steps=1000):
+  """(per-device step fn, host TrainState) for `task` with the default model in `dtype`."""
+  c = defaults.get_base_config()
+  c.model.dtype = dtype
+  mean, std = np.full(args.bands, 1000.0), np.full(args.bands, 500.0)
+  tile = (args.dates, args.tile, args.tile, args.bands)
+  key = jax.random.PRNGKey(0)
+  if task == "pretrain":
+    c.augment.crop_size = args.tile
+    model = models.build_pretrain_model(c.model)
+    aug = augment.AugmentConfig.from_config(c.augment)
+    tx, schedule = optim.make_optimizer(c.optim, total_steps)
+    state = init_state(model, tx, key, aug, tile)
+    return make_pretrain_step(model, tx, schedule, mean, std, aug, c.loss), state
+  defaults.add_finetune(c)
+  model = models.build_segmentation_model(c.model, args.num_classes)
+  tx, schedule = finetune_step.make_optimizer(c.optim, c.finetune, total_steps)
+  params = models.init_params(model, key, (1,) + tile, with_valid=True)
+  step = finetune_step.make_finetune_step(model, tx, schedule, mean, std, args.num_classes,
+                                          ignore_index=255, dihedral=c.finetune.dihedral)
+  return step, TrainState.create(params, tx)
+
+
+def _flops(compiled) -> float:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # some backends have none
+    return 0.0
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _peak_memory_gb() -> float | None:
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    return None
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2 ** 30
+
+
+def bench(task, dtype, b, args, peaks) -> dict:
+  n_dev = jax.local_device_count()
+  fn, state = _step_and_state(task, dtype, args)
+  step = parallel.pmap_step(fn, donate_argnums=(0,))
   p_state, keys = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(1))
-  batch = jax.device_put(parallel.shard(
-      {k: v.reshape((n_dev * b,) + v.shape[2:]) for k, v in batch.items()}))
+  batch = _batch(task, n_dev, b, args)
 
   t0 = time.perf_counter()
   compiled = step.lower(p_state, batch, keys).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  flops_per_device = _flops(compiled)
 
-  p_state, m = compiled(p_state, batch, keys)  # warm-up
-  jax.block_until_ready(m)
+  for _ in range(args.warmup):
+    p_state, m = compiled(p_state, batch, keys)
+  jax.block_until_ready((p_state, m))
   t0 = time.perf_counter()
   for _ in range(args.steps):
     p_state, m = compiled(p_state, batch, keys)
-  jax.block_until_ready(m)
+  jax.block_until_ready((p_state, m))
   dt = (time.perf_counter() - t0) / args.steps
+  loss = float(np.asarray(jax.device_get(parallel.unreplicate(m))["loss"]))
+
   tiles = n_dev * b
-  print(f"device: {jax.devices()[0].device_kind} x{n_dev} ({jax.default_backend()}), "
-        f"params {models.count_params(state.params):,}, dtype {args.dtype}")
-  print(f"pretrain step: tiles {args.tile}x{args.tile}x{args.bands} T={args.dates}, "
-        f"per-device batch {b}, global batch {tiles}")
-  print(f"compile {compile_s:.1f} s | step {dt * 1e3:.1f} ms | {tiles / dt:.1f} tiles/s | "
-        f"{tiles * args.tile ** 2 / dt / 1e6:.2f} Mpx/s | "
-        f"{flops * n_dev / dt / 1e12:.3f} TFLOP/s achieved (cost analysis, all devices)")
+  achieved = flops_per_device * n_dev / dt / 1e12
+  peak = peaks.get(dtype)
+  return {
+      "task": task, "dtype": dtype, "per_device_batch": b, "devices": n_dev,
+      "global_batch": tiles, "tile": [args.dates, args.tile, args.tile, args.bands],
+      "params": models.count_params(state.params),
+      "compile_s": round(compile_s, 3), "step_ms": round(dt * 1e3, 3),
+      "tiles_per_s": round(tiles / dt, 2), "pixels_per_s": round(tiles * args.tile ** 2 / dt, 1),
+      "gflop_per_step": round(flops_per_device * n_dev / 1e9, 3),
+      "achieved_tflops": round(achieved, 4),
+      "peak_tflops_per_device": peak,
+      "mfu": None if not peak else round(achieved / (peak * n_dev), 5),
+      "peak_memory_gb": _peak_memory_gb(), "loss": loss,
+  }
+
+
+def environment() -> dict:
+  d = jax.local_devices()[0]
+  return {"backend": jax.default_backend(), "device_kind": d.device_kind,
+          "local_devices": jax.local_device_count(), "jax": jax.__version__,
+          "host": platform.node(), "cpus": os.cpu_count(),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def table(env, rows) -> str:
+  head = (f"{env['device_kind']} x{env['local_devices']} ({env['backend']}, jax {env['jax']}); "
+          f"default model, tiles {'x'.join(map(str, rows[0]['tile'][1:]))} T={rows[0]['tile'][0]}"
+          if rows else env["device_kind"])
+  cols = ["task", "dtype", "batch/dev", "global", "compile s", "step ms", "tiles/s", "Mpx/s",
+          "GFLOP/step", "TFLOP/s", "MFU", "peak GiB"]
+  lines = [head, " | ".join(cols), " | ".join("-" * len(c) for c in cols)]
+  for r in rows:
+    cells = [r["task"], r["dtype"], r["per_device_batch"], r["global_batch"],
+             f"{r['compile_s']:.1f}", f"{r['step_ms']:.1f}", f"{r['tiles_per_s']:.1f}",
+             f"{r['pixels_per_s'] / 1e6:.2f}", f"{r['gflop_per_step']:.1f}",
+             f"{r['achieved_tflops']:.3f}",
+             "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+             "n/a" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.1f}"]
+    lines.append(" | ".join(str(c) for c in cells))
+  return "\n".join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: pretrain,finetune")
+  p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated compute dtypes")
+  p.add_argument("--per_device_batch", default="32", help="one or more, comma-separated")
+  p.add_argument("--tile", type=int, default=64)
+  p.add_argument("--bands", type=int, default=13)
+  p.add_argument("--dates", type=int, default=1)
+  p.add_argument("--num_classes", type=int, default=10, help="fine-tuning head")
+  p.add_argument("--steps", type=int, default=10, help="timed steps")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  p.add_argument("--peak_tflops", default=None,
+                 help="peak TFLOP/s per device for MFU: one number, or per dtype "
+                      "'bfloat16=989,float32=495'")
+  p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+  p.add_argument("--json_out", default=None, help="also write the JSON to this file")
+  args = p.parse_args()
+
+  tasks = [t for t in args.tasks.split(",") if t]
+  dtypes = [d for d in args.dtypes.split(",") if d]
+  for t in tasks:
+    if t not in TASKS:
+      raise SystemExit(f"--tasks: unknown '{t}'; known: {TASKS}")
+  for d in dtypes:
+    if d not in DTYPES:
+      raise SystemExit(f"--dtypes: unknown '{d}'; known: {DTYPES}")
+  peaks = parse_peaks(args.peak_tflops)
+  env = environment()
+  rows = []
+  for b in [int(x) for x in args.per_device_batch.split(",") if x]:
+    for task in tasks:
+      for dtype in dtypes:
+        rows.append(bench(task, dtype, b, args, peaks))
+        if not args.json:
+          print(f"  done: {task} {dtype} batch {b}: {rows[-1]['step_ms']:.1f} ms/step",
+                file=sys.stderr, flush=True)
+  out = {"environment": env, "results": rows}
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(out, f, indent=2)
+  print(json.dumps(out, indent=2) if args.json else table(env, rows))
 
 
 if __name__ == "__main__":
