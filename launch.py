@@ -20,6 +20,11 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
 flags.DEFINE_enum("mode", "build", sorted(run_lib.MODES), "What to run.")
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports.")
 flags.mark_flags_as_required(["config"])
+flags.DEFINE_string("scene", None, "--mode=predict/embed: a product folder or multi-band "
+                    "GeoTIFF; a comma-separated list (or a .json/.csv manifest) for a "
+                    "time series.")
+flags.DEFINE_string("out", None, "--mode=predict/embed: the output GeoTIFF (class map or "
+                    "embedding); further outputs are named after it.")
 # Multi-process runs (docs/scaling.md): every process runs the same command.
 flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize) "
                   "first: TPU VM pod slices, multi-GPU/multi-node, CPU clusters.")
@@ -57,7 +62,7 @@ def main(argv):
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     except ConfigError as e:
       sys.exit(f"error: {e}")
-  run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+  run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, scene=FLAGS.scene, out=FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Modes of launch.py, callable without absl flags (tests call these directly)."""
 
+import inspect
 import json
 import sys
 
@@ -49,15 +50,32 @@ def study(config, workdir) -> None:
   run_study(config, workdir)
 
 
+def predict(config, workdir, scene=None, out=None) -> None:
+  """Class map GeoTIFF of a whole scene (--scene, --out) from the fine-tuned --workdir."""
+  from ee_jax import inference  # pylint: disable=import-outside-toplevel
+  inference.predict_mode(config, workdir, scene=scene, out=out)
+
+
+def embed(config, workdir, scene=None, out=None) -> None:
+  """Embedding GeoTIFF, PCA preview and k-means map of a whole scene from --workdir."""
+  from ee_jax import inference  # pylint: disable=import-outside-toplevel
+  inference.embed_mode(config, workdir, scene=scene, out=out)
+
+
 MODES = {"build": build, "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate,
-         "study": study}
+         "study": study, "predict": predict, "embed": embed}
 
 
-def run(mode: str, config, workdir: str | None) -> None:
+def run(mode: str, config, workdir: str | None, **options) -> None:
+  """options: flags only some modes take (predict/embed: scene, out); None = not given."""
   if mode not in MODES:
     raise ConfigError(f"--mode: unknown mode '{mode}'; known: {sorted(MODES)}")
+  options = {k: v for k, v in options.items() if v is not None}
   try:
-    MODES[mode](config, workdir)
+    unused = sorted(set(options) - set(inspect.signature(MODES[mode]).parameters))
+    if unused:
+      raise ConfigError(f"--mode={mode} takes no {', '.join('--' + k for k in unused)}")
+    MODES[mode](config, workdir, **options)
   except (DataError, ConfigError) as e:
     # One clear message for errors a user can cause, without a traceback.
     sys.exit(f"error: {e}")

@@ -10,13 +10,20 @@ All three run this file as a script, concurrently, with the same cheap XLA CPU c
 options (compiling dominates; the semantics under test do not depend on them):
   python tests/test_distributed.py single DATA WORKDIR OUT
   python tests/test_distributed.py multi DATA WORKDIR OUT PORT PROCESS_ID
+  python tests/test_distributed.py endless DATA WORKDIR OUT PORT PROCESS_ID  # until SIGTERM
+
+A slow test (`make test-slow`) sends SIGTERM to one of two processes: both must stop and
+save at the same step (JAX's preemption sync point; see ee_jax.train.loop.StopFlag).
 """
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -175,9 +182,43 @@ def test_single_process_helpers_are_no_ops():
   assert distributed.reached_preemption_sync_point(3) is False
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(data_dir, tmp_path):
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), "endless", str(data_dir), str(tmp_path),
+       str(tmp_path / f"out{i}.json"), str(port), str(i)], cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    metrics = tmp_path / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+      assert time.time() < deadline and all(p.poll() is None for p in procs), "no progress"
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)  # process 1 only, as a preempted host would be
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  saved = []
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"
+    saved += [int(m) for m in re.findall(r"SIGTERM: saved step (\d+)", log)]
+  assert len(saved) == 2 and saved[0] == saved[1], saved
+  assert checkpoints.Checkpointer(str(tmp_path / "pretrain")).latest_step() == saved[0]
+
+
 def _main(mode, data_dir, workdir, out_path, port=None, process_id=None):
-  if mode == "multi":
+  if mode != "single":
     distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
+  if mode == "endless":  # until SIGTERM
+    from ee_jax.train.pretrain import pretrain  # pylint: disable=import-outside-toplevel
+    pre, _ = _configs(data_dir)
+    pre.train.update(steps=10 ** 6, log_every=2, eval_every=0, checkpoint_every=10 ** 6)
+    pretrain(pre, os.path.join(workdir, "pretrain"))
+    return
   result = run_both(data_dir, workdir)
   with open(out_path, "w") as f:
     json.dump({"process": distributed.describe(), "result": result}, f)

@@ -1,0 +1,489 @@
+"""Whole scenes in, georeferenced rasters out: `predict_scene` and `embed_scene`.
+
+The pass over a scene (`blend_scene`):
+  full-width row bands are read through the training reader (RowBuffer)
+  -> tiles of `tile_size` at stride `tile_size - overlap` (TileLayout), batched
+  -> pmapped forward: normalise with the checkpoint's statistics, nodata -> 0 (the band
+     mean, as in training), model, multiply by the blending window
+  -> weighted outputs accumulated per row segment (RowBlender)
+  -> segments no later tile touches are divided by their summed weights and handed to the
+     output sinks as soon as they are finished, so memory is bounded by a few tile rows.
+The host reads and assembles batch i+1 while the devices run batch i.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ee_jax import augment, checkpoints, models, parallel
+from ee_jax.errors import ConfigError, DataError
+from ee_jax.inference import cluster
+from ee_jax.inference.config import Options
+from ee_jax.inference.source import RowBuffer, open_scene
+from ee_jax.inference.tiling import RowBlender, TileLayout
+from ee_jax.inference.writers import CLASS_NODATA, PngSink, RasterSink, class_colours
+
+REQUIRED_META = ("bands", "mean", "std", "model")
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclasses.dataclass
+class LoadedModel:
+  apply: Callable          # (params, x [b,T,h,w,C] float, date weights [b,T,h,w]) -> [b,h,w,K]
+  params: object
+  meta: dict
+  channels: int            # K: classes (predict) or features D (embed)
+  checkpoint: str
+  step: int
+
+
+def load_model(workdir: str, mode: str) -> LoadedModel:
+  """The checkpoint's model as a per-pixel function: class probabilities for 'predict', the
+  backbone's features for 'embed' (any checkpoint: pre-trained or fine-tuned)."""
+  if not workdir:
+    raise ConfigError(f"--workdir is required for --mode={mode}: the run whose checkpoint "
+                      f"to use")
+  params, meta = checkpoints.load_params(workdir)
+  missing = [k for k in REQUIRED_META if k not in meta]
+  if missing:
+    raise DataError(f"{workdir}: checkpoint metadata lacks {missing}; it was not written by "
+                    f"this codebase's training")
+  _, step = checkpoints.resolve_checkpoint(workdir)
+  cfg = ml_collections.ConfigDict(meta["model"])
+  if mode == "predict":
+    if meta.get("kind") != "finetune":
+      raise DataError(f"{workdir}: holds a '{meta.get('kind')}' checkpoint; --mode=predict "
+                      f"needs a fine-tuned segmentation model (--mode=finetune); for a "
+                      f"pre-trained one use --mode=embed")
+    names = list(meta.get("class_names") or [])
+    k = int(meta.get("num_classes") or len(names))
+    if not 1 <= k <= 255:
+      raise DataError(f"{workdir}: {k} classes do not fit a uint8 class map with nodata 255")
+    model = models.build_segmentation_model(cfg, k)
+
+    def apply(p, x, v):
+      return jax.nn.softmax(model.apply({"params": p}, x, v).astype(jnp.float32), axis=-1)
+
+    return LoadedModel(apply, params, meta, k, workdir, step)
+  if mode == "embed":
+    backbone = models.build_backbone(cfg)
+
+    def apply(p, x, v):
+      return backbone.apply({"params": p}, x, v).astype(jnp.float32)
+
+    return LoadedModel(apply, params[models.BACKBONE], meta, int(cfg.features), workdir, step)
+  raise ValueError(f"unknown inference mode '{mode}'")
+
+
+class TileRunner:
+  """The pmapped forward over a batch of tiles: uint16 [B, T, h, w, C] -> weighted [B, h, w, K]."""
+
+  def __init__(self, loaded: LoadedModel, window: np.ndarray, per_device_batch: int):
+    self.devices = parallel.local_device_count()
+    self.batch = per_device_batch * self.devices
+    mean = np.asarray(loaded.meta["mean"], np.float32)
+    std = np.asarray(loaded.meta["std"], np.float32)
+    win = jnp.asarray(window)
+
+    def step(params, image, valid):
+      x = augment.normalize(image, mean, std)
+      x = jnp.where(valid[..., None], x, 0.0)   # nodata -> the band mean, as in training
+      out = loaded.apply(params, x, valid.astype(jnp.float32))
+      return out * win[None, :, :, None]
+
+    self._step = parallel.pmap_step(step)
+    self._params = parallel.replicate(loaded.params)
+
+  def dispatch(self, image: np.ndarray, valid: np.ndarray):
+    """Starts the forward (asynchronous); `fetch` its result."""
+    return self._step(self._params, *parallel.shard((image, valid), self.devices))
+
+  @staticmethod
+  def fetch(pending) -> np.ndarray:
+    return parallel.unshard(pending)
+
+
+# -------------------------------------------------------------------------- progress
+class Progress:
+  """Progress over row blocks: a bar on terminals, a few plain lines otherwise."""
+
+  def __init__(self, label: str, total: int, pixels_per_row: int, enabled: bool = True):
+    self.label, self.total, self.ppr = label, max(total, 1), pixels_per_row
+    self.enabled = enabled
+    self.tty = sys.stdout.isatty()
+    self.start = time.time()
+    self.rows = 0
+    self._last_pct = -1
+
+  def update(self, rows_done: int):
+    self.rows = rows_done
+    if not self.enabled:
+      return
+    frac = min(1.0, rows_done / self.total)
+    secs = max(time.time() - self.start, 1e-9)
+    rate = rows_done * self.ppr / secs / 1e6
+    if self.tty:
+      bar = "#" * int(30 * frac)
+      print(f"\r{self.label} [{bar:<30}] {rows_done}/{self.total} rows "
+            f"{rate:.2f} Mpx/s", end="", flush=True)
+      if rows_done >= self.total:
+        print(flush=True)
+    else:
+      pct = int(100 * frac) // 10 * 10
+      if pct > self._last_pct:
+        self._last_pct = pct
+        print(f"{self.label}: {rows_done}/{self.total} rows ({pct}%), {rate:.2f} Mpx/s",
+              flush=True)
+
+
+# ------------------------------------------------------------------------ the blended pass
+def blend_scene(buffer: RowBuffer, layout: TileLayout, runner: TileRunner, channels: int,
+                reduce: str, sink: Callable, progress: Progress | None = None) -> int:
+  """One pass over the scene; `sink(first_row, blended [n, W, K], valid [n, W])` receives
+  every row segment once, in order. Returns the number of tiles run."""
+  blender = RowBlender(layout.segment_rows, layout.height, layout.width, channels)
+  th, tw = layout.tile_h, layout.tile_w
+  t, c = buffer.image.shape[0], buffer.image.shape[-1]
+  b = runner.batch
+  batches = [layout.origins[i:i + b] for i in range(0, len(layout.origins), b)]
+  def prepare(batch):
+    rows = [layout.rows_of(r) for r, _ in batch]
+    first, new_valid = buffer.ensure(min(x.min() for x in rows), max(x.max() for x in rows) + 1)
+    blender.put_valid(first, new_valid.any(axis=0) if reduce == "any" else new_valid.all(axis=0))
+    image = np.zeros((b, t, th, tw, c), np.uint16)
+    valid = np.zeros((b, t, th, tw), bool)
+    for j, (r, col) in enumerate(batch):
+      image[j], valid[j] = buffer.gather(rows[j], layout.cols_of(col))
+    return runner.dispatch(image, valid)
+
+  pending = prepare(batches[0])
+  for k, batch in enumerate(batches):
+    following = prepare(batches[k + 1]) if k + 1 < len(batches) else None
+    out = runner.fetch(pending)
+    for j, (r, col) in enumerate(batch):
+      r0, c0, rs, cs = layout.crop(r, col)
+      blender.add(r0, c0, out[j, rs, cs], layout.window[rs, cs])
+    upto = layout.first_scene_row(batches[k + 1][0][0]) if following is not None \
+        else layout.height
+    for first, rows, valid in blender.pop(upto):
+      sink(first, rows, valid)
+      if progress:
+        progress.update(first + len(rows))
+    pending = following
+  return len(layout.origins)
+
+
+# ------------------------------------------------------------------------------ outputs
+def _stem(out: str) -> str:
+  root, ext = os.path.splitext(out)
+  return root if ext.lower() in (".tif", ".tiff") else out
+
+
+def output_paths(out: str, mode: str, opts: Options) -> dict[str, str]:
+  """Where each output of a mode goes, given --out."""
+  if not out:
+    raise ConfigError(f"--out is required for --mode={mode} (the output GeoTIFF path)")
+  out = os.path.abspath(os.path.expanduser(out))
+  stem = _stem(out)
+  if mode == "predict":
+    paths = {"class_map": out}
+    if opts.probabilities:
+      paths["probabilities"] = stem + "_prob.tif"
+  else:
+    paths = {"embedding": out, "pca_preview": stem + "_pca.png",
+             "kmeans": stem + "_kmeans.tif"}
+  return paths
+
+
+def _common_tags(loaded: LoadedModel, scene, mode: str) -> dict:
+  return {"EE_MODE": mode, "EE_CHECKPOINT": os.path.abspath(loaded.checkpoint),
+          "EE_CHECKPOINT_STEP": loaded.step,
+          "EE_CODE_VERSION": checkpoints.code_version(),
+          "EE_SCENE": ",".join(a.product_id for a in scene.acquisitions),
+          "EE_BANDS": ",".join(loaded.meta["bands"])}
+
+
+@dataclasses.dataclass
+class Summary:
+  mode: str
+  width: int
+  height: int
+  valid_pixels: int
+  tiles: int
+  seconds: float
+  outputs: dict
+  phases: dict = dataclasses.field(default_factory=dict)  # seconds per phase
+
+  @property
+  def pixels(self) -> int:
+    return self.width * self.height
+
+  @property
+  def mpx_per_s(self) -> float:
+    return self.pixels / max(self.seconds, 1e-9) / 1e6
+
+  def text(self) -> str:
+    lines = [f"{self.mode}: {self.width}x{self.height} px ({self.pixels / 1e6:.2f} Mpx, "
+             f"{100 * self.valid_pixels / max(self.pixels, 1):.1f}% valid), {self.tiles} tiles, "
+             f"{self.seconds:.1f} s, {self.mpx_per_s:.3f} Mpx/s"]
+    if self.phases:
+      lines[0] += " (" + ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items()) + ")"
+    width = max(len(k) for k in self.outputs)
+    lines += [f"  {k:<{width}}  {v}" for k, v in self.outputs.items()]
+    return "\n".join(lines)
+
+
+class _Outputs:
+  """The sinks of one run: all are committed together, or all aborted."""
+
+  def __init__(self):
+    self.sinks = []
+
+  def add(self, sink):
+    self.sinks.append(sink)
+    return sink
+
+  def commit(self):
+    for s in self.sinks:
+      s.commit()
+
+  def abort(self):
+    for s in self.sinks:
+      s.abort()
+
+
+def _prepare(mode, workdir, scene, out, config, options):
+  if jax.process_count() > 1:
+    raise ConfigError(f"--mode={mode} runs in one process (its local devices); run it "
+                      f"without jax.distributed")
+  loaded = load_model(workdir, mode)
+  opts = Options.resolve(config, loaded.meta)
+  if options:
+    opts = dataclasses.replace(opts, **options)
+    opts.validate()
+  paths = output_paths(out, mode, opts)
+  scn = open_scene(scene, loaded.meta, opts, checkpoint=workdir)
+  for p in paths.values():
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+  g = scn.grid
+  layout = TileLayout(g.height, g.width, opts.tile_size, opts.overlap_px)
+  runner = TileRunner(loaded, layout.window, opts.per_device_batch)
+  if opts.progress:
+    print(f"{mode}: scene {scn.scene_id} ({g.width}x{g.height} px, "
+          f"{len(scn.acquisitions)} date(s), {len(loaded.meta['bands'])} bands, "
+          f"{g.crs.to_string() if g.crs else 'no CRS'}) with {workdir} step {loaded.step}; "
+          f"{len(layout)} tiles of {layout.tile_h}x{layout.tile_w} px, overlap "
+          f"{layout.overlap} px, batches of {runner.batch} on {runner.devices} device(s)",
+          flush=True)
+  return loaded, opts, paths, scn, layout, runner
+
+
+def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summary:
+  """Class map (uint8, nodata 255, class names, colour table) of `scene` on its own grid;
+  with `probabilities`, also <out stem>_prob.tif (float16, one band a class).
+
+  scene: a product folder, a multi-band GeoTIFF, a comma-separated string or list of them
+  (a time series), or product mappings as in the s2_tiles builder. options: fields of
+  `Options`, overriding config.inference.
+  """
+  start = time.time()
+  loaded, opts, paths, scn, layout, runner = _prepare("predict", workdir, scene, out, config,
+                                                      options)
+  k = loaded.channels
+  names = [str(n) for n in (loaded.meta.get("class_names") or [f"class_{i}" for i in range(k)])]
+  tags = {**_common_tags(loaded, scn, "predict"), "EE_CLASS_NAMES": _json(names),
+          "EE_IGNORE_INDEX": loaded.meta.get("ignore_index", 255), "EE_NODATA": CLASS_NODATA}
+  outputs = _Outputs()
+  valid_count = 0
+  try:
+    cls_sink = outputs.add(RasterSink(
+        paths["class_map"], scn.grid, 1, "uint8", CLASS_NODATA, descriptions=["class"],
+        tags={**tags, **{f"CLASS_{i}": n for i, n in enumerate(names)}},
+        colormap=class_colours(k), overview_resampling="mode"))
+    prob_sink = None
+    if opts.probabilities:
+      prob_sink = outputs.add(RasterSink(
+          paths["probabilities"], scn.grid, k, "float32", float("nan"), half=True,
+          descriptions=names, tags=tags, overview_resampling="average"))
+
+    def sink(first, probs, valid):
+      nonlocal valid_count
+      classes = probs.argmax(axis=-1).astype(np.uint8)
+      classes[~valid] = CLASS_NODATA
+      cls_sink.write(first, classes)
+      valid_count += int(valid.sum())
+      if prob_sink is not None:
+        probs[~valid] = np.nan
+        prob_sink.write(first, probs)
+
+    progress = Progress("predict", layout.height, layout.width, opts.progress)
+    phases = {"setup": time.time() - start}
+    t0 = time.time()
+    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta)) as buffer:
+      tiles = blend_scene(buffer, layout, runner, k, opts.valid_reduce, sink, progress)
+    phases["tiles"] = time.time() - t0
+    t0 = time.time()
+    for s in outputs.sinks:
+      s.finish()
+    outputs.commit()
+    phases["cog"] = time.time() - t0
+  except BaseException:
+    outputs.abort()
+    raise
+  summary = Summary("predict", layout.width, layout.height, valid_count, tiles,
+                    time.time() - start, paths, phases)
+  if opts.progress:
+    print(summary.text(), flush=True)
+  return summary
+
+
+def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summary:
+  """Per-pixel backbone features of `scene` (D bands, float16, NaN where invalid), a 3-band
+  PCA preview PNG and a k-means class map (uint8, nodata 255) on the scene's grid."""
+  start = time.time()
+  loaded, opts, paths, scn, layout, runner = _prepare("embed", workdir, scene, out, config,
+                                                      options)
+  d = loaded.channels
+  tags = _common_tags(loaded, scn, "embed")
+  g = scn.grid
+  rng = np.random.default_rng(opts.seed)
+  keep_p = min(1.0, 2.0 * opts.fit_samples / max(g.width * g.height, 1))
+  samples = []
+  outputs = _Outputs()
+  valid_count = 0
+  try:
+    emb_sink = outputs.add(RasterSink(
+        paths["embedding"], g, d, "float32", float("nan"), half=True,
+        descriptions=[f"feature_{i}" for i in range(d)], tags=tags,
+        overview_resampling="average"))
+
+    def sink(first, feats, valid):
+      nonlocal valid_count
+      feats[~valid] = np.nan
+      emb_sink.write(first, feats)
+      valid_count += int(valid.sum())
+      idx = np.flatnonzero(valid.ravel())
+      idx = idx[rng.random(len(idx)) < keep_p]
+      # As stored (float16), so the fit sees exactly what the second pass reads back.
+      samples.append(feats.reshape(-1, d)[idx].astype(np.float16).astype(np.float32))
+
+    progress = Progress("embed", layout.height, layout.width, opts.progress)
+    phases = {"setup": time.time() - start}
+    t0 = time.time()
+    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta)) as buffer:
+      tiles = blend_scene(buffer, layout, runner, d, opts.valid_reduce, sink, progress)
+    emb_sink.close_stripes()
+    phases["tiles"] = time.time() - t0
+    t0 = time.time()
+
+    sample = np.concatenate(samples) if samples else np.zeros((0, d), np.float32)
+    if len(sample) < opts.kmeans_k:
+      raise DataError(f"{scn.scene_id}: only {len(sample)} valid pixels; k-means with "
+                      f"k={opts.kmeans_k} needs at least that many")
+    if len(sample) > opts.fit_samples:
+      sample = sample[np.sort(rng.choice(len(sample), opts.fit_samples, replace=False))]
+    pca = cluster.fit_pca(sample)
+    centroids = cluster.kmeans(sample, opts.kmeans_k, opts.kmeans_iters, opts.seed)
+    del sample
+    samples.clear()
+    phases["fit"] = time.time() - t0
+    t0 = time.time()
+
+    km_sink = outputs.add(RasterSink(
+        paths["kmeans"], g, 1, "uint8", CLASS_NODATA, descriptions=["cluster"],
+        tags={**tags, "EE_KMEANS_K": opts.kmeans_k, "EE_KMEANS_SAMPLES": opts.fit_samples},
+        colormap=class_colours(opts.kmeans_k), overview_resampling="mode"))
+    png = outputs.add(PngSink(paths["pca_preview"]))
+    rgb = _second_pass(emb_sink.stripes, g, d, pca, centroids, km_sink, opts.preview_size,
+                       opts.progress)
+    png.finish(rgb)
+    phases["kmeans_pca"] = time.time() - t0
+    t0 = time.time()
+    for s in outputs.sinks:
+      if isinstance(s, RasterSink):
+        s.finish()
+    outputs.commit()
+    phases["cog"] = time.time() - t0
+  except BaseException:
+    outputs.abort()
+    raise
+  summary = Summary("embed", layout.width, layout.height, valid_count, tiles,
+                    time.time() - start, paths, phases)
+  if opts.progress:
+    print(summary.text(), flush=True)
+  return summary
+
+
+def _second_pass(embedding_path, grid, d, pca, centroids, km_sink, preview_size, show):
+  """Reads the written embedding back in row bands: k-means labels into `km_sink`, and the
+  PCA preview (block means of the stretched components over f x f pixels) as uint8 RGB."""
+  import rasterio  # pylint: disable=import-outside-toplevel
+  from rasterio.windows import Window  # pylint: disable=import-outside-toplevel
+  from ee_jax.geo.reader import GDAL_ENV  # pylint: disable=import-outside-toplevel
+
+  h, w = grid.height, grid.width
+  f = max(1, math.ceil(max(h, w) / preview_size)) if preview_size else 1
+  ph, pw = -(-h // f), -(-w // f)
+  rgb_sum = np.zeros((ph, pw, 3), np.float32)
+  count = np.zeros((ph, pw), np.float32)
+  rows = max(f, (48 * 2**20 // max(w * d * 4, 1)) // f * f)
+  progress = Progress("k-means/PCA", h, w, show)
+  with rasterio.Env(**GDAL_ENV), rasterio.open(embedding_path) as ds:
+    for r0 in range(0, h, rows):
+      n = min(rows, h - r0)
+      x = np.moveaxis(ds.read(window=Window(0, r0, w, n)), 0, -1)   # [n, W, D]
+      valid = ~np.isnan(x).any(axis=-1)
+      labels = np.full((n, w), CLASS_NODATA, np.uint8)
+      labels[valid] = cluster.assign(x[valid], centroids).astype(np.uint8)
+      km_sink.write(r0, labels)
+      colour = np.zeros((n, w, 3), np.float32)
+      colour[valid] = pca.rgb(x[valid])
+      # f x f block sums (pad to whole blocks), valid pixels only.
+      nh, nw = -(-n // f) * f, pw * f
+      cpad = np.zeros((nh, nw, 3), np.float32)
+      vpad = np.zeros((nh, nw), np.float32)
+      cpad[:n, :w], vpad[:n, :w] = colour, valid
+      pr = r0 // f
+      rgb_sum[pr:pr + nh // f] += cpad.reshape(nh // f, f, pw, f, 3).sum(axis=(1, 3))
+      count[pr:pr + nh // f] += vpad.reshape(nh // f, f, pw, f).sum(axis=(1, 3))
+      progress.update(r0 + n)
+  rgb = rgb_sum / np.maximum(count, 1)[..., None]
+  return np.round(255 * rgb).astype(np.uint8)
+
+
+def _resampling(meta: dict) -> str:
+  return meta.get("resampling") or "bilinear"
+
+
+def _json(value) -> str:
+  import json  # pylint: disable=import-outside-toplevel
+  return json.dumps(value)
+
+
+# --------------------------------------------------------------------- launch.py modes
+def _options(kwargs: dict) -> tuple[str, str]:
+  scene, out = kwargs.get("scene"), kwargs.get("out")
+  if not scene:
+    raise ConfigError("--scene is required: a product folder or multi-band GeoTIFF (a "
+                      "comma-separated list of them for a time series)")
+  return scene, out
+
+
+def predict_mode(config, workdir, **kwargs) -> Summary:
+  """`--mode=predict --workdir=<fine-tune run> --scene=PATH --out=map.tif`."""
+  scene, out = _options(kwargs)
+  return predict_scene(workdir, scene, out, config)
+
+
+def embed_mode(config, workdir, **kwargs) -> Summary:
+  """`--mode=embed --workdir=<pre-training run> --scene=PATH --out=emb.tif`."""
+  scene, out = _options(kwargs)
+  return embed_scene(workdir, scene, out, config)
