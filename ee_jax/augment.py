@@ -46,6 +46,8 @@ class AugmentConfig:
   cloud_radius: Tuple[float, float] = (0.1, 0.3)  # blob radii, fraction of crop size
   cloud_fill: float = 2.0             # value written under clouds (bright, like clouds)
   num_dates: int = 0                  # dates per view (random subset, sorted); 0 -> all T
+  date_dropout: float = 0.0           # per date and view: probability of hiding that date
+                                      # (kept in place, marked invalid: works with 'stack')
   valid_reduce: str = "any"           # per-pixel valid over chosen dates: 'any' | 'all'
 
   @classmethod
@@ -149,7 +151,7 @@ def cloud_field(key, size: int, cfg: AugmentConfig):
 
 def _view(key, image, valid, cfg: AugmentConfig):
   """One view of a cropped example: image [T, S, S, C] float, valid [T, S, S] bool."""
-  k_dates, k_dih, k_gain, k_off, k_cloud, k_noise, k_drop = jax.random.split(key, 7)
+  k_dates, k_dih, k_gain, k_off, k_cloud, k_noise, k_drop, k_hide = jax.random.split(key, 8)
   t, s, _, c = image.shape
   t_view = cfg.num_dates or t
   if t_view > t:
@@ -158,6 +160,12 @@ def _view(key, image, valid, cfg: AugmentConfig):
   if t_view < t:
     dates = jnp.sort(jax.random.choice(k_dates, t, (t_view,), replace=False)).astype(jnp.int32)
     image, valid = image[dates], valid[dates]
+  if cfg.date_dropout > 0 and t_view > 1:
+    # The two views see different acquisitions of the same ground (at least one date each).
+    hide = jax.random.bernoulli(k_hide, cfg.date_dropout, (t_view,))
+    hide = hide.at[jax.random.randint(k_hide, (), 0, t_view)].set(False)
+    valid = valid & ~hide[:, None, None]
+    image = jnp.where(hide[:, None, None, None], 0.0, image)
 
   gain = 1.0 + jax.random.uniform(k_gain, (c,), minval=-cfg.gain, maxval=cfg.gain)
   offset = jax.random.uniform(k_off, (c,), minval=-cfg.offset, maxval=cfg.offset)

@@ -117,3 +117,20 @@ def test_config():
   assert augment.view_shape(augment.AugmentConfig(num_dates=2), (5, 12, 10, 4)) == (2, 10, 10, 4)
   np.testing.assert_allclose(augment.normalize(np.array([[3, 5]], np.uint16), [1, 1], [2, 4]),
                              [[1.0, 1.0]])
+
+
+def test_date_dropout_hides_whole_dates_but_keeps_one():
+  cfg = augment.AugmentConfig(crop_size=8, dihedral=False, gain=0, offset=0, noise_std=0,
+                              band_dropout=0, cloud_prob=0, date_dropout=0.999)
+  image = np.full((4, 3, 8, 8, 2), 1000, np.uint16)
+  valid = np.ones((4, 3, 8, 8), bool)
+  v1, v2, _ = augment.make_views(jax.random.key(0), 0, np.arange(4), image, valid,
+                                 np.zeros(2), np.ones(2), cfg)
+  for v in (v1, v2):
+    dv = np.asarray(v["date_valid"])                    # [B, T, S, S]
+    per_date = dv.all(axis=(2, 3)) | ~dv.any(axis=(2, 3))
+    assert per_date.all()                               # whole dates hidden, not pixels
+    assert (dv.any(axis=(2, 3)).sum(axis=1) == 1).all()  # exactly one date left
+    hidden = ~dv[..., None].repeat(2, -1)
+    assert (np.asarray(v["image"])[hidden] == 0).all()
+    assert np.asarray(v["valid"]).all()                 # every pixel still seen once
