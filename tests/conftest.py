@@ -8,14 +8,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=2").strip()
 
-import tempfile  # noqa: E402
-
-# One persistent compilation cache for the whole run, inherited by subprocesses: the
-# pre-training tests compile the same tiny steps many times (in-process and in children).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), "ee_jax_test_compile_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
