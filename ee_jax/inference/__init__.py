@@ -5,18 +5,30 @@
 - `embed_scene(workdir, scene, out)`: embedding GeoTIFF, PCA preview PNG and k-means map
   from any checkpoint's backbone.
 Options: `default_config()` (embedded as `config.inference`), see `config.Options`.
+
+Only the options are imported eagerly (configs import them); the engine (JAX, rasterio,
+the scene reader) loads on first use of any other name.
 """
 
+import importlib
+
 from ee_jax.inference.config import Options, default_config
-from ee_jax.inference.engine import (Summary, embed_mode, embed_scene, load_model,
-                                     output_paths, predict_mode, predict_scene)
-from ee_jax.inference.source import open_scene
-from ee_jax.inference.tiling import RowBlender, TileLayout, tile_origins, window2d
 
-MODES = {"predict": predict_mode, "embed": embed_mode}
+_LAZY = {
+    "Summary": "engine", "embed_mode": "engine", "embed_scene": "engine",
+    "load_model": "engine", "output_paths": "engine", "predict_mode": "engine",
+    "predict_scene": "engine", "open_scene": "source", "RowBlender": "tiling",
+    "TileLayout": "tiling", "tile_origins": "tiling", "window2d": "tiling",
+}
 
-__all__ = [
-    "MODES", "Options", "RowBlender", "Summary", "TileLayout", "default_config",
-    "embed_mode", "embed_scene", "load_model", "open_scene", "output_paths", "predict_mode",
-    "predict_scene", "tile_origins", "window2d",
-]
+
+def __getattr__(name):
+  if name == "MODES":
+    engine = importlib.import_module("ee_jax.inference.engine")
+    return {"predict": engine.predict_mode, "embed": engine.embed_mode}
+  if name in _LAZY:
+    return getattr(importlib.import_module(f"ee_jax.inference.{_LAZY[name]}"), name)
+  raise AttributeError(f"module 'ee_jax.inference' has no attribute '{name}'")
+
+
+__all__ = ["MODES", "Options", "default_config", *sorted(_LAZY)]

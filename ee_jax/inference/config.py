@@ -33,6 +33,7 @@ class Options:
   nodata: str = ""            # '' -> as the model's training data ('auto' unless set there)
   band_order: Tuple[str, ...] = ()  # band names of multi-band GeoTIFFs without descriptions
   check_gsd: bool = True      # refuse a scene whose pixel size differs from the model's
+  gdal_cache_mb: int = 64     # GDAL block cache while reading and writing row bands (MiB)
   seed: int = 0               # embed: pixel sampling and k-means initialisation
   progress: bool = True       # progress over blocks (a bar on terminals) and a summary
 
@@ -80,6 +81,8 @@ class Options:
       raise ConfigError(f"{where}.fit_samples must be >= kmeans_k")
     if self.preview_size < 0:
       raise ConfigError(f"{where}.preview_size must be >= 0 (0 = full size)")
+    if self.gdal_cache_mb < 1:
+      raise ConfigError(f"{where}.gdal_cache_mb must be >= 1")
     if self.valid_reduce not in ("any", "all"):
       raise ConfigError(f"{where}.valid_reduce must be 'any' or 'all', got '{self.valid_reduce}'")
 

@@ -11,10 +11,13 @@ The pass over a scene (`blend_scene`):
 The host reads and assembles batch i+1 while the devices run batch i.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -241,11 +244,27 @@ class Summary:
     return "\n".join(lines)
 
 
-class _Outputs:
-  """The sinks of one run: all are committed together, or all aborted."""
+class _Outputs(contextlib.AbstractContextManager):
+  """The sinks of one run: committed together by `commit()`, or all aborted (temporary
+  files removed) when the block raises. Inside the block SIGTERM raises SystemExit (main
+  thread only), so a killed run cleans up too; the previous handler is restored after."""
 
   def __init__(self):
     self.sinks = []
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, _raise_exit)
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    if exc_type is not None:
+      for s in self.sinks:
+        s.abort()
+    return False
 
   def add(self, sink):
     self.sinks.append(sink)
@@ -255,9 +274,10 @@ class _Outputs:
     for s in self.sinks:
       s.commit()
 
-  def abort(self):
-    for s in self.sinks:
-      s.abort()
+
+def _raise_exit(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)
 
 
 def _prepare(mode, workdir, scene, out, config, options):
@@ -301,9 +321,8 @@ def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summ
   names = [str(n) for n in (loaded.meta.get("class_names") or [f"class_{i}" for i in range(k)])]
   tags = {**_common_tags(loaded, scn, "predict"), "EE_CLASS_NAMES": _json(names),
           "EE_IGNORE_INDEX": loaded.meta.get("ignore_index", 255), "EE_NODATA": CLASS_NODATA}
-  outputs = _Outputs()
   valid_count = 0
-  try:
+  with _Outputs() as outputs:
     cls_sink = outputs.add(RasterSink(
         paths["class_map"], scn.grid, 1, "uint8", CLASS_NODATA, descriptions=["class"],
         tags={**tags, **{f"CLASS_{i}": n for i, n in enumerate(names)}},
@@ -327,7 +346,8 @@ def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summ
     progress = Progress("predict", layout.height, layout.width, opts.progress)
     phases = {"setup": time.time() - start}
     t0 = time.time()
-    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta)) as buffer:
+    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta),
+                   opts.gdal_cache_mb) as buffer:
       tiles = blend_scene(buffer, layout, runner, k, opts.valid_reduce, sink, progress)
     phases["tiles"] = time.time() - t0
     t0 = time.time()
@@ -335,9 +355,6 @@ def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summ
       s.finish()
     outputs.commit()
     phases["cog"] = time.time() - t0
-  except BaseException:
-    outputs.abort()
-    raise
   summary = Summary("predict", layout.width, layout.height, valid_count, tiles,
                     time.time() - start, paths, phases)
   if opts.progress:
@@ -357,9 +374,8 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
   rng = np.random.default_rng(opts.seed)
   keep_p = min(1.0, 2.0 * opts.fit_samples / max(g.width * g.height, 1))
   samples = []
-  outputs = _Outputs()
   valid_count = 0
-  try:
+  with _Outputs() as outputs:
     emb_sink = outputs.add(RasterSink(
         paths["embedding"], g, d, "float32", float("nan"), half=True,
         descriptions=[f"feature_{i}" for i in range(d)], tags=tags,
@@ -378,7 +394,8 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
     progress = Progress("embed", layout.height, layout.width, opts.progress)
     phases = {"setup": time.time() - start}
     t0 = time.time()
-    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta)) as buffer:
+    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta),
+                   opts.gdal_cache_mb) as buffer:
       tiles = blend_scene(buffer, layout, runner, d, opts.valid_reduce, sink, progress)
     emb_sink.close_stripes()
     phases["tiles"] = time.time() - t0
@@ -403,7 +420,7 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
         colormap=class_colours(opts.kmeans_k), overview_resampling="mode"))
     png = outputs.add(PngSink(paths["pca_preview"]))
     rgb = _second_pass(emb_sink.stripes, g, d, pca, centroids, km_sink, opts.preview_size,
-                       opts.progress)
+                       opts.progress, opts.gdal_cache_mb)
     png.finish(rgb)
     phases["kmeans_pca"] = time.time() - t0
     t0 = time.time()
@@ -412,9 +429,6 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
         s.finish()
     outputs.commit()
     phases["cog"] = time.time() - t0
-  except BaseException:
-    outputs.abort()
-    raise
   summary = Summary("embed", layout.width, layout.height, valid_count, tiles,
                     time.time() - start, paths, phases)
   if opts.progress:
@@ -422,7 +436,8 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
   return summary
 
 
-def _second_pass(embedding_path, grid, d, pca, centroids, km_sink, preview_size, show):
+def _second_pass(embedding_path, grid, d, pca, centroids, km_sink, preview_size, show,
+                 gdal_cache_mb):
   """Reads the written embedding back in row bands: k-means labels into `km_sink`, and the
   PCA preview (block means of the stretched components over f x f pixels) as uint8 RGB."""
   import rasterio  # pylint: disable=import-outside-toplevel
@@ -436,7 +451,8 @@ def _second_pass(embedding_path, grid, d, pca, centroids, km_sink, preview_size,
   count = np.zeros((ph, pw), np.float32)
   rows = max(f, (48 * 2**20 // max(w * d * 4, 1)) // f * f)
   progress = Progress("k-means/PCA", h, w, show)
-  with rasterio.Env(**GDAL_ENV), rasterio.open(embedding_path) as ds:
+  env = {**GDAL_ENV, "GDAL_CACHEMAX": gdal_cache_mb * 2**20}
+  with rasterio.Env(**env), rasterio.open(embedding_path) as ds:
     for r0 in range(0, h, rows):
       n = min(rows, h - r0)
       x = np.moveaxis(ds.read(window=Window(0, r0, w, n)), 0, -1)   # [n, W, D]

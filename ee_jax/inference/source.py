@@ -89,12 +89,16 @@ class RowBuffer(contextlib.AbstractContextManager):
   tile rows are read once.
   """
 
-  def __init__(self, scene: Scene, bands: Sequence[str], resampling: str):
+  def __init__(self, scene: Scene, bands: Sequence[str], resampling: str,
+               gdal_cache_mb: int | None = None):
     self.scene = scene
     self.width = scene.grid.width
     self._stack = contextlib.ExitStack()
+    env = dict(GDAL_ENV)
+    if gdal_cache_mb:  # rows are read once each: a small cache suffices, and it is RSS
+      env["GDAL_CACHEMAX"] = gdal_cache_mb * 2**20
     try:
-      self._stack.enter_context(rasterio.Env(**GDAL_ENV))
+      self._stack.enter_context(rasterio.Env(**env))
       self.readers = [self._stack.enter_context(
           AcquisitionReader(acq, scene.grid, bands, resampling)) for acq in scene.acquisitions]
     except Exception:

@@ -1,7 +1,8 @@
 """Output rasters: written row band by row band, then laid out as cloud-optimised GeoTIFFs.
 
 A `RasterSink` writes finished rows into a hidden striped GeoTIFF next to the output (small
-strips, so rows arriving in any band size are written once and memory stays bounded), then
+band-interleaved strips, so rows arriving in any band size are written once and memory stays
+bounded), then
 `finish()` copies it with GDAL's COG driver (tiled, deflate, internal overviews) to a second
 hidden name; `commit()` renames it onto the output path. Nothing appears under an output
 name before every output of the run is complete; `abort()` removes every temporary file.
@@ -68,7 +69,10 @@ class RasterSink:
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
                    dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata,
                    compress="deflate", zlevel=1, blockysize=8, bigtiff="if_safer",
-                   interleave="pixel")
+                   # Band-interleaved strips: the COG driver reads the source band by band;
+                   # from pixel-interleaved strips it decompressed every strip once per band
+                   # (1024^2 x 64 float16 bands: 41 s to lay out vs 7 s).
+                   interleave="band")
     if half:
       profile["nbits"] = 16
     self._ds = rasterio.open(self.stripes, "w", **profile)
