@@ -7,7 +7,7 @@ runs scene inference in a child process so its peak RSS is measured alone
 (target: under 1.5 GiB).
 
   python benchmarks/predict_scene.py [--size 4096] [--mode predict|embed] [--model default|smoke]
-      [--tile_size 256] [--overlap 0.25] [--per_device_batch 4] [--probabilities]
+      [--tile_size 256] [--overlap 0.25] [--per_device_batch 0] [--probabilities]
       [--workdir /tmp/x] [--keep]
 """
 
@@ -69,7 +69,8 @@ def main():
   parser.add_argument("--model", choices=("default", "smoke"), default="default")
   parser.add_argument("--tile_size", type=int, default=0, help="0: the inference default")
   parser.add_argument("--overlap", type=float, default=0.25)
-  parser.add_argument("--per_device_batch", type=int, default=4)
+  parser.add_argument("--per_device_batch", type=int, default=0,
+                      help="0: the inference default (2 on CPU, 8 on GPU/TPU)")
   parser.add_argument("--probabilities", action="store_true")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--keep", action="store_true", help="keep the product and outputs")

@@ -21,8 +21,9 @@ class Options:
   """What scene inference needs beyond the checkpoint's own metadata."""
   tile_size: int = 0          # square tile fed to the model; 0 -> max(256, training tile size)
   overlap: float = 0.25       # share of tile_size each tile shares with its neighbour, [0, 1)
-  per_device_batch: int = 4   # tiles per device per forward step (CPU: ~85 MB a 256 px tile
-                              # with the default model; 4 keeps a 4096 px scene < 1.5 GiB)
+  per_device_batch: int = 0   # tiles per device per forward step; 0 -> 2 on CPU (activations
+                              # are host memory: ~85 MB a 256 px tile with the default
+                              # model), 8 on GPU/TPU
   probabilities: bool = False  # predict: also write <out stem>_prob.tif (float16, 1 band/class)
   kmeans_k: int = 8           # embed: clusters of the k-means map
   kmeans_iters: int = 50      # embed: Lloyd iterations (stops earlier when converged)
@@ -73,8 +74,8 @@ class Options:
       raise ConfigError(f"{where}.tile_size must be >= 8, got {self.tile_size}")
     if not 0.0 <= self.overlap < 1.0:
       raise ConfigError(f"{where}.overlap is a share of tile_size in [0, 1), got {self.overlap}")
-    if self.per_device_batch < 1:
-      raise ConfigError(f"{where}.per_device_batch must be >= 1")
+    if self.per_device_batch < 0:
+      raise ConfigError(f"{where}.per_device_batch must be >= 1 (0: automatic)")
     if not 2 <= self.kmeans_k <= 254:
       raise ConfigError(f"{where}.kmeans_k must be in [2, 254], got {self.kmeans_k}")
     if self.fit_samples < self.kmeans_k:
