@@ -7,6 +7,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=2").strip()
+# On a busy 2-core machine one fake device's thread can be starved past XLA's 40 s
+# collective timeout, which aborts the whole test process: be patient instead.
+if "xla_cpu_collective_timeout_seconds" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_call_terminate_timeout_seconds=600"
+                              " --xla_cpu_collective_timeout_seconds=600")
 
 import pytest  # noqa: E402
 
