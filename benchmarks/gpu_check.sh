@@ -10,9 +10,16 @@
 #   GPU_CHECK_ANY_BACKEND=1 bash benchmarks/gpu_check.sh --per_device_batch 2 --tile 16 \
 #     --steps 1    # the script itself, on a machine without a GPU
 #
-# Needs a Python with a CUDA JAX, flax, optax and ml_collections. Where ml_collections is
-# missing and nothing can be fetched (e.g. the device tool's machines), carry its wheel in
-# .whl/ (`pip download --no-deps ml_collections -d .whl`); it is installed from there.
+# Runs from any copy of the repository (no install of the package itself: the benchmark puts
+# the repo root on sys.path). Needs a Python whose JAX sees the GPU, with flax, optax, absl,
+# etils, PyYAML and ml_collections; the first of $PYTHON, .venv/bin/python, python3, python
+# that qualifies is used. On a fresh machine that can reach PyPI:
+#   make venv && .venv/bin/pip install -U "jax[cuda13]"     # or jax[cuda12] for older drivers
+# Where ml_collections is missing and nothing can be fetched (e.g. the device tool's machines,
+# whose image has CUDA JAX, flax and optax), carry its wheel in .whl/
+# (`pip download --no-deps ml_collections -d .whl`); it is installed from there into /tmp.
+# The benchmark stops starting configurations after 230 s (--budget_s) and prints the table of
+# those it ran; `timeout` is only the backstop for a hung compile or GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -33,6 +40,7 @@ if [[ -z "$PY" ]]; then
 fi
 if ! "$PY" -c "import ml_collections" 2>/dev/null; then
   if compgen -G ".whl/ml_collections-*.whl" >/dev/null; then
+    rm -rf /tmp/ee_site
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/ee_site \
       .whl/ml_collections-*.whl
     export PYTHONPATH="/tmp/ee_site${PYTHONPATH:+:$PYTHONPATH}"
@@ -50,13 +58,18 @@ case "$NAME" in
   *H100*|*H200*) PEAK="bfloat16=989,float32=495" ;;   # SXM
   *A100*)        PEAK="bfloat16=312,float32=156" ;;
   *L40S*)        PEAK="bfloat16=362,float32=183" ;;
+  *L40*)         PEAK="bfloat16=181,float32=90" ;;
   *L4*)          PEAK="bfloat16=121,float32=60" ;;
   *)             PEAK="" ;;
 esac
 echo "gpu_check: ${NAME:-unknown GPU} (${PEAK:-no known peak: MFU n/a}); python $PY" >&2
 
 JSON="${OUT:-/tmp}/gpu_check.json"
-# Unbounded compiles or a hung GPU must not outlive the 5 minutes.
-timeout 290 "$PY" benchmarks/train_step.py --per_device_batch 32,128 --steps 20 --warmup 3 \
-  ${PEAK:+--peak_tflops "$PEAK"} --json_out "$JSON" "$@"
+mkdir -p "$(dirname "$JSON")"
+# Unbounded compiles or a hung GPU must not outlive the 5 minutes: the benchmark itself stops
+# starting configurations at 230 s; SIGTERM at 280 s prints what it has; SIGKILL at 290 s.
+status=0
+timeout -k 10 280 "$PY" benchmarks/train_step.py --per_device_batch 32,128 --steps 20 \
+  --warmup 3 --budget_s 230 ${PEAK:+--peak_tflops "$PEAK"} --json_out "$JSON" "$@" || status=$?
 echo "JSON: $JSON" >&2
+exit "$status"

@@ -13,12 +13,14 @@ rematerialisation; so it is the hardware FLOP utilisation of this step too.
   python benchmarks/train_step.py --json                 # JSON on stdout instead
   python benchmarks/train_step.py --tasks pretrain --dtypes bfloat16 --per_device_batch 32,128
   python benchmarks/train_step.py --peak_tflops bfloat16=989,float32=495   # H100 SXM dense
+  python benchmarks/train_step.py --per_device_batch 2 --tile 32 --steps 2   # a quick check
 """
 
 import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 
@@ -99,13 +101,20 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _peak_memory_gb() -> float | None:
+def _step_memory_gb(compiled) -> float | None:
+  """Device memory one step needs (per device), from the compiled step's memory analysis:
+  this configuration's own figure, unlike the device's process-wide peak."""
   try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # some backends have none
     return None
-  peak = stats.get("peak_bytes_in_use")
-  return None if peak is None else peak / 2 ** 30
+  if m is None:
+    return None
+  # Arguments + outputs + temporaries, less the outputs that reuse donated arguments (the
+  # stats' own `peak_memory_in_bytes` leaves the temporaries out on CPU).
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+           - m.alias_size_in_bytes)
+  return round(total / 2 ** 30, 3)
 
 
 def bench(task, dtype, b, args, peaks) -> dict:
@@ -119,10 +128,11 @@ def bench(task, dtype, b, args, peaks) -> dict:
   compiled = step.lower(p_state, batch, keys).compile()
   compile_s = time.perf_counter() - t0
   flops_per_device = _flops(compiled)
+  memory_gb = _step_memory_gb(compiled)
 
   for _ in range(args.warmup):
-    p_state, m = compiled(p_state, batch, keys)
-  jax.block_until_ready((p_state, m))
+    p_state, _ = compiled(p_state, batch, keys)
+  jax.block_until_ready(p_state)
   t0 = time.perf_counter()
   for _ in range(args.steps):
     p_state, m = compiled(p_state, batch, keys)
@@ -143,7 +153,7 @@ def bench(task, dtype, b, args, peaks) -> dict:
       "achieved_tflops": round(achieved, 4),
       "peak_tflops_per_device": peak,
       "mfu": None if not peak else round(achieved / (peak * n_dev), 5),
-      "peak_memory_gb": _peak_memory_gb(), "loss": loss,
+      "step_memory_gb": memory_gb, "loss": loss,
   }
 
 
@@ -155,12 +165,12 @@ def environment() -> dict:
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def table(env, rows) -> str:
+def table(env, rows, skipped=(), skipped_why="") -> str:
   head = (f"{env['device_kind']} x{env['local_devices']} ({env['backend']}, jax {env['jax']}); "
           f"default model, tiles {'x'.join(map(str, rows[0]['tile'][1:]))} T={rows[0]['tile'][0]}"
           if rows else env["device_kind"])
   cols = ["task", "dtype", "batch/dev", "global", "compile s", "step ms", "tiles/s", "Mpx/s",
-          "GFLOP/step", "TFLOP/s", "MFU", "peak GiB"]
+          "GFLOP/step", "TFLOP/s", "MFU", "GiB/dev"]
   lines = [head, " | ".join(cols), " | ".join("-" * len(c) for c in cols)]
   for r in rows:
     cells = [r["task"], r["dtype"], r["per_device_batch"], r["global_batch"],
@@ -168,8 +178,10 @@ def table(env, rows) -> str:
              f"{r['pixels_per_s'] / 1e6:.2f}", f"{r['gflop_per_step']:.1f}",
              f"{r['achieved_tflops']:.3f}",
              "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
-             "n/a" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.1f}"]
+             "n/a" if r["step_memory_gb"] is None else f"{r['step_memory_gb']:.2f}"]
     lines.append(" | ".join(str(c) for c in cells))
+  if skipped:
+    lines.append(f"not run ({skipped_why}): " + ", ".join(skipped))
   return "\n".join(lines)
 
 
@@ -182,11 +194,15 @@ def main():
   p.add_argument("--bands", type=int, default=13)
   p.add_argument("--dates", type=int, default=1)
   p.add_argument("--num_classes", type=int, default=10, help="fine-tuning head")
-  p.add_argument("--steps", type=int, default=10, help="timed steps")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  p.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (>= 0)")
   p.add_argument("--peak_tflops", default=None,
                  help="peak TFLOP/s per device for MFU: one number, or per dtype "
                       "'bfloat16=989,float32=495'")
+  p.add_argument("--budget_s", type=float, default=0,
+                 help="start no further configuration once this many seconds have passed "
+                      "or the last one's time would overrun them (0: no limit); what was "
+                      "not run is listed")
   p.add_argument("--json", action="store_true", help="print JSON instead of the table")
   p.add_argument("--json_out", default=None, help="also write the JSON to this file")
   args = p.parse_args()
@@ -199,21 +215,51 @@ def main():
   for d in dtypes:
     if d not in DTYPES:
       raise SystemExit(f"--dtypes: unknown '{d}'; known: {DTYPES}")
+  if args.steps < 1 or args.warmup < 0:
+    raise SystemExit("--steps must be >= 1 and --warmup >= 0")
   peaks = parse_peaks(args.peak_tflops)
   env = environment()
-  rows = []
-  for b in [int(x) for x in args.per_device_batch.split(",") if x]:
-    for task in tasks:
-      for dtype in dtypes:
-        rows.append(bench(task, dtype, b, args, peaks))
-        if not args.json:
-          print(f"  done: {task} {dtype} batch {b}: {rows[-1]['step_ms']:.1f} ms/step",
-                file=sys.stderr, flush=True)
-  out = {"environment": env, "results": rows}
-  if args.json_out:
-    with open(args.json_out, "w") as f:
+  plan = [(task, dtype, int(b)) for b in args.per_device_batch.split(",") if b
+          for task in tasks for dtype in dtypes]
+  rows, skipped, why = [], [], ""
+  start, last = time.monotonic(), 0.0
+  # SIGTERM (e.g. `timeout`) ends the run with the table of what was measured so far.
+  signal.signal(signal.SIGTERM, _stop)
+  try:
+    for i, (task, dtype, b) in enumerate(plan):
+      elapsed = time.monotonic() - start
+      if args.budget_s and elapsed + last > args.budget_s:
+        skipped, why = [f"{t} {d} batch {bb}" for t, d, bb in plan[i:]], \
+            f"--budget_s {args.budget_s:g} reached"
+        break
+      t0 = time.monotonic()
+      rows.append(bench(task, dtype, b, args, peaks))
+      last = time.monotonic() - t0
+      print(f"  done: {task} {dtype} batch {b}: {rows[-1]['step_ms']:.1f} ms/step "
+            f"({last:.0f} s with compiling)", file=sys.stderr, flush=True)
+      _write_json(args.json_out, env, rows, [])
+  except _Stopped:
+    skipped = [f"{t} {d} batch {bb}" for t, d, bb in plan[len(rows):]]
+    why = "stopped by SIGTERM"
+  out = _write_json(args.json_out, env, rows, skipped)
+  print(json.dumps(out, indent=2) if args.json else table(env, rows, skipped, why))
+
+
+class _Stopped(Exception):
+  pass
+
+
+def _stop(signum, frame):
+  del signum, frame
+  raise _Stopped()
+
+
+def _write_json(path, env, rows, skipped) -> dict:
+  out = {"environment": env, "results": rows, "not_run": skipped}
+  if path:  # after every configuration: a run cut short keeps what it measured
+    with open(path, "w") as f:
       json.dump(out, f, indent=2)
-  print(json.dumps(out, indent=2) if args.json else table(env, rows))
+  return out
 
 
 if __name__ == "__main__":

@@ -11,8 +11,11 @@ from ee_jax.errors import ConfigError, DataError
 def build(config, workdir=None) -> None:
   """Builds the dataset the config names (a no-op when it exists) and prints a summary."""
   del workdir
-  builder = datasets.prepare(config.data)
-  print(datasets.summary(builder))
+  from ee_jax import distributed  # pylint: disable=import-outside-toplevel
+  # --distributed: process 0 builds, the others then open it (no two writers of one folder).
+  builder = distributed.primary_first(lambda: datasets.prepare(config.data), "build")
+  if distributed.is_primary():
+    print(datasets.summary(builder))
 
 
 def pretrain(config, workdir) -> None:

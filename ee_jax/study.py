@@ -34,12 +34,14 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
 
 
 def pretrain_config_for(config) -> ml_collections.ConfigDict:
-  """The pre-training config, on the same dataset (name, parameters, data_dir) as the study."""
+  """The pre-training config, on the same dataset (name, parameters, data_dir) and with the
+  same compute dtype (`model.dtype`) as the study."""
   st = config.study
   p = load_config_file(st.pretrain_config, st.pretrain_arg)
   for key in ("name", "config_name", "data_dir"):
     p.data[key] = config.data[key]
   p.data.builder = config.data.builder.copy_and_resolve_references()
+  p.model.dtype = config.model.dtype  # one compute-dtype switch for the whole study
   return p
 
 
@@ -56,6 +58,7 @@ def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str,
   del c["study"]
   if model is not None:
     c.model = ml_collections.ConfigDict(model)
+    c.model.dtype = config.model.dtype  # the study's compute dtype, not the pre-training's
   c.seed = seed
   c.finetune.label_fraction = fraction
   c.finetune.fraction_seed = seed
@@ -94,7 +97,8 @@ def run_study(config, workdir: str) -> dict:
         runs.append({"name": name, "fraction": fraction, "init": init, "seed": seed,
                      "miou": result["miou"], "oa": result["oa"],
                      "per_class_iou": result["per_class_iou"], "workdir": rundir})
-        report.write_study_json(workdir, runs, config, pretrain_dir, complete=False)
+        if jax.process_index() == 0:  # one writer (the others would race on study.json.tmp)
+          report.write_study_json(workdir, runs, config, pretrain_dir, complete=False)
 
   summary = report.summarise(runs)
   if jax.process_index() == 0:

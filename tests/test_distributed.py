@@ -109,8 +109,7 @@ def data_dir(tmp_path_factory):
 
 def test_two_processes_equal_one_process_with_two_devices(data_dir, tmp_path):
   port = _free_port()
-  # Every compile cached (the default skips those under 0.5 s: here, many eager ones).
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ, PYTHONPATH=REPO)
   script = [sys.executable, os.path.abspath(__file__)]
   multi, ref = tmp_path / "multi", tmp_path / "single"
   commands = [[*script, "single", str(data_dir), str(ref), str(tmp_path / "single.json")]]
@@ -189,7 +188,7 @@ def test_single_process_helpers_are_no_ops():
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step(data_dir, tmp_path):
   port = _free_port()
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ, PYTHONPATH=REPO)
   procs = [subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), "endless", str(data_dir), str(tmp_path),
        str(tmp_path / f"out{i}.json"), str(port), str(i)], cwd=REPO, env=env,

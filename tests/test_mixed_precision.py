@@ -118,3 +118,40 @@ def test_finetune_bf16_close_to_fp32_with_fp32_params_and_opt_state():
 def test_unknown_dtype_is_a_config_error():
   with pytest.raises(Exception, match="dtype"):
     models.build_pretrain_model(_model_config("float16"))
+
+
+def test_study_applies_its_compute_dtype_to_pretraining_and_every_run():
+  """`--config.model.dtype=bfloat16` on a study: its pre-training and its fine-tuning runs
+  (which otherwise take the whole model config, dtype included, from the pre-training)."""
+  from configs import study_synthetic  # pylint: disable=import-outside-toplevel
+  from ee_jax import study  # pylint: disable=import-outside-toplevel
+  config = study_synthetic.get_config("smoke")
+  config.model.dtype = "bfloat16"
+  assert study.pretrain_config_for(config).model.dtype == "bfloat16"
+  pretrained = dict(_model_config("float32").to_dict(), widths=(4, 8))
+  for init in study.INITS:
+    run = study.run_config(config, 0.5, init, 0, "/pretrain", pretrained)
+    assert run.model.dtype == "bfloat16" and tuple(run.model.widths) == (4, 8), init
+
+
+def test_inference_computes_in_the_checkpoint_dtype(tmp_path):
+  """Scene inference builds the model of the checkpoint's config: a bf16-trained model
+  runs in bf16 on fp32 params, and returns fp32."""
+  from ee_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from ee_jax.inference import engine  # pylint: disable=import-outside-toplevel
+  cfg = _model_config("bfloat16")
+  params = models.init_params(models.build_segmentation_model(cfg, K), INIT_KEY,
+                              (1, T, SIZE, SIZE, C), with_valid=True)
+  meta = {"kind": "finetune", "bands": ["B1", "B2", "B3"], "mean": MEAN.tolist(),
+          "std": STD.tolist(), "model": cfg.to_dict(), "class_names": list("abcd"),
+          "num_classes": K}
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  ckpt.save(1, {"params": params}, meta, wait=True)
+  ckpt.close()
+  for mode in ("predict", "embed"):
+    loaded = engine.load_model(str(tmp_path), mode)
+    x = np.zeros((1, T, SIZE, SIZE, C), np.float32)
+    jaxpr = jax.make_jaxpr(loaded.apply)(loaded.params, x, np.ones((1, T, SIZE, SIZE), bool))
+    assert "bf16" in str(jaxpr), mode
+    assert jaxpr.out_avals[0].dtype == np.float32, mode
+    assert all(p.dtype == np.float32 for p in _float_leaves(loaded.params)), mode
