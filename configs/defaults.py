@@ -7,6 +7,7 @@ overrides further (`--config.train.steps=1000`). Unknown keys are rejected by ml
 import ml_collections
 
 from ee_jax import augment, losses, models
+from ee_jax import inference  # only its options load here; the engine loads on first use
 from ee_jax.train import optim
 
 
@@ -41,6 +42,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 0      # 0 = the whole eval split
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
+
+  # Scene inference (--mode=predict / --mode=embed): tiling, overlap, outputs; see
+  # ee_jax/inference/config.py. Stored with the run's config but only read at inference.
+  c.inference = inference.default_config()
   return c
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from ee_jax.data import datasets
+from ee_jax.inference.config import Options
 from tfds_builders.common import merge_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,9 @@ def test_config_loads_and_resolves(name, arg):
   # Builder parameters are all known to the builder.
   merge_params(cls.DEFAULT_PARAMS, config.data.builder, f"configs/{name}.py")
   assert config.data.per_device_batch > 0
+  # Every config carries the scene-inference options, and they resolve as they are.
+  assert "inference" in config
+  assert Options.resolve(config, {}).tile_size > 0
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -33,6 +33,7 @@ class Options:
   remove_offset: str = ""     # '' -> as the model's training data ('auto' unless set there)
   nodata: str = ""            # '' -> as the model's training data ('auto' unless set there)
   band_order: Tuple[str, ...] = ()  # band names of multi-band GeoTIFFs without descriptions
+                                    # (command line: --config.inference.band_order=B02,B03)
   check_gsd: bool = True      # refuse a scene whose pixel size differs from the model's
   gdal_cache_mb: int = 64     # GDAL block cache while reading and writing row bands (MiB)
   seed: int = 0               # embed: pixel sampling and k-means initialisation
@@ -50,7 +51,10 @@ class Options:
       if unknown:
         raise ConfigError(f"config.inference: unknown keys {unknown}; known: {sorted(d)}")
       d.update(over)
-    d["band_order"] = tuple(d["band_order"] or ())
+    # 'B04,B03,B02' from the command line arrives as one string (or a 1-tuple of it).
+    order = d["band_order"] or ()
+    order = [order] if isinstance(order, str) else order
+    d["band_order"] = tuple(b.strip() for o in order for b in str(o).split(",") if b.strip())
     d["remove_offset"] = "" if d["remove_offset"] is None else str(d["remove_offset"])
     d["nodata"] = "" if d["nodata"] is None else str(d["nodata"])
     meta = meta or {}
