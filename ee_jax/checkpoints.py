@@ -87,7 +87,10 @@ def check_bands(checkpoint_meta: dict, dataset_meta: dict, checkpoint_dir: str,
 
 def resolve_checkpoint(path: str) -> tuple[epath.Path, int]:
   """A workdir, its checkpoints/ folder, or one step folder -> (checkpoints dir, step)."""
-  p = epath.Path(os.path.expanduser(path))
+  path = os.path.expanduser(os.fspath(path))
+  if "://" not in path:  # local: absolute, as orbax refuses relative paths (--workdir=runs/x)
+    path = os.path.abspath(path)
+  p = epath.Path(path)
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"
   if p.name.isdigit() and (p / "state").is_dir():
