@@ -1,8 +1,10 @@
 """On-device normalisation and the two views of a tile (DESIGN.md, "Two views per tile").
 
-Geometry is tracked exactly: one random square crop shared by both views, then an
-independent dihedral transform per view (`apply_dihedral`), which the train step undoes on
-the feature maps (`undo_dihedral`) so pixel (i, j) of both views is the same ground pixel.
+Geometry is tracked exactly: one random square crop shared by both views (each view's crop
+optionally moved by up to `crop_shift` pixels), then an independent dihedral transform per
+view (`apply_dihedral`), which the train step undoes on the feature maps (`undo_dihedral`)
+and, for shifted crops, re-aligns (`align_views`) so pixel (i, j) of both views is the same
+ground pixel.
 Independent per view: dates subset (T > 1), per-band gain/offset, synthetic clouds (marked
 invalid), Gaussian noise, band dropout.
 
@@ -17,7 +19,9 @@ Every view's arrays are in the VIEW frame (after its dihedral transform):
                                        (`valid_reduce='any'`, default) or on ALL ('all')
   dihedral   int32   [B]               k in 0..7 of the view's transform
   dates      int32   [B, T']           which of the tile's T dates the view uses (sorted)
-plus, shared by both views, `crop_offset` int32 [B, 2] (row, col) of the crop in the tile.
+  crop_offset int32  [B, 2]            (row, col) of the view's crop in the tile
+plus, returned separately, the shared crop's offset int32 [B, 2] (the views' offsets when
+`crop_shift` is 0).
 """
 
 import dataclasses
@@ -36,6 +40,8 @@ from ee_jax.errors import ConfigError
 class AugmentConfig:
   """Augmentation parameters; intensities are in normalised units (band std = 1)."""
   crop_size: int = 0                  # square crop shared by both views; 0 -> min(H, W)
+  crop_shift: int = 0                 # each view's crop moved by up to this many pixels per
+                                      # axis (within the tile); the loss uses the overlap
   dihedral: bool = True               # random flips/rot90 per view (undone on features)
   gain: float = 0.1                   # per-band gain ~ 1 + U(-gain, gain)
   offset: float = 0.1                 # per-band offset ~ U(-offset, offset)
@@ -48,6 +54,9 @@ class AugmentConfig:
   num_dates: int = 0                  # dates per view (random subset, sorted); 0 -> all T
   date_dropout: float = 0.0           # per date and view: probability of hiding that date
                                       # (kept in place, marked invalid: works with 'stack')
+  disjoint_dates: bool = False        # the two views never share a date: with num_dates,
+                                      # two disjoint subsets; else a random split of the T
+                                      # dates, the other view's dates hidden in place
   valid_reduce: str = "any"           # per-pixel valid over chosen dates: 'any' | 'all'
 
   @classmethod
@@ -63,6 +72,9 @@ class AugmentConfig:
     out = cls(**d)
     if out.valid_reduce not in ("any", "all"):
       raise ConfigError(f"config.augment.valid_reduce: '{out.valid_reduce}' is not 'any'/'all'")
+    if out.disjoint_dates and out.date_dropout > 0:
+      raise ConfigError("config.augment: disjoint_dates and date_dropout both hide dates; "
+                        "use one of them")
     return out
 
 
@@ -149,17 +161,27 @@ def cloud_field(key, size: int, cfg: AugmentConfig):
   return jax.random.bernoulli(k_on, cfg.cloud_prob) & (field > 0.5)
 
 
-def _view(key, image, valid, cfg: AugmentConfig):
-  """One view of a cropped example: image [T, S, S, C] float, valid [T, S, S] bool."""
+def _view(key, image, valid, cfg: AugmentConfig, dates=None, keep=None):
+  """One view of a cropped example: image [T, S, S, C] float, valid [T, S, S] bool.
+
+  `dates` int32 [T'] (the view's dates) or `keep` bool [T] (dates kept in place, the others
+  hidden) come from `_disjoint_dates` when the views must not share a date.
+  """
   k_dates, k_dih, k_gain, k_off, k_cloud, k_noise, k_drop, k_hide = jax.random.split(key, 8)
   t, s, _, c = image.shape
   t_view = cfg.num_dates or t
   if t_view > t:
     raise ConfigError(f"config.augment.num_dates={t_view} but the tiles have {t} dates")
-  dates = jnp.arange(t, dtype=jnp.int32)
+  if dates is None:
+    dates = jnp.arange(t, dtype=jnp.int32)
+    if t_view < t:
+      dates = jnp.sort(jax.random.choice(k_dates, t, (t_view,), replace=False))
+  dates = dates.astype(jnp.int32)
   if t_view < t:
-    dates = jnp.sort(jax.random.choice(k_dates, t, (t_view,), replace=False)).astype(jnp.int32)
     image, valid = image[dates], valid[dates]
+  if keep is not None:
+    valid = valid & keep[:, None, None]
+    image = jnp.where(keep[:, None, None, None], image, 0.0)
   if cfg.date_dropout > 0 and t_view > 1:
     # The two views see different acquisitions of the same ground (at least one date each).
     hide = jax.random.bernoulli(k_hide, cfg.date_dropout, (t_view,))
@@ -198,15 +220,66 @@ def _example(key, image, valid, mean, std, cfg: AugmentConfig):
     raise ConfigError(f"config.augment.crop_size={s} exceeds the tile size {h}x{w}")
   k_crop, k1, k2 = jax.random.split(key, 3)
   kr, kc = jax.random.split(k_crop)
-  r0 = jax.random.randint(kr, (), 0, h - s + 1)
-  c0 = jax.random.randint(kc, (), 0, w - s + 1)
-  image = jax.lax.dynamic_slice(image, (0, r0, c0, 0), (t, s, s, c))
-  valid = jax.lax.dynamic_slice(valid, (0, r0, c0), (t, s, s))
+  base = jnp.stack([jax.random.randint(kr, (), 0, h - s + 1),
+                    jax.random.randint(kc, (), 0, w - s + 1)]).astype(jnp.int32)
   x = normalize(image, mean, std)
   x = jnp.where(valid[..., None], x, 0.0)  # nodata -> the band mean
-  v1 = _view(k1, x, valid, cfg)
-  v2 = _view(k2, x, valid, cfg)
-  return v1, v2, jnp.stack([r0, c0]).astype(jnp.int32)
+  split = ({}, {})
+  if cfg.disjoint_dates:
+    split = _disjoint_dates(jax.random.fold_in(k_crop, 1), t, cfg)
+  views = []
+  for i, (k_view, dates) in enumerate(zip((k1, k2), split)):
+    offset = base
+    if cfg.crop_shift > 0:
+      move = jax.random.randint(jax.random.fold_in(k_crop, 2 + i), (2,), -cfg.crop_shift,
+                                cfg.crop_shift + 1)
+      offset = jnp.clip(base + move, 0, jnp.array([h - s, w - s])).astype(jnp.int32)
+    crop = jax.lax.dynamic_slice(x, (0, offset[0], offset[1], 0), (t, s, s, c))
+    crop_valid = jax.lax.dynamic_slice(valid, (0, offset[0], offset[1]), (t, s, s))
+    views.append(dict(_view(k_view, crop, crop_valid, cfg, **dates), crop_offset=offset))
+  return views[0], views[1], base
+
+
+def align_views(x, valid, shift):
+  """View-2 maps re-indexed on view 1's pixels: out[i, j] = x[i + dr, j + dc].
+
+  x [B, S, S, ...] and valid [B, S, S] (view 2, dihedral undone), shift int [B, 2] =
+  view 1's crop offset - view 2's. Pixels of view 1 that view 2 does not hold are invalid.
+  """
+  def one(x, valid, shift):
+    s_r, s_c = valid.shape
+    rows = jnp.arange(s_r)[:, None] + shift[0]
+    cols = jnp.arange(s_c)[None, :] + shift[1]
+    inside = (rows >= 0) & (rows < s_r) & (cols >= 0) & (cols < s_c)
+    src = (jnp.clip(rows, 0, s_r - 1) * s_c + jnp.clip(cols, 0, s_c - 1)).reshape(-1)
+    out = x.reshape((s_r * s_c,) + x.shape[2:])[src].reshape(x.shape)
+    return out, valid.reshape(-1)[src].reshape(valid.shape) & inside
+  return jax.vmap(one)(x, valid, shift)
+
+
+def _disjoint_dates(key, t: int, cfg: AugmentConfig):
+  """The two views' dates, with no date in both (`_view` keyword arguments per view).
+
+  Why: within one acquisition, both views carry the same sensor noise and atmosphere, so
+  matching a pixel to itself can succeed on that fingerprint alone; across acquisitions
+  only the ground (its cover and phenology) is shared, which is what the features should
+  describe. With num_dates n: two disjoint random subsets of n dates (2n <= T). Without:
+  each date goes to one view or the other (at least one each), hidden in place in the
+  other, so the model's input keeps its T dates (temporal='stack').
+  """
+  if t < 2:
+    raise ConfigError(f"config.augment.disjoint_dates needs tiles with 2+ dates; they have {t}")
+  perm = jax.random.permutation(key, t)
+  n = cfg.num_dates
+  if n:
+    if 2 * n > t:
+      raise ConfigError(f"config.augment.disjoint_dates: two disjoint subsets of num_dates={n} "
+                        f"need {2 * n} dates; the tiles have {t}")
+    return dict(dates=jnp.sort(perm[:n])), dict(dates=jnp.sort(perm[n:2 * n]))
+  side = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, (t,))
+  # Force at least one date per view: the first two dates of the permutation, one each.
+  side = side.at[perm[0]].set(True).at[perm[1]].set(False)
+  return dict(keep=side), dict(keep=~side)
 
 
 def make_views(base_key, step, index, image, valid, mean, std, cfg: AugmentConfig):

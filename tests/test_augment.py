@@ -1,5 +1,5 @@
-"""Views: exact geometry (dihedral + shared crop), per-view independence, device-count
-independence of the per-example randomness."""
+"""Views: exact geometry (dihedral + shared or shifted crops), per-view independence (dates
+included), device-count independence of the per-example randomness."""
 
 import dataclasses
 
@@ -134,3 +134,50 @@ def test_date_dropout_hides_whole_dates_but_keeps_one():
     hidden = ~dv[..., None].repeat(2, -1)
     assert (np.asarray(v["image"])[hidden] == 0).all()
     assert np.asarray(v["valid"]).all()                 # every pixel still seen once
+
+
+def test_shifted_crops_realign_on_ground_pixels():
+  b, t, size = 6, 2, 14
+  image = _coordinate_tiles(b, t, size)
+  cfg = dataclasses.replace(GEOMETRY_ONLY, crop_shift=3)
+  v1, v2, base = jax.jit(augment.make_views, static_argnames="cfg")(
+      jax.random.key(5), 1, np.arange(b), image, np.ones((b, t, size, size), bool),
+      np.zeros(3), np.ones(3), cfg=cfg)
+  o1, o2 = np.asarray(v1["crop_offset"]), np.asarray(v2["crop_offset"])
+  assert (o1 != o2).any() and (np.abs(o1 - np.asarray(base)) <= 3).all()
+  assert ((o1 >= 0) & (o1 <= size - 8) & (o2 >= 0) & (o2 <= size - 8)).all()
+  ground = lambda v: augment.undo_dihedral_batch(v["image"][:, 0], v["dihedral"])  # noqa: E731
+  g1, g2 = np.asarray(ground(v1)), np.asarray(ground(v2))
+  for i in range(b):  # each view holds its own crop of the tile
+    np.testing.assert_array_equal(g1[i, ..., :2], image[i, 0, o1[i, 0]:o1[i, 0] + 8,
+                                                          o1[i, 1]:o1[i, 1] + 8, :2])
+  aligned, ok = augment.align_views(g2, np.ones((b, 8, 8), bool), o1 - o2)
+  aligned, ok = np.asarray(aligned), np.asarray(ok)
+  np.testing.assert_array_equal(aligned[ok][..., :2], g1[ok][..., :2])  # same ground pixel
+  overlap = np.prod(8 - np.abs(o1 - o2), axis=1)
+  np.testing.assert_array_equal(ok.sum(axis=(1, 2)), overlap)           # exactly the overlap
+
+
+@pytest.mark.parametrize("num_dates", [0, 2])
+def test_disjoint_dates_never_share_an_acquisition(num_dates):
+  b, t, size = 8, 5, 8
+  image = _coordinate_tiles(b, t, size)
+  cfg = dataclasses.replace(GEOMETRY_ONLY, num_dates=num_dates, disjoint_dates=True)
+  v1, v2, _ = augment.make_views(jax.random.key(3), 0, np.arange(b), image,
+                                 np.ones((b, t, size, size), bool), np.zeros(3), np.ones(3),
+                                 cfg)
+  for i in range(b):
+    if num_dates:
+      d1, d2 = set(np.asarray(v1["dates"][i]).tolist()), set(np.asarray(v2["dates"][i]).tolist())
+      assert len(d1) == len(d2) == 2 and not d1 & d2
+    else:  # in place: each date is observed in exactly one view, each view has one or more
+      seen1 = np.asarray(v1["date_valid"][i]).any(axis=(1, 2))
+      seen2 = np.asarray(v2["date_valid"][i]).any(axis=(1, 2))
+      np.testing.assert_array_equal(seen1, ~seen2)
+      assert seen1.any() and seen2.any()
+      assert (np.asarray(v1["image"][i])[~seen1] == 0).all()
+  with pytest.raises(ConfigError, match="disjoint_dates"):
+    augment.make_views(jax.random.key(0), 0, np.arange(b), image, np.ones((b, t, size, size),
+                       bool), np.zeros(3), np.ones(3), dataclasses.replace(cfg, num_dates=3))
+  with pytest.raises(ConfigError, match="date_dropout"):
+    augment.AugmentConfig.from_config(dict(disjoint_dates=True, date_dropout=0.5))

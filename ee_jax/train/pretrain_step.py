@@ -31,10 +31,13 @@ def _contrastive(model, params, batch, base_key, step, mean, std, aug_cfg, loss_
   k = both("dihedral")
   z = augment.undo_dihedral_batch(z, k)
   valid = augment.undo_dihedral_batch(both("valid"), k)
+  z1, z2, valid1, valid2 = z[:b], z[b:], valid[:b], valid[b:]
+  if aug_cfg.crop_shift > 0:  # the views' crops differ: compare the ground pixels both hold
+    z2, valid2 = augment.align_views(z2, valid2, v1["crop_offset"] - v2["crop_offset"])
   anchor_keys = jax.vmap(lambda key: jax.random.fold_in(key, ANCHOR_SALT))(
       augment.example_keys(base_key, step, batch["index"]))
   return losses.dense_info_nce(
-      z[:b], z[b:], valid[:b], valid[b:], anchor_keys, num_anchors=loss_cfg.num_anchors,
+      z1, z2, valid1, valid2, anchor_keys, num_anchors=loss_cfg.num_anchors,
       temperature=loss_cfg.temperature, exclude_radius=loss_cfg.exclude_radius,
       axis_name=axis_name)
 
