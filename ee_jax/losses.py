@@ -28,6 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_anchors = 64        # anchor pixels per image (fewer valid pixels -> masked anchors)
   c.temperature = 0.1
   c.exclude_radius = 0.0    # same-image negatives within this pixel distance dropped; 0 = off
+  c.positive_jitter = 0     # the positive is a random pixel within this many pixels (per
+                            # axis) of the anchor's ground pixel; 0 = the pixel itself
   return c
 
 
@@ -53,14 +55,29 @@ def sample_anchors(key, valid_both, num_anchors: int):
   return idx.astype(jnp.int32), jnp.take_along_axis(valid_both, idx, axis=1)
 
 
+def jitter_positions(key, idx, h: int, w: int, radius: int):
+  """Flat pixel indices idx [B, N] moved by up to `radius` pixels per axis (clipped to the
+  image); `key`: one key or one per image, as for `sample_anchors`."""
+  keys = _per_image_keys(key, idx.shape[0])
+  move = jax.vmap(lambda k: jax.random.randint(k, idx.shape[1:] + (2,), -radius, radius + 1))(
+      keys)
+  row = jnp.clip(idx // w + move[..., 0], 0, h - 1)
+  col = jnp.clip(idx % w + move[..., 1], 0, w - 1)
+  return (row * w + col).astype(jnp.int32)
+
+
 def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
                    temperature: float = 0.1, exclude_radius: float = 0.0,
-                   axis_name: Optional[str] = None, anchor_idx=None):
+                   positive_jitter: int = 0, axis_name: Optional[str] = None,
+                   anchor_idx=None):
   """Symmetric dense InfoNCE; returns (loss, metrics).
 
   z1, z2 float [B, H, W, E] (L2-normalised); valid1, valid2 bool [B, H, W].
   `anchor_idx` int [B, N] (flat pixel indices) replaces random sampling (tests, eval);
   anchors at pixels not valid in both views are masked out either way.
+  `positive_jitter` r > 0: view 2's embedding is taken at a random pixel within r of the
+  anchor's (needs `key`), so the two cannot be matched on pixel-scale texture that both
+  views share; what they share is the surrounding ground (a field, its cover).
   metrics: loss, pos_cos, neg_cos, top1 (positive retrieval accuracy), anchors (valid
   anchors per image).
   """
@@ -74,10 +91,17 @@ def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
     idx = jnp.asarray(anchor_idx, jnp.int32)
     amask = jnp.take_along_axis(both, idx, axis=1)
   n = idx.shape[1]
+  idx2 = idx
+  if positive_jitter > 0:
+    if key is None:
+      raise ValueError("dense_info_nce: positive_jitter needs `key`")
+    jitter_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(_per_image_keys(key, b))
+    idx2 = jitter_positions(jitter_keys, idx, h, w, positive_jitter)
+    amask = amask & jnp.take_along_axis(valid2.reshape(b, h * w), idx2, axis=1)
 
-  def take(z):
-    return jnp.take_along_axis(z.reshape(b, h * w, e), idx[..., None], axis=1)
-  a1, a2 = take(z1).astype(jnp.float32), take(z2).astype(jnp.float32)   # [B, N, E]
+  def take(z, at):
+    return jnp.take_along_axis(z.reshape(b, h * w, e), at[..., None], axis=1)
+  a1, a2 = take(z1, idx).astype(jnp.float32), take(z2, idx2).astype(jnp.float32)  # [B, N, E]
 
   if axis_name is None:
     gather = lambda x: x                                                 # noqa: E731

@@ -118,3 +118,20 @@ def test_two_devices_equal_one_device_loss_and_grads():
   for name in m:
     np.testing.assert_allclose(m2[name], m[name], rtol=1e-5, err_msg=name)
   np.testing.assert_allclose(grad2, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_positive_jitter_moves_the_positive_within_the_radius():
+  idx = np.array([[0, 5, 15], [10, 12, 3]], np.int32)             # 4x4 images
+  moved = np.asarray(losses.jitter_positions(jax.random.key(0), jnp.asarray(idx), 4, 4, 1))
+  for a, m in zip(idx.ravel(), moved.ravel()):
+    assert abs(a // 4 - m // 4) <= 1 and abs(a % 4 - m % 4) <= 1 and 0 <= m < 16
+  rng = np.random.default_rng(1)
+  b, h, w, e = 3, 6, 6, 8
+  noisy = _unit(rng.normal(size=(b, h, w, e))).astype(np.float32)    # pixel-scale texture
+  flat = np.broadcast_to(_unit(rng.normal(size=(b, 1, 1, e))), (b, h, w, e)).astype(np.float32)
+  ones = np.ones((b, h, w), bool)
+  metric = lambda z, r: losses.dense_info_nce(                       # noqa: E731
+      z, z, ones, ones, jax.random.key(2), num_anchors=8, positive_jitter=r)[1]["pos_cos"]
+  assert float(metric(noisy, 0)) == pytest.approx(1.0, abs=1e-5)
+  assert float(metric(noisy, 2)) < 0.6          # a neighbour's own texture is not the anchor's
+  assert float(metric(flat, 2)) == pytest.approx(1.0, abs=1e-5)  # the shared ground still is

@@ -112,3 +112,18 @@ def test_bad_config_errors():
     _out(models.build_backbone(tiny(temporal="lstm")), (1, 1, 8, 8, 3))
   with pytest.raises(ValueError, match="dtype"):
     models.build_backbone(tiny(dtype="float16"))
+
+
+def test_pixel_norm_stats_make_features_independent_of_the_rest_of_the_tile():
+  cfg = models.default_config()
+  cfg.update(widths=(8, 16), features=8, num_groups=4)
+  x = np.random.default_rng(0).normal(size=(1, 1, 24, 24, 3)).astype(np.float32)
+  far = x.copy()
+  far[..., 16:, 16:, :] += 5.0                 # change a corner far from pixel (2, 2)
+  for stats, independent in (("pixel", True), ("tile", False)):
+    cfg.norm_stats = stats
+    bb = models.build_backbone(cfg)
+    params = bb.init(jax.random.key(0), x)["params"]
+    a, b = bb.apply({"params": params}, x), bb.apply({"params": params}, far)
+    same = np.allclose(np.asarray(a)[0, :3, :3], np.asarray(b)[0, :3, :3], atol=1e-5)
+    assert same == independent, stats

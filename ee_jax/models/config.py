@@ -21,6 +21,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.features = 64                 # D, per-pixel feature width of the backbone
   c.convs_per_block = 2
   c.num_groups = 8                # GroupNorm groups (gcd with the width when not dividing)
+  c.norm_stats = "tile"           # GroupNorm statistics over the 'tile' or per 'pixel'
   c.temporal = "stack"            # 'stack' (dates into channels, fixed T) | 'shared'
   c.temporal_pool = "masked_mean" # 'masked_mean' | 'mean' | 'max' (temporal='shared' only)
   c.resize_method = "bilinear"    # decoder upsampling (jax.image.resize method)
@@ -41,6 +42,7 @@ def build_backbone(cfg) -> UNet:
     raise ConfigError("config.model.widths: needs at least one level")
   return UNet(widths=tuple(cfg.widths), features=cfg.features,
               convs_per_block=cfg.convs_per_block, num_groups=cfg.num_groups,
+              norm_stats=cfg.get("norm_stats", "tile"),
               temporal=cfg.temporal, temporal_pool=cfg.temporal_pool,
               resize_method=cfg.resize_method, dtype=_dtype(cfg))
 

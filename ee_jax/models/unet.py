@@ -28,11 +28,30 @@ def _groups(num_groups: int, channels: int) -> int:
   return math.gcd(num_groups, channels)
 
 
+NORM_STATS = ("tile", "pixel")
+
+
+def group_norm(channels: int, num_groups: int, stats: str, dtype, param_dtype, name=None):
+  """GroupNorm whose statistics are taken over the tile (H, W and the group's channels) or
+  per pixel (the group's channels only).
+
+  'pixel' makes a pixel's features independent of what else is in the tile beyond the
+  receptive field: tiles of a scene blend without level shifts, and absolute levels
+  (reflectance) are not normalised away by the tile's content.
+  """
+  if stats not in NORM_STATS:
+    raise ValueError(f"UNet.norm_stats: unknown '{stats}'; known: {NORM_STATS}")
+  return nn.GroupNorm(num_groups=_groups(num_groups, channels), dtype=dtype,
+                      param_dtype=param_dtype, name=name,
+                      reduction_axes=(-1,) if stats == "pixel" else None)
+
+
 class ConvBlock(nn.Module):
   """`convs` x (3x3 conv -> GroupNorm -> activation)."""
   features: int
   convs: int = 2
   num_groups: int = 8
+  norm_stats: str = "tile"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -40,8 +59,8 @@ class ConvBlock(nn.Module):
   def __call__(self, x):
     for _ in range(self.convs):
       x = nn.Conv(self.features, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype)(x)
-      x = nn.GroupNorm(num_groups=_groups(self.num_groups, self.features), dtype=self.dtype,
-                       param_dtype=self.param_dtype)(x)
+      x = group_norm(self.features, self.num_groups, self.norm_stats, self.dtype,
+                     self.param_dtype)(x)
       x = nn.relu(x)
     return x
 
@@ -89,6 +108,7 @@ class UNet(nn.Module):
   features: int = 64
   convs_per_block: int = 2
   num_groups: int = 8
+  norm_stats: str = "tile"
   temporal: str = "stack"
   temporal_pool: str = "masked_mean"
   resize_method: str = "bilinear"
@@ -96,8 +116,8 @@ class UNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   def _block(self, width, name):
-    return ConvBlock(width, self.convs_per_block, self.num_groups, self.dtype,
-                     self.param_dtype, name=name)
+    return ConvBlock(width, self.convs_per_block, self.num_groups, self.norm_stats,
+                     self.dtype, self.param_dtype, name=name)
 
   @nn.compact
   def __call__(self, x, valid: Optional[jax.Array] = None):
@@ -146,6 +166,6 @@ class UNet(nn.Module):
 
     y = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
                 name="out")(y)
-    y = nn.GroupNorm(num_groups=_groups(self.num_groups, self.features), dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="out_norm")(y)
+    y = group_norm(self.features, self.num_groups, self.norm_stats, self.dtype,
+                   self.param_dtype, name="out_norm")(y)
     return nn.relu(y)
