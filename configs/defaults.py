@@ -55,6 +55,7 @@ def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.init.checkpoint = ""              # pre-training workdir/checkpoint; '' = random init
   c.init.allow_band_mismatch = False  # fine-tune even if the band lists differ
   c.init.allow_stats_mismatch = False # ... or the normalisation statistics differ
+  c.init.encoder_only = False         # restore only the encoder (enc*); decoder fresh
   c.finetune = ml_collections.ConfigDict()
   c.finetune.label_fraction = 1.0     # share of train tiles with labels (2^-k)
   c.finetune.fraction_seed = 0        # which tiles: nested across fractions for one seed

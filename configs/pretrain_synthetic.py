@@ -2,6 +2,15 @@
 
 The controlled benchmark: top-1 positive retrieval on the validation split must rise far
 above chance. Argument `:smoke` for a tiny, fast run.
+
+The views are chosen so that matching a pixel to itself needs its land cover, not a
+fingerprint: the two views never share an acquisition (`augment.disjoint_dates`; within
+one date both would carry the same sensor noise) and their crops are shifted against each
+other (`augment.crop_shift`; with identical crops a CNN names a pixel by its distances to
+the zero-padded borders, which the dihedral transforms do not hide). Same-image negatives
+within 8 px (about a field) are dropped. With the identical crops and shared dates of the
+first version, validation retrieval reached 0.95 while a linear probe of the features was
+at chance (mIoU 8-10 on 1/64 of the labels); with these views it is 36 after 1500 steps.
 """
 
 from configs import defaults
@@ -18,14 +27,19 @@ def get_config(arg: str | None = None):
   c.data.per_device_batch = 16
   c.model.temporal = "stack"
   c.augment.crop_size = 24
-  c.train.steps = 300
+  c.augment.crop_shift = 8
+  c.augment.disjoint_dates = True
+  c.loss.exclude_radius = 8.0
+  c.loss.temperature = 0.2
+  c.train.steps = 1500
   c.train.log_every = 10
-  c.train.eval_every = 100
-  c.train.checkpoint_every = 100
+  c.train.eval_every = 300
+  c.train.checkpoint_every = 300
   c.optim.warmup_steps = 30
   if arg == "smoke":
     defaults.smoke(c)
     c.augment.crop_size = 16
+    c.augment.crop_shift = 4
     c.data.config_name = "smoke"
     c.data.builder.num_tiles = {"unlabelled": 64, "train": 32, "validation": 32, "test": 16}
   elif arg == "demo":  # a narrower model, for `make demo` on 2 CPU cores

@@ -92,6 +92,24 @@ def test_partial_restore_head_is_freshly_initialised(data_dir, pretrained, tmp_p
       jax.tree_util.tree_leaves(fresh["backbone"]), jax.tree_util.tree_leaves(tuned["backbone"])))
 
 
+def test_encoder_only_restore_keeps_a_fresh_decoder(data_dir, pretrained, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=1)
+  c.optim.learning_rate = 0.0  # nothing moves: the saved params are the initial ones
+  c.init.checkpoint = pretrained
+  c.init.encoder_only = True
+  finetune(c, str(tmp_path))
+  tuned, meta = checkpoints.load_params(str(tmp_path))
+  src, _ = checkpoints.load_params(pretrained)
+  fresh = models.init_params(models.build_segmentation_model(
+      ml_collections.ConfigDict(meta["model"]), len(meta["class_names"])),
+      jax.random.fold_in(jax.random.PRNGKey(c.seed), 0), (1, 2, 16, 16, 4), with_valid=True)
+  assert any(k.startswith("enc") for k in tuned["backbone"])
+  assert any(not k.startswith("enc") for k in tuned["backbone"])
+  for name, sub in tuned["backbone"].items():
+    want = src["backbone"][name] if name.startswith("enc") else fresh["backbone"][name]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, sub, want)
+
+
 def test_band_and_normalisation_mismatch_are_refused(data_dir, pretrained, tmp_path):
   c = tiny_finetune_config(data_dir, steps=1)
   c.init.checkpoint = pretrained

@@ -37,13 +37,17 @@ def check_normalisation(ckpt_meta: dict, data_meta: dict, ckpt_path: str, data_p
           f"statistics anyway (e.g. transfer to another region).")
 
 
-def _restore_backbone(params, backbone, source: str):
+def _restore_backbone(params, backbone, source: str, encoder_only: bool = False):
   want = jax.tree_util.tree_map(np.shape, params["backbone"])
   have = jax.tree_util.tree_map(np.shape, backbone)
   if want != have:
     raise DataError(f"{source}: the checkpoint's backbone does not fit the model "
                     f"(different architecture or input bands/dates)")
-  return dict(params, backbone=jax.tree_util.tree_map(np.asarray, backbone))
+  restored = jax.tree_util.tree_map(np.asarray, backbone)
+  if encoder_only:  # the decoder (up*, dec*, out*) keeps its fresh initialisation
+    restored = {k: (v if k.startswith("enc") else params["backbone"][k])
+                for k, v in restored.items()}
+  return dict(params, backbone=restored)
 
 
 def select_tiles(config, builder, workdir: str, num_classes: int, ignore_index: int):
@@ -106,7 +110,8 @@ def finetune(config, workdir: str) -> dict:
   params = models.init_params(model, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0),
                               (1, t, s, s, c), with_valid=True)
   if backbone is not None:
-    params = _restore_backbone(params, backbone, source)
+    params = _restore_backbone(params, backbone, source,
+                               encoder_only=config.init.encoder_only)
   state = TrainState.create(params, tx)
   start = 0
   if resuming:
