@@ -228,7 +228,7 @@ def _example(key, image, valid, mean, std, cfg: AugmentConfig):
   if cfg.disjoint_dates:
     split = _disjoint_dates(jax.random.fold_in(k_crop, 1), t, cfg)
   views = []
-  for i, (k_view, dates) in enumerate(zip((k1, k2), split)):
+  for i, (k_view, date_args) in enumerate(zip((k1, k2), split)):
     offset = base
     if cfg.crop_shift > 0:
       move = jax.random.randint(jax.random.fold_in(k_crop, 2 + i), (2,), -cfg.crop_shift,
@@ -236,7 +236,7 @@ def _example(key, image, valid, mean, std, cfg: AugmentConfig):
       offset = jnp.clip(base + move, 0, jnp.array([h - s, w - s])).astype(jnp.int32)
     crop = jax.lax.dynamic_slice(x, (0, offset[0], offset[1], 0), (t, s, s, c))
     crop_valid = jax.lax.dynamic_slice(valid, (0, offset[0], offset[1]), (t, s, s))
-    views.append(dict(_view(k_view, crop, crop_valid, cfg, **dates), crop_offset=offset))
+    views.append(dict(_view(k_view, crop, crop_valid, cfg, **date_args), crop_offset=offset))
   return views[0], views[1], base
 
 

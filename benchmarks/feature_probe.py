@@ -1,0 +1,138 @@
+"""Linear probe of frozen per-pixel features: how much land cover a representation holds.
+
+A fast check of pre-training, minutes instead of a study: features of the labelled train
+tiles (a label fraction, as the study chooses them) -> a softmax classifier fitted full
+batch -> test mIoU and OA. Retrieval accuracy alone can be high for features that hold no
+land cover at all (a shortcut); this catches it. Compare against `raw` (the normalised
+input pixels, all dates' bands) and `random` (a randomly initialised backbone).
+
+  python benchmarks/feature_probe.py --config=configs/finetune_synthetic.py \\
+      --sources=raw,random,/tmp/pre_syn [--fractions=0.015625,0.25] [--data_dir=...]
+
+A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw` or `random`
+(the config's model). The dataset comes from the config and must be built.
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ee_jax import checkpoints, metrics, models  # noqa: E402
+from ee_jax.data import contract, datasets, label_fractions, pipeline  # noqa: E402
+from ee_jax.study import load_config_file  # noqa: E402
+from ee_jax.train.finetune_step import prepare_inputs  # noqa: E402
+
+KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
+
+
+def backbone_features(model_cfg, params, image, valid, mean, std, batch=32):
+  """Backbone output [N, H, W, D] for uint16 tiles, in batches."""
+  backbone = models.build_backbone(model_cfg)
+  apply = jax.jit(lambda p, im, v: backbone.apply({"params": p}, *prepare_inputs(im, v, mean,
+                                                                                std)))
+  return np.concatenate([np.asarray(apply(params, image[i:i + batch], valid[i:i + batch]))
+                         for i in range(0, len(image), batch)])
+
+
+def raw_features(image, valid, mean, std):
+  """Normalised input, dates x bands as channels [N, H, W, T*C]."""
+  x, _ = prepare_inputs(image, valid, mean, std)
+  n, t, h, w, c = x.shape
+  return np.asarray(jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(n, h, w, t * c))
+
+
+def fit_probe(features, labels, num_classes, ignore_index, steps=300, lr=0.05, l2=1e-4):
+  """Softmax regression on standardised features of labelled pixels -> predict(features)."""
+  d = features.shape[-1]
+  x, y = features.reshape(-1, d), labels.reshape(-1)
+  keep = y != ignore_index
+  x, y = x[keep], y[keep].astype(np.int32)
+  mu, sd = x.mean(0), x.std(0) + 1e-6
+  xs = jnp.asarray((x - mu) / sd)
+  params = (jnp.zeros((d, num_classes)), jnp.zeros(num_classes))
+  tx = optax.adam(lr)
+
+  def loss(p):
+    ce = optax.softmax_cross_entropy_with_integer_labels(xs @ p[0] + p[1], y).mean()
+    return ce + l2 * jnp.sum(p[0] ** 2)
+
+  @jax.jit
+  def update(p, s):
+    g = jax.grad(loss)(p)
+    u, s = tx.update(g, s)
+    return optax.apply_updates(p, u), s
+
+  state = tx.init(params)
+  for _ in range(steps):
+    params, state = update(params, state)
+  return lambda f: np.asarray(jnp.argmax(((f.reshape(-1, d) - mu) / sd) @ params[0]
+                                         + params[1], axis=-1))
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--config", default="configs/finetune_synthetic.py")
+  ap.add_argument("--data_dir", default="")
+  ap.add_argument("--sources", default="raw,random")
+  ap.add_argument("--fractions", default="0.015625,0.25")
+  ap.add_argument("--seed", type=int, default=0, help="label-fraction seed")
+  ap.add_argument("--steps", type=int, default=300, help="probe optimisation steps")
+  args = ap.parse_args(argv)
+  path, _, arg = args.config.partition(":")
+  config = load_config_file(path, arg or None)
+  if args.data_dir:
+    config.data.data_dir = args.data_dir
+  builder = datasets.open_prepared(config.data)
+  meta = builder.info.metadata
+  mean, std = np.asarray(meta[contract.META_MEAN]), np.asarray(meta[contract.META_STD])
+  class_names = list(meta[contract.META_CLASS_NAMES])
+  k, ignore = len(class_names), int(meta[contract.META_IGNORE_INDEX])
+  train_split, test_split = config.data.train_split, config.finetune.test_split
+  test = pipeline.read_examples(builder, test_split,
+                                np.arange(builder.info.splits[test_split].num_examples), KEYS)
+  n_train = builder.info.splits[train_split].num_examples
+  t, s, c = int(meta[contract.META_NUM_DATES]), int(meta[contract.META_TILE_SIZE]), len(mean)
+
+  def features_of(source, batch):
+    image, valid = batch[contract.IMAGE], batch[contract.VALID]
+    if source == "raw":
+      return raw_features(image, valid, mean, std)
+    if source == "random":
+      cfg = config.model
+      params = models.init_params(models.build_backbone(cfg), jax.random.PRNGKey(0),
+                                  (1, t, s, s, c), with_valid=True)
+      return backbone_features(cfg, params, image, valid, mean, std)
+    params, ckpt_meta = checkpoints.load_params(source)
+    checkpoints.check_bands(ckpt_meta, {"bands": list(meta[contract.META_BANDS])}, source,
+                            os.fspath(builder.data_dir))
+    return backbone_features(ml_collections.ConfigDict(ckpt_meta["model"]),
+                             params["backbone"], image, valid,
+                             np.asarray(ckpt_meta["mean"]), np.asarray(ckpt_meta["std"]))
+
+  print(f"{'fraction':>9} {'tiles':>6}  {'mIoU':>6} {'OA':>6}  source")
+  for fraction in [float(f) for f in args.fractions.split(",")]:
+    indices = label_fractions.fraction_indices(n_train, fraction, args.seed)
+    train = pipeline.read_examples(builder, train_split, indices, KEYS)
+    for source in args.sources.split(","):
+      predict = fit_probe(features_of(source, train), train[contract.LABEL], k, ignore,
+                          steps=args.steps)
+      label = test[contract.LABEL].reshape(-1)
+      pred = predict(features_of(source, test))
+      keep = label != ignore
+      cm = np.zeros((k, k), np.int64)
+      np.add.at(cm, (label[keep], pred[keep]), 1)
+      scores = metrics.segmentation_scores(cm, class_names)
+      print(f"{fraction:9.4g} {len(indices):6d}  {100 * scores['miou']:6.1f} "
+            f"{100 * scores['oa']:6.1f}  {source}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

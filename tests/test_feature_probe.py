@@ -1,0 +1,33 @@
+"""benchmarks/feature_probe.py: the probe recovers classes that the features hold."""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import feature_probe  # noqa: E402
+
+
+def test_probe_separates_linearly_separable_features_and_ignores_unlabelled():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=(4, 8, 8)).astype(np.uint8)
+  labels[0, :2] = 255                                         # ignored pixels
+  features = np.eye(3)[np.minimum(labels, 2)] * 3 + rng.normal(size=labels.shape + (3,))
+  features = np.concatenate([features, rng.normal(size=labels.shape + (5,))], -1)  # noise dims
+  predict = feature_probe.fit_probe(features, labels, 3, 255)
+  pred = predict(features).reshape(labels.shape)
+  keep = labels != 255
+  assert (pred[keep] == labels[keep]).mean() > 0.9
+  noise = rng.normal(size=features.shape)                    # no information: near chance
+  assert (feature_probe.fit_probe(noise, labels, 3, 255)(rng.normal(size=features.shape))
+          .reshape(labels.shape)[keep] == labels[keep]).mean() < 0.6
+
+
+def test_raw_features_stack_dates_and_bands_with_nodata_at_the_mean():
+  image = np.full((2, 3, 4, 4, 2), 110, np.uint16)
+  valid = np.ones((2, 3, 4, 4), bool)
+  valid[:, 1] = False
+  f = feature_probe.raw_features(image, valid, np.array([100.0, 100.0]), np.array([5.0, 5.0]))
+  assert f.shape == (2, 4, 4, 6)
+  np.testing.assert_allclose(f[0, 0, 0], [2, 2, 0, 0, 2, 2])
