@@ -62,7 +62,10 @@ class Options:
     if not d["tile_size"]:
       # Not the training tile size itself: tiles of 64 px show seams in embeddings even at
       # 50% overlap (zero-padding effects reach far into small tiles); 256 px tiles with
-      # 25% overlap show none and cost fewer pixels per output pixel (see README).
+      # 25% overlap show no sharp seams and cost fewer pixels per output pixel. With
+      # GroupNorm statistics over the tile (model.norm_stats='tile'), low-contrast areas
+      # can still show tile-sized level shifts: more overlap, or a 'pixel' model, removes
+      # them (see README).
       d["tile_size"] = max(DEFAULT_TILE, int(meta.get("tile_size") or 0))
     if d["remove_offset"] == "":
       d["remove_offset"] = str(builder.get("remove_offset", "auto"))
