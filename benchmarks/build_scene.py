@@ -48,6 +48,15 @@ def write_band(path: str, band_index: int, size_10m: int, gsd: int) -> None:
       ds.write(np.clip(dn, 1, 65535).astype(np.uint16)[None], window=Window(0, r0, n, len(rows)))
 
 
+def write_product(product: str, size: int) -> None:
+  """The 13 band files of the synthetic granule in `product` (existing files are kept)."""
+  os.makedirs(product, exist_ok=True)
+  for i, band in enumerate(S2_L1C_BANDS):
+    path = os.path.join(product, f"T33UXP_20230615T100031_{band}.tif")
+    if not os.path.exists(path):
+      write_band(path, i, size, S2_NATIVE_GSD[band])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", type=int, default=10980, help="10 m pixels per side")
@@ -58,10 +67,7 @@ def main():
   product = os.path.join(work, PRODUCT)
   os.makedirs(product, exist_ok=True)
   t0 = time.time()
-  for i, band in enumerate(S2_L1C_BANDS):
-    path = os.path.join(product, f"T33UXP_20230615T100031_{band}.tif")
-    if not os.path.exists(path):
-      write_band(path, i, args.size, S2_NATIVE_GSD[band])
+  write_product(product, args.size)
   print(f"product written: {product} ({time.time() - t0:.1f} s)")
 
   data_dir = os.path.join(work, "tfds")

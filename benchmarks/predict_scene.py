@@ -25,9 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from build_scene import PRODUCT, write_band  # noqa: E402  (the same synthetic granule)
+from build_scene import PRODUCT, write_product  # noqa: E402  (the same synthetic granule)
 
-from ee_jax.geo.bands import S2_L1C_BANDS, S2_NATIVE_GSD  # noqa: E402
+from ee_jax.geo.bands import S2_L1C_BANDS  # noqa: E402
 
 CHILD = """
 import json, sys
@@ -79,10 +79,7 @@ def main():
   product = os.path.join(work, f"{PRODUCT}_{args.size}")
   os.makedirs(product, exist_ok=True)
   t0 = time.time()
-  for i, band in enumerate(S2_L1C_BANDS):
-    path = os.path.join(product, f"T33UXP_20230615T100031_{band}.tif")
-    if not os.path.exists(path):
-      write_band(path, i, args.size, S2_NATIVE_GSD[band])
+  write_product(product, args.size)
   print(f"product: {product} ({args.size}x{args.size} px, 13 bands; {time.time() - t0:.1f} s)")
   ckpt = os.path.join(work, f"ckpt_{args.model}")
   if not os.path.isdir(ckpt):

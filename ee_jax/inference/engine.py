@@ -311,6 +311,22 @@ def _prepare(mode, workdir, scene, out, config, options):
   return loaded, opts, paths, scn, layout, runner
 
 
+def _tile_pass(mode, loaded, scn, layout, runner, channels, opts, sink) -> int:
+  """Reads the scene in row bands and blends the model's tiles into `sink`; -> tiles run."""
+  progress = Progress(mode, layout.height, layout.width, opts.progress)
+  with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta),
+                 opts.gdal_cache_mb) as buffer:
+    return blend_scene(buffer, layout, runner, channels, opts.valid_reduce, sink, progress)
+
+
+def _summarise(mode, layout, valid_count, tiles, start, paths, phases, opts) -> Summary:
+  summary = Summary(mode, layout.width, layout.height, valid_count, tiles,
+                    time.time() - start, paths, phases)
+  if opts.progress:
+    print(summary.text(), flush=True)
+  return summary
+
+
 def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summary:
   """Class map (uint8, nodata 255, class names, colour table) of `scene` on its own grid;
   with `probabilities`, also <out stem>_prob.tif (float16, one band a class).
@@ -348,23 +364,16 @@ def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summ
         probs[~valid] = np.nan
         prob_sink.write(first, probs)
 
-    progress = Progress("predict", layout.height, layout.width, opts.progress)
     phases = {"setup": time.time() - start}
     t0 = time.time()
-    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta),
-                   opts.gdal_cache_mb) as buffer:
-      tiles = blend_scene(buffer, layout, runner, k, opts.valid_reduce, sink, progress)
+    tiles = _tile_pass("predict", loaded, scn, layout, runner, k, opts, sink)
     phases["tiles"] = time.time() - t0
     t0 = time.time()
     for s in outputs.sinks:
       s.finish()
     outputs.commit()
     phases["cog"] = time.time() - t0
-  summary = Summary("predict", layout.width, layout.height, valid_count, tiles,
-                    time.time() - start, paths, phases)
-  if opts.progress:
-    print(summary.text(), flush=True)
-  return summary
+  return _summarise("predict", layout, valid_count, tiles, start, paths, phases, opts)
 
 
 def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summary:
@@ -396,12 +405,9 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
       # As stored (float16), so the fit sees exactly what the second pass reads back.
       samples.append(feats.reshape(-1, d)[idx].astype(np.float16).astype(np.float32))
 
-    progress = Progress("embed", layout.height, layout.width, opts.progress)
     phases = {"setup": time.time() - start}
     t0 = time.time()
-    with RowBuffer(scn, loaded.meta["bands"], _resampling(loaded.meta),
-                   opts.gdal_cache_mb) as buffer:
-      tiles = blend_scene(buffer, layout, runner, d, opts.valid_reduce, sink, progress)
+    tiles = _tile_pass("embed", loaded, scn, layout, runner, d, opts, sink)
     emb_sink.close_stripes()
     phases["tiles"] = time.time() - t0
     t0 = time.time()
@@ -434,11 +440,7 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
         s.finish()
     outputs.commit()
     phases["cog"] = time.time() - t0
-  summary = Summary("embed", layout.width, layout.height, valid_count, tiles,
-                    time.time() - start, paths, phases)
-  if opts.progress:
-    print(summary.text(), flush=True)
-  return summary
+  return _summarise("embed", layout, valid_count, tiles, start, paths, phases, opts)
 
 
 def _second_pass(embedding_path, grid, d, pca, centroids, km_sink, preview_size, show,
