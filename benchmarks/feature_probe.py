@@ -14,6 +14,7 @@ A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw` 
 """
 
 import argparse
+import ast
 import os
 import sys
 
@@ -85,11 +86,16 @@ def main(argv=None):
   ap.add_argument("--fractions", default="0.015625,0.25")
   ap.add_argument("--seed", type=int, default=0, help="label-fraction seed")
   ap.add_argument("--steps", type=int, default=300, help="probe optimisation steps")
+  ap.add_argument("--builder", action="append", default=[], metavar="KEY=VALUE",
+                  help="override config.data.builder.KEY (a Python literal); repeatable")
   args = ap.parse_args(argv)
   path, _, arg = args.config.partition(":")
-  config = load_config_file(path, arg or None)
+  config = load_config_file(path, arg or None, what="--config")
   if args.data_dir:
     config.data.data_dir = args.data_dir
+  for item in args.builder:
+    key, _, value = item.partition("=")
+    config.data.builder[key] = ast.literal_eval(value)
   builder = datasets.open_prepared(config.data)
   meta = builder.info.metadata
   mean, std = np.asarray(meta[contract.META_MEAN]), np.asarray(meta[contract.META_STD])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 from ee_jax.errors import ConfigError
 
@@ -94,6 +95,12 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def log(message: str) -> None:
+  """Print on process 0 only: one copy of a progress or summary line, not one per host."""
+  if is_primary():
+    print(message, flush=True)
+
+
 def barrier(name: str) -> None:
   """Every process waits here until all have arrived (no-op in a single process)."""
   if is_multiprocess():
@@ -102,17 +109,33 @@ def barrier(name: str) -> None:
 
 
 def primary_first(fn, name: str):
-  """`fn()` on process 0, then (after a barrier) on the others; returns its result.
+  """`fn()` on process 0, then (once process 0 is done) on the others; returns its result.
 
   For work that must happen once but whose result every process needs, e.g. building a
   dataset on shared storage: the others then find it complete (and on a host without shared
-  storage they build their own identical copy).
+  storage they build their own identical copy). If `fn` fails on process 0, every process
+  raises (process 0 its own error) instead of the others waiting for it forever.
   """
   if not is_multiprocess():
     return fn()
-  result = fn() if is_primary() else None
-  barrier(f"ee_jax:{name}:primary")
+  result, error = None, None
+  if is_primary():
+    try:
+      result = fn()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below)
+      error = e
+  if not _all_processes_ok(error is None):
+    if error is not None:
+      raise error
+    raise RuntimeError(f"{name}: failed on process 0 (its log says why); process "
+                       f"{jax.process_index()} stops too")
   return result if is_primary() else fn()
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  """Whether `ok` is True on every process; waits for all of them (a barrier)."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
 
 
 def reached_preemption_sync_point(step: int) -> bool:

@@ -30,6 +30,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.exclude_radius = 0.0    # same-image negatives within this pixel distance dropped; 0 = off
   c.positive_jitter = 0     # the positive is a random pixel within this many pixels (per
                             # axis) of the anchor's ground pixel; 0 = the pixel itself
+  c.positive_not_self = False  # with positive_jitter: never the anchor's own pixel (views
+                               # that share dates then share no sensor noise at the positive)
   return c
 
 
@@ -55,12 +57,21 @@ def sample_anchors(key, valid_both, num_anchors: int):
   return idx.astype(jnp.int32), jnp.take_along_axis(valid_both, idx, axis=1)
 
 
-def jitter_positions(key, idx, h: int, w: int, radius: int):
+def jitter_positions(key, idx, h: int, w: int, radius: int, not_self: bool = False):
   """Flat pixel indices idx [B, N] moved by up to `radius` pixels per axis (clipped to the
-  image); `key`: one key or one per image, as for `sample_anchors`."""
+  image); `key`: one key or one per image, as for `sample_anchors`. `not_self`: the move is
+  never (0, 0) (uniform over the other offsets; clipping at the border can still undo it)."""
   keys = _per_image_keys(key, idx.shape[0])
-  move = jax.vmap(lambda k: jax.random.randint(k, idx.shape[1:] + (2,), -radius, radius + 1))(
-      keys)
+  side = 2 * radius + 1
+  count = side * side - (1 if not_self else 0)
+
+  def draw(k):
+    o = jax.random.randint(k, idx.shape[1:], 0, count)
+    if not_self:
+      o = o + (o >= side * side // 2)  # skip the centre offset
+    return jnp.stack([o // side - radius, o % side - radius], axis=-1)
+
+  move = jax.vmap(draw)(keys)
   row = jnp.clip(idx // w + move[..., 0], 0, h - 1)
   col = jnp.clip(idx % w + move[..., 1], 0, w - 1)
   return (row * w + col).astype(jnp.int32)
@@ -68,7 +79,8 @@ def jitter_positions(key, idx, h: int, w: int, radius: int):
 
 def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
                    temperature: float = 0.1, exclude_radius: float = 0.0,
-                   positive_jitter: int = 0, axis_name: Optional[str] = None,
+                   positive_jitter: int = 0, positive_not_self: bool = False,
+                   axis_name: Optional[str] = None,
                    anchor_idx=None):
   """Symmetric dense InfoNCE; returns (loss, metrics).
 
@@ -78,6 +90,8 @@ def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
   `positive_jitter` r > 0: view 2's embedding is taken at a random pixel within r of the
   anchor's (needs `key`), so the two cannot be matched on pixel-scale texture that both
   views share; what they share is the surrounding ground (a field, its cover).
+  `positive_not_self`: that pixel is never the anchor's own, so views that share dates
+  share no per-pixel sensor noise at the positive.
   metrics: loss, pos_cos, neg_cos, top1 (positive retrieval accuracy), anchors (valid
   anchors per image).
   """
@@ -96,8 +110,10 @@ def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
     if key is None:
       raise ValueError("dense_info_nce: positive_jitter needs `key`")
     jitter_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(_per_image_keys(key, b))
-    idx2 = jitter_positions(jitter_keys, idx, h, w, positive_jitter)
+    idx2 = jitter_positions(jitter_keys, idx, h, w, positive_jitter, positive_not_self)
     amask = amask & jnp.take_along_axis(valid2.reshape(b, h * w), idx2, axis=1)
+    if positive_not_self:
+      amask = amask & (idx2 != idx)  # a border clip landed back on the anchor
 
   def take(z, at):
     return jnp.take_along_axis(z.reshape(b, h * w, e), at[..., None], axis=1)

@@ -40,7 +40,9 @@ def evaluate(config, workdir) -> None:
     raise ConfigError("--workdir is required for --mode=evaluate")
   from ee_jax.train.evaluate import evaluate as run_evaluate  # pylint: disable=import-outside-toplevel
   result = run_evaluate(config, workdir)
-  print(json.dumps({k: result[k] for k in ("split", "miou", "oa", "per_class_iou")}, indent=2))
+  from ee_jax import distributed  # pylint: disable=import-outside-toplevel
+  distributed.log(json.dumps({k: result[k] for k in ("split", "miou", "oa", "per_class_iou")},
+                             indent=2))
 
 
 def study(config, workdir) -> None:

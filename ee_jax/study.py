@@ -10,10 +10,9 @@ import importlib.util
 import json
 import os
 
-import jax
 import ml_collections
 
-from ee_jax import checkpoints, report
+from ee_jax import checkpoints, distributed, report
 from ee_jax.errors import ConfigError
 from ee_jax.train.finetune import finetune
 from ee_jax.train.pretrain import pretrain
@@ -21,12 +20,14 @@ from ee_jax.train.pretrain import pretrain
 INITS = ("pretrained", "random")
 
 
-def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """get_config(arg) of a config file given by path (relative to the repo root or cwd)."""
+def load_config_file(path: str, arg: str | None = None,
+                     what: str = "config.study.pretrain_config") -> ml_collections.ConfigDict:
+  """get_config(arg) of a config file given by path (relative to the repo root or cwd);
+  `what` names the setting the path came from, for the error."""
   candidates = [path, os.path.join(os.path.dirname(os.path.dirname(__file__)), path)]
   found = next((p for p in candidates if os.path.isfile(p)), None)
   if found is None:
-    raise ConfigError(f"config.study.pretrain_config: file not found: {path}")
+    raise ConfigError(f"{what}: file not found: {path}")
   spec = importlib.util.spec_from_file_location("study_pretrain_config", found)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -78,7 +79,7 @@ def run_study(config, workdir: str) -> dict:
   model = None
   if "pretrained" in st.inits:
     if not st.pretrain_workdir:
-      print(f"== pre-training: {pretrain_dir}")
+      distributed.log(f"== pre-training: {pretrain_dir}")
       pretrain(pretrain_config_for(config), pretrain_dir)
     model = checkpoints.load_params(pretrain_dir)[1]["model"]
 
@@ -90,18 +91,18 @@ def run_study(config, workdir: str) -> dict:
         rundir = os.path.join(workdir, "runs", name)
         eval_path = os.path.join(rundir, "eval.json")
         if not os.path.exists(eval_path):
-          print(f"== {name}")
+          distributed.log(f"== {name}")
           finetune(run_config(config, fraction, init, seed, pretrain_dir, model), rundir)
         with open(eval_path) as f:
           result = json.load(f)
         runs.append({"name": name, "fraction": fraction, "init": init, "seed": seed,
                      "miou": result["miou"], "oa": result["oa"],
                      "per_class_iou": result["per_class_iou"], "workdir": rundir})
-        if jax.process_index() == 0:  # one writer (the others would race on study.json.tmp)
+        if distributed.is_primary():  # one writer (the others would race on study.json.tmp)
           report.write_study_json(workdir, runs, config, pretrain_dir, complete=False)
 
   summary = report.summarise(runs)
-  if jax.process_index() == 0:
+  if distributed.is_primary():
     report.write_study_json(workdir, runs, config, pretrain_dir, complete=True)
     paths = report.write_report(workdir, summary, config, pretrain_dir)
     print(report.table(summary))

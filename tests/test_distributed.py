@@ -11,6 +11,7 @@ options (compiling dominates; the semantics under test do not depend on them):
   python tests/test_distributed.py single DATA WORKDIR OUT
   python tests/test_distributed.py multi DATA WORKDIR OUT PORT PROCESS_ID
   python tests/test_distributed.py endless DATA WORKDIR OUT PORT PROCESS_ID  # until SIGTERM
+  python tests/test_distributed.py fail_build DATA WORKDIR OUT PORT PROCESS_ID
 
 A slow test (`make test-slow`) sends SIGTERM to one of two processes: both must stop and
 save at the same step (JAX's preemption sync point; see ee_jax.train.loop.StopFlag).
@@ -144,6 +145,8 @@ def test_two_processes_equal_one_process_with_two_devices(data_dir, tmp_path):
     want = (ref / run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in got] == [json.loads(r)["step"] for r in want]
     assert (multi / run / "config.json").exists()
+  for line in ("Model: ", "Fine-tuning: ", "Checkpoints: "):  # summary lines: process 0 only
+    assert line in logs[1] and line not in logs[2], line
   multi_eval = json.load(open(multi / "finetune" / "eval.json"))
   single_eval = json.load(open(ref / "finetune" / "eval.json"))
   assert multi_eval["confusion_matrix"] == single_eval["confusion_matrix"]
@@ -185,6 +188,27 @@ def test_single_process_helpers_are_no_ops():
   assert distributed.reached_preemption_sync_point(3) is False
 
 
+def test_a_build_failing_on_process_0_stops_every_process(tmp_path):
+  # Process 0 fails in primary_first (a dataset build, say): process 1 must not wait for
+  # it at the barrier forever but stop with an error naming process 0.
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=REPO)
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), "fail_build", str(tmp_path), str(tmp_path),
+       str(tmp_path / f"out{i}.json"), str(port), str(i)], cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert procs[0].returncode != 0 and "ConfigError: no such dataset" in logs[0], logs[0][-2000:]
+  assert procs[1].returncode != 0, logs[1][-2000:]
+  assert "build: failed on process 0" in logs[1], logs[1][-2000:]
+  assert not (tmp_path / "out1.json").exists()
+
+
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step(data_dir, tmp_path):
   port = _free_port()
@@ -216,6 +240,12 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(data_dir, t
 def _main(mode, data_dir, workdir, out_path, port=None, process_id=None):
   if mode != "single":
     distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
+  if mode == "fail_build":
+    def build():
+      raise ConfigError("no such dataset")
+    distributed.primary_first(build, "build")
+    open(out_path, "w").close()  # not reached on either process
+    return
   if mode == "endless":  # until SIGTERM
     from ee_jax.train.pretrain import pretrain  # pylint: disable=import-outside-toplevel
     pre, _ = _configs(data_dir)

@@ -4,6 +4,9 @@ import os
 import sys
 
 import numpy as np
+import pytest
+
+from ee_jax.errors import ConfigError
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import feature_probe  # noqa: E402
@@ -31,3 +34,8 @@ def test_raw_features_stack_dates_and_bands_with_nodata_at_the_mean():
   f = feature_probe.raw_features(image, valid, np.array([100.0, 100.0]), np.array([5.0, 5.0]))
   assert f.shape == (2, 4, 4, 6)
   np.testing.assert_allclose(f[0, 0, 0], [2, 2, 0, 0, 2, 2])
+
+
+def test_a_missing_config_file_is_named_by_its_flag():
+  with pytest.raises(ConfigError, match="--config: file not found: configs/nope.py"):
+    feature_probe.main(["--config=configs/nope.py"])

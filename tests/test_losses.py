@@ -135,3 +135,25 @@ def test_positive_jitter_moves_the_positive_within_the_radius():
   assert float(metric(noisy, 0)) == pytest.approx(1.0, abs=1e-5)
   assert float(metric(noisy, 2)) < 0.6          # a neighbour's own texture is not the anchor's
   assert float(metric(flat, 2)) == pytest.approx(1.0, abs=1e-5)  # the shared ground still is
+
+
+def test_positive_not_self_never_pairs_an_anchor_with_its_own_pixel():
+  # Every non-zero offset within the radius is drawn, the zero offset never.
+  idx = jnp.full((2, 4000), 5 * 10 + 5, jnp.int32)                   # centre of 10x10 images
+  moved = np.asarray(losses.jitter_positions(jax.random.key(0), idx, 10, 10, 1,
+                                             not_self=True))
+  offsets = set((moved // 10 - 5).ravel() * 10 + (moved % 10 - 5).ravel())
+  assert offsets == {dr * 10 + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1)} - {0}
+  # In the loss: identical views whose pixels all differ give a positive cosine < 1 at every
+  # anchor; a 1x2 image leaves each anchor one other pixel, a 1x1 image none (masked).
+  rng = np.random.default_rng(0)
+  z = np.broadcast_to(_unit(rng.normal(size=(1, 1, 2, 8))), (4, 1, 2, 8)).astype(np.float32)
+  ones = np.ones((4, 1, 2), bool)
+  m = losses.dense_info_nce(z, z, ones, ones, jax.random.key(1), num_anchors=2,
+                            positive_jitter=1, positive_not_self=True)[1]
+  assert float(m["anchors"]) > 0
+  assert float(m["pos_cos"]) == pytest.approx(float(np.sum(z[0, 0, 0] * z[0, 0, 1])), abs=1e-5)
+  z1 = z[:, :, :1]
+  m = losses.dense_info_nce(z1, z1, ones[:, :, :1], ones[:, :, :1], jax.random.key(1),
+                            num_anchors=1, positive_jitter=1, positive_not_self=True)[1]
+  assert float(m["anchors"]) == 0.0

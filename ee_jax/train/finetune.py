@@ -117,8 +117,8 @@ def finetune(config, workdir: str) -> dict:
   if resuming:
     state, _ = ckpt.restore(state)
     start = int(state.step)
-    print(f"Resuming from {ckpt.directory} at step {start}")
-  print(f"Fine-tuning: {models.count_params(state.params):,} parameters, {k} classes, "
+    distributed.log(f"Resuming from {ckpt.directory} at step {start}")
+  distributed.log(f"Fine-tuning: {models.count_params(state.params):,} parameters, {k} classes, "
         f"init {'from ' + source if source != 'random' else 'random'}"
         f"{', backbone frozen' if config.finetune.freeze_backbone else ''}, "
         f"label fraction {config.finetune.label_fraction:g}")
@@ -149,7 +149,7 @@ def finetune(config, workdir: str) -> dict:
                      indices=indices, pixels_per_tile=s * s)
   ckpt.close()
   result = evaluate_lib.evaluate(config, workdir)
-  print(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, OA {_fmt(result['oa'])} "
+  distributed.log(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, OA {_fmt(result['oa'])} "
         f"-> {os.path.join(workdir, 'eval.json')}")
   return {**last, "test_miou": result["miou"], "test_oa": result["oa"]}
 

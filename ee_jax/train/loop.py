@@ -100,5 +100,5 @@ def run(config, workdir: str, builder, state, *, start: int,
         break
   ckpt.wait()
   log.close()
-  print(f"Checkpoints: {ckpt.directory} (latest step {step}); metrics: {log.path}")
+  distributed.log(f"Checkpoints: {ckpt.directory} (latest step {step}); metrics: {log.path}")
   return last, p_state

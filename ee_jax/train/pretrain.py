@@ -80,7 +80,7 @@ def pretrain(config, workdir: str) -> dict:
   tx, schedule = optim.make_optimizer(config.optim, total)
   init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
   state = init_state(model, tx, init_key, aug_cfg, tile_shape)
-  print(f"Model: {models.count_params(state.params):,} parameters "
+  distributed.log(f"Model: {models.count_params(state.params):,} parameters "
         f"(widths {tuple(config.model.widths)}, D={config.model.features}, "
         f"temporal={config.model.temporal}, dtype={config.model.dtype}); "
         f"{jax.device_count()} devices, global batch "
@@ -96,7 +96,7 @@ def pretrain(config, workdir: str) -> dict:
                             data_meta["dataset"])
     state, _ = ckpt.restore(state)
     start = int(state.step)
-    print(f"Resuming from {ckpt.directory} at step {start}")
+    distributed.log(f"Resuming from {ckpt.directory} at step {start}")
   mean, std = np.asarray(data_meta["mean"]), np.asarray(data_meta["std"])
   p_step = parallel.pmap_step(
       make_pretrain_step(model, tx, schedule, mean, std, aug_cfg, config.loss),

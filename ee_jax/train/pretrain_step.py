@@ -39,7 +39,8 @@ def _contrastive(model, params, batch, base_key, step, mean, std, aug_cfg, loss_
   return losses.dense_info_nce(
       z1, z2, valid1, valid2, anchor_keys, num_anchors=loss_cfg.num_anchors,
       temperature=loss_cfg.temperature, exclude_radius=loss_cfg.exclude_radius,
-      positive_jitter=loss_cfg.get("positive_jitter", 0), axis_name=axis_name)
+      positive_jitter=loss_cfg.get("positive_jitter", 0),
+      positive_not_self=loss_cfg.get("positive_not_self", False), axis_name=axis_name)
 
 
 def make_pretrain_step(model, tx, schedule, mean, std, aug_cfg: augment.AugmentConfig,
