@@ -81,10 +81,12 @@ def test_checkpoint_band_list_must_match_dataset(data_dir, tmp_path):
 def test_loss_falls_and_retrieval_rises(data_dir, tmp_path):
   c = tiny_config(data_dir, steps=60, log_every=10, eval_every=0, checkpoint_every=60)
   c.optim.learning_rate = 3e-3
-  # The loop must learn: shared crops and dates make retrieval learnable by an 8k-parameter
-  # model in 60 steps (the default views, shifted crops and disjoint dates, need thousands).
+  # The loop must learn: shared crops and dates and the anchor's own pixel as its positive
+  # make retrieval learnable by an 8k-parameter model in 60 steps (the default views,
+  # shifted crops and a neighbouring pixel as the positive, need thousands).
   c.augment.crop_shift = 0
   c.augment.disjoint_dates = False
+  c.loss.positive_jitter = 0
   pretrain(c, str(tmp_path))
   train = [r for r in metrics_log.read_metrics(str(tmp_path)) if "loss" in r]
   first, final = train[0], train[-1]
