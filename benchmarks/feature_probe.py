@@ -10,7 +10,9 @@ input pixels, all dates' bands) and `random` (a randomly initialised backbone).
       --sources=raw,random,/tmp/pre_syn [--fractions=0.015625,0.25] [--data_dir=...]
 
 A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw` or `random`
-(the config's model). The dataset comes from the config and must be built.
+(the config's model). The dataset comes from the config and must be built;
+`--builder KEY=VALUE` (repeatable) probes one built with other builder parameters, e.g.
+`--data_dir=/tmp/notex --builder texture_std=0.0`.
 """
 
 import argparse
