@@ -17,6 +17,7 @@ A slow test (`make test-slow`) sends SIGTERM to one of two processes: both must 
 save at the same step (JAX's preemption sync point; see ee_jax.train.loop.StopFlag).
 """
 
+import contextlib
 import json
 import os
 import re
@@ -188,21 +189,29 @@ def test_single_process_helpers_are_no_ops():
   assert distributed.reached_preemption_sync_point(3) is False
 
 
-def test_a_build_failing_on_process_0_stops_every_process(tmp_path):
-  # Process 0 fails in primary_first (a dataset build, say): process 1 must not wait for
-  # it at the barrier forever but stop with an error naming process 0.
+@contextlib.contextmanager
+def _two_processes(mode, data_dir, workdir):
+  """Processes 0 and 1 of a localhost jax.distributed run of this file in `mode`; whatever
+  is still running at the end of the block is killed."""
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=REPO)
   procs = [subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), "fail_build", str(tmp_path), str(tmp_path),
-       str(tmp_path / f"out{i}.json"), str(port), str(i)], cwd=REPO, env=env,
+      [sys.executable, os.path.abspath(__file__), mode, str(data_dir), str(workdir),
+       str(workdir / f"out{i}.json"), str(port), str(i)], cwd=REPO, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
-    logs = [p.communicate(timeout=120)[0] for p in procs]
+    yield procs
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+def test_a_build_failing_on_process_0_stops_every_process(tmp_path):
+  # Process 0 fails in primary_first (a dataset build, say): process 1 must not wait for
+  # it at the barrier forever but stop with an error naming process 0.
+  with _two_processes("fail_build", tmp_path, tmp_path) as procs:
+    logs = [p.communicate(timeout=120)[0] for p in procs]
   assert procs[0].returncode != 0 and "ConfigError: no such dataset" in logs[0], logs[0][-2000:]
   assert procs[1].returncode != 0, logs[1][-2000:]
   assert "build: failed on process 0" in logs[1], logs[1][-2000:]
@@ -211,13 +220,7 @@ def test_a_build_failing_on_process_0_stops_every_process(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step(data_dir, tmp_path):
-  port = _free_port()
-  env = dict(os.environ, PYTHONPATH=REPO)
-  procs = [subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), "endless", str(data_dir), str(tmp_path),
-       str(tmp_path / f"out{i}.json"), str(port), str(i)], cwd=REPO, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  try:
+  with _two_processes("endless", data_dir, tmp_path) as procs:
     metrics = tmp_path / "pretrain" / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -225,10 +228,6 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(data_dir, t
       time.sleep(0.5)
     procs[1].send_signal(signal.SIGTERM)  # process 1 only, as a preempted host would be
     logs = [p.communicate(timeout=120)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
   saved = []
   for i, (p, log) in enumerate(zip(procs, logs)):
     assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"

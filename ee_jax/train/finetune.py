@@ -118,10 +118,10 @@ def finetune(config, workdir: str) -> dict:
     state, _ = ckpt.restore(state)
     start = int(state.step)
     distributed.log(f"Resuming from {ckpt.directory} at step {start}")
-  distributed.log(f"Fine-tuning: {models.count_params(state.params):,} parameters, {k} classes, "
-        f"init {'from ' + source if source != 'random' else 'random'}"
-        f"{', backbone frozen' if config.finetune.freeze_backbone else ''}, "
-        f"label fraction {config.finetune.label_fraction:g}")
+  distributed.log(f"Fine-tuning: {models.count_params(state.params):,} parameters, "
+                  f"{k} classes, init {'from ' + source if source != 'random' else 'random'}"
+                  f"{', backbone frozen' if config.finetune.freeze_backbone else ''}, "
+                  f"label fraction {config.finetune.label_fraction:g}")
 
   indices = select_tiles(config, builder, workdir, k, ignore_index)
   weights = list(config.finetune.class_weights) or None
@@ -149,8 +149,8 @@ def finetune(config, workdir: str) -> dict:
                      indices=indices, pixels_per_tile=s * s)
   ckpt.close()
   result = evaluate_lib.evaluate(config, workdir)
-  distributed.log(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, OA {_fmt(result['oa'])} "
-        f"-> {os.path.join(workdir, 'eval.json')}")
+  distributed.log(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, "
+                  f"OA {_fmt(result['oa'])} -> {os.path.join(workdir, 'eval.json')}")
   return {**last, "test_miou": result["miou"], "test_oa": result["oa"]}
 
 

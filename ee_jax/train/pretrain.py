@@ -81,10 +81,10 @@ def pretrain(config, workdir: str) -> dict:
   init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
   state = init_state(model, tx, init_key, aug_cfg, tile_shape)
   distributed.log(f"Model: {models.count_params(state.params):,} parameters "
-        f"(widths {tuple(config.model.widths)}, D={config.model.features}, "
-        f"temporal={config.model.temporal}, dtype={config.model.dtype}); "
-        f"{jax.device_count()} devices, global batch "
-        f"{config.data.per_device_batch * jax.device_count()}")
+                  f"(widths {tuple(config.model.widths)}, D={config.model.features}, "
+                  f"temporal={config.model.temporal}, dtype={config.model.dtype}); "
+                  f"{jax.device_count()} devices, global batch "
+                  f"{config.data.per_device_batch * jax.device_count()}")
 
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
   ckpt_meta = {"kind": "pretrain", **data_meta, "model": config.model.to_dict(),
