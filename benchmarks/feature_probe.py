@@ -9,8 +9,10 @@ input pixels, all dates' bands) and `random` (a randomly initialised backbone).
   python benchmarks/feature_probe.py --config=configs/finetune_synthetic.py \\
       --sources=raw,random,/tmp/pre_syn [--fractions=0.015625,0.25] [--data_dir=...]
 
-A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw` or `random`
-(the config's model). The dataset comes from the config and must be built;
+A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw`, `raw3x3`
+(raw averaged over 3x3 pixels) or `random` (the config's model); `--layer=enc0` probes a
+block inside the backbone instead of its output. The dataset comes from the config and
+must be built;
 `--builder KEY=VALUE` (repeatable) probes one built with other builder parameters, e.g.
 `--data_dir=/tmp/notex --builder texture_std=0.0`.
 """
@@ -30,17 +32,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ee_jax import checkpoints, metrics, models  # noqa: E402
 from ee_jax.data import contract, datasets, label_fractions, pipeline  # noqa: E402
+from ee_jax.errors import ConfigError  # noqa: E402
 from ee_jax.study import load_config_file  # noqa: E402
 from ee_jax.train.finetune_step import prepare_inputs  # noqa: E402
 
 KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
 
 
-def backbone_features(model_cfg, params, image, valid, mean, std, batch=32):
-  """Backbone output [N, H, W, D] for uint16 tiles, in batches."""
+def backbone_features(model_cfg, params, image, valid, mean, std, batch=32, layer=""):
+  """Backbone output [N, H, W, D] for uint16 tiles, in batches.
+
+  `layer` (e.g. 'enc0', 'dec1'): that UNet block's output instead, resized to the tile's
+  H, W (bilinear) when coarser: where along the network land cover gets lost."""
   backbone = models.build_backbone(model_cfg)
-  apply = jax.jit(lambda p, im, v: backbone.apply({"params": p}, *prepare_inputs(im, v, mean,
-                                                                                std)))
+
+  def forward(p, im, v):
+    inputs = prepare_inputs(im, v, mean, std)
+    if not layer:
+      return backbone.apply({"params": p}, *inputs)
+    _, state = backbone.apply({"params": p}, *inputs, capture_intermediates=True)
+    levels = state["intermediates"]
+    if layer not in levels:
+      names = sorted(k for k in levels if k != "__call__")
+      raise ConfigError(f"--layer: the backbone has no block '{layer}'; it has {names}")
+    f = levels[layer]["__call__"][0]
+    return jax.image.resize(f, f.shape[:1] + im.shape[2:4] + f.shape[3:], "bilinear")
+
+  apply = jax.jit(forward)
   return np.concatenate([np.asarray(apply(params, image[i:i + batch], valid[i:i + batch]))
                          for i in range(0, len(image), batch)])
 
@@ -50,6 +68,14 @@ def raw_features(image, valid, mean, std):
   x, _ = prepare_inputs(image, valid, mean, std)
   n, t, h, w, c = x.shape
   return np.asarray(jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(n, h, w, t * c))
+
+
+def smoothed(features):
+  """Mean over each pixel's 3x3 neighbourhood (edges replicated), [N, H, W, D]: what local
+  averaging alone adds to the raw pixels, the least a learned representation should give."""
+  n, h, w, _ = features.shape
+  padded = np.pad(features, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  return sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
 
 
 def fit_probe(features, labels, num_classes, ignore_index, steps=300, lr=0.05, l2=1e-4):
@@ -88,6 +114,8 @@ def main(argv=None):
   ap.add_argument("--fractions", default="0.015625,0.25")
   ap.add_argument("--seed", type=int, default=0, help="label-fraction seed")
   ap.add_argument("--steps", type=int, default=300, help="probe optimisation steps")
+  ap.add_argument("--layer", default="", help="probe this backbone block (e.g. enc0, dec1); "
+                  "default: the backbone's output")
   ap.add_argument("--builder", action="append", default=[], metavar="KEY=VALUE",
                   help="override config.data.builder.KEY (a Python literal); repeatable")
   args = ap.parse_args(argv)
@@ -111,19 +139,24 @@ def main(argv=None):
 
   def features_of(source, batch):
     image, valid = batch[contract.IMAGE], batch[contract.VALID]
-    if source == "raw":
-      return raw_features(image, valid, mean, std)
+    if source in ("raw", "raw3x3"):
+      raw = raw_features(image, valid, mean, std)
+      return raw if source == "raw" else smoothed(raw)
     if source == "random":
       cfg = config.model
       params = models.init_params(models.build_backbone(cfg), jax.random.PRNGKey(0),
                                   (1, t, s, s, c), with_valid=True)
-      return backbone_features(cfg, params, image, valid, mean, std)
+      return backbone_features(cfg, params, image, valid, mean, std, layer=args.layer)
     params, ckpt_meta = checkpoints.load_params(source)
     checkpoints.check_bands(ckpt_meta, {"bands": list(meta[contract.META_BANDS])}, source,
                             os.fspath(builder.data_dir))
     return backbone_features(ml_collections.ConfigDict(ckpt_meta["model"]),
                              params["backbone"], image, valid,
-                             np.asarray(ckpt_meta["mean"]), np.asarray(ckpt_meta["std"]))
+                             np.asarray(ckpt_meta["mean"]), np.asarray(ckpt_meta["std"]),
+                             layer=args.layer)
+
+  def where(source):
+    return f" [{args.layer}]" if args.layer and not source.startswith("raw") else ""
 
   print(f"{'fraction':>9} {'tiles':>6}  {'mIoU':>6} {'OA':>6}  source")
   for fraction in [float(f) for f in args.fractions.split(",")]:
@@ -139,7 +172,7 @@ def main(argv=None):
       np.add.at(cm, (label[keep], pred[keep]), 1)
       scores = metrics.segmentation_scores(cm, class_names)
       print(f"{fraction:9.4g} {len(indices):6d}  {100 * scores['miou']:6.1f} "
-            f"{100 * scores['oa']:6.1f}  {source}", flush=True)
+            f"{100 * scores['oa']:6.1f}  {source}{where(source)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,39 @@ def test_raw_features_stack_dates_and_bands_with_nodata_at_the_mean():
 def test_a_missing_config_file_is_named_by_its_flag():
   with pytest.raises(ConfigError, match="--config: file not found: configs/nope.py"):
     feature_probe.main(["--config=configs/nope.py"])
+
+
+def test_smoothed_averages_each_3x3_neighbourhood_with_edges_replicated():
+  f = np.zeros((1, 5, 5, 2))
+  f[0, 2, 2, 0] = 9.0                                          # an impulse in channel 0
+  f[..., 1] = 4.0                                              # a constant in channel 1
+  s = feature_probe.smoothed(f)
+  expected = np.zeros((5, 5))
+  expected[1:4, 1:4] = 1.0
+  np.testing.assert_allclose(s[0, ..., 0], expected)
+  np.testing.assert_allclose(s[0, ..., 1], 4.0)              # corners too: edges replicated
+
+
+def test_layer_probes_a_block_inside_the_backbone_at_tile_resolution():
+  import jax
+  from configs import defaults
+  from ee_jax import models
+  cfg = defaults.smoke(defaults.get_base_config()).model    # widths (8, 16), D = 16
+  shape = (2, 2, 8, 8, 3)
+  params = models.init_params(models.build_backbone(cfg), jax.random.PRNGKey(0), shape,
+                              with_valid=True)
+  rng = np.random.default_rng(0)
+  image = rng.integers(500, 1500, size=shape).astype(np.uint16)
+  valid = np.ones(shape[:4], bool)
+  mean, std = np.full(3, 1000.0), np.full(3, 300.0)
+  args = (cfg, params, image, valid, mean, std)
+  out = feature_probe.backbone_features(*args)
+  assert out.shape == (2, 8, 8, 16)
+  assert feature_probe.backbone_features(*args, layer="enc1").shape == (2, 8, 8, 16)
+  assert feature_probe.backbone_features(*args, layer="enc0").shape == (2, 8, 8, 8)
+  # The output is ReLU of the final GroupNorm: the captured block is the right tensor.
+  pre = feature_probe.backbone_features(*args, layer="out_norm")
+  np.testing.assert_allclose(np.maximum(pre, 0.0), out, rtol=1e-6, atol=1e-6)
+  assert (pre < 0).any()
+  with pytest.raises(ConfigError, match="no block 'enc7'.*'enc0'"):
+    feature_probe.backbone_features(*args, layer="enc7")
