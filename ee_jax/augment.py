@@ -5,8 +5,9 @@ optionally moved by up to `crop_shift` pixels), then an independent dihedral tra
 view (`apply_dihedral`), which the train step undoes on the feature maps (`undo_dihedral`)
 and, for shifted crops, re-aligns (`align_views`) so pixel (i, j) of both views is the same
 ground pixel.
-Independent per view: dates subset (T > 1), per-band gain/offset, synthetic clouds (marked
-invalid), Gaussian noise, band dropout.
+Independent per view: dates subset (T > 1), an optional shift in time (`time_shift`),
+per-band gain/offset (optionally per date too, like the atmosphere: `jitter_per_date`),
+synthetic clouds (marked invalid), Gaussian noise, band dropout.
 
 Randomness: each example's key is `fold_in(fold_in(base_key, step), global_index)`, so the
 views of an example depend only on (seed, step, index), never on the device count or on
@@ -45,6 +46,10 @@ class AugmentConfig:
   dihedral: bool = True               # random flips/rot90 per view (undone on features)
   gain: float = 0.1                   # per-band gain ~ 1 + U(-gain, gain)
   offset: float = 0.1                 # per-band offset ~ U(-offset, offset)
+  jitter_per_date: bool = False       # gain/offset drawn per date and band (atmosphere)
+  time_shift: float = 0.0             # T > 1: each date moved by a ~ U(-s, s) common to the
+                                      # view plus U(-s/2, s/2) of its own (s = this, in date
+                                      # intervals), by interpolating with the next/previous
   noise_std: float = 0.05             # per-pixel Gaussian noise
   band_dropout: float = 0.1           # per-band probability of zeroing (never all bands)
   cloud_prob: float = 0.2             # per date and view: probability of synthetic clouds
@@ -161,6 +166,25 @@ def cloud_field(key, size: int, cfg: AugmentConfig):
   return jax.random.bernoulli(k_on, cfg.cloud_prob) & (field > 0.5)
 
 
+def shift_in_time(key, image, valid, amount: float):
+  """The series image [T, S, S, C] as if acquired a little earlier or later: date t becomes
+  (1 - |d_t|) x_t + |d_t| x_(t +- 1), d_t = a + e_t, a ~ U(-amount, amount) for the view,
+  e_t ~ U(-amount / 2, amount / 2), |d_t| <= 1. Where the neighbouring date is unobserved,
+  the date is kept as is. Tiles of one scene share its calendar (phenology ahead or behind,
+  acquisition dates); unless the views differ in it, the calendar alone tells scenes apart.
+  """
+  t = image.shape[0]
+  k_all, k_each = jax.random.split(key)
+  d = (jax.random.uniform(k_all, (), minval=-amount, maxval=amount)
+       + jax.random.uniform(k_each, (t,), minval=-amount / 2, maxval=amount / 2))
+  d = jnp.clip(d, -1.0, 1.0)
+  later = jnp.minimum(jnp.arange(t) + 1, t - 1)
+  earlier = jnp.maximum(jnp.arange(t) - 1, 0)
+  other = jnp.where(d > 0, later, earlier)
+  w = jnp.abs(d)[:, None, None] * valid[other]                       # [T, S, S]
+  return (1.0 - w[..., None]) * image + w[..., None] * image[other]
+
+
 def _view(key, image, valid, cfg: AugmentConfig, dates=None, keep=None):
   """One view of a cropped example: image [T, S, S, C] float, valid [T, S, S] bool.
 
@@ -189,8 +213,11 @@ def _view(key, image, valid, cfg: AugmentConfig, dates=None, keep=None):
     valid = valid & ~hide[:, None, None]
     image = jnp.where(hide[:, None, None, None], 0.0, image)
 
-  gain = 1.0 + jax.random.uniform(k_gain, (c,), minval=-cfg.gain, maxval=cfg.gain)
-  offset = jax.random.uniform(k_off, (c,), minval=-cfg.offset, maxval=cfg.offset)
+  if cfg.time_shift > 0 and t_view > 1:
+    image = shift_in_time(jax.random.fold_in(k_dates, 1), image, valid, cfg.time_shift)
+  jshape = (t_view, 1, 1, c) if cfg.jitter_per_date else (c,)
+  gain = 1.0 + jax.random.uniform(k_gain, jshape, minval=-cfg.gain, maxval=cfg.gain)
+  offset = jax.random.uniform(k_off, jshape, minval=-cfg.offset, maxval=cfg.offset)
   image = image * gain + offset
   if cfg.cloud_prob > 0:
     clouds = jax.vmap(lambda k: cloud_field(k, s, cfg))(jax.random.split(k_cloud, t_view))

@@ -181,3 +181,40 @@ def test_disjoint_dates_never_share_an_acquisition(num_dates):
                        bool), np.zeros(3), np.ones(3), dataclasses.replace(cfg, num_dates=3))
   with pytest.raises(ConfigError, match="date_dropout"):
     augment.AugmentConfig.from_config(dict(disjoint_dates=True, date_dropout=0.5))
+
+
+def test_shift_in_time_interpolates_towards_an_observed_neighbouring_date():
+  t = 6
+  x = np.broadcast_to(np.arange(t, dtype=np.float32)[:, None, None, None], (t, 3, 3, 2))
+  valid = np.ones((t, 3, 3), bool)
+  moved = [np.asarray(augment.shift_in_time(jax.random.key(s), x, valid, 0.4))
+           for s in range(20)]
+  for m in moved:
+    assert np.allclose(m, m[:, :1, :1, :1])               # one shift per date, whole view
+    d = m[:, 0, 0, 0] - np.arange(t)
+    assert np.all(np.abs(d) <= 0.6 + 1e-6)                # |a| <= 0.4, |e| <= 0.2
+    assert d[0] >= -1e-6 and d[-1] <= 1e-6                # no date before the first/after the last
+  assert np.std([m[:, 0, 0, 0] - np.arange(t) for m in moved]) > 0.1
+  np.testing.assert_allclose(augment.shift_in_time(jax.random.key(0), x, valid, 0.0), x)
+  # An unobserved date (cloud, nodata: zeros) is never blended into its neighbours.
+  hidden = valid.copy()
+  hidden[2] = False
+  xh = np.where(hidden[..., None], x, 0.0)
+  for s in range(20):
+    m = np.asarray(augment.shift_in_time(jax.random.key(s), xh, hidden, 0.9))[:, 0, 0, 0]
+    assert 0.0 <= m[1] <= 1.0 and 3.0 <= m[3] <= 4.0
+
+
+@pytest.mark.parametrize("per_date", [False, True])
+def test_gain_offset_jitter_per_band_or_per_date_and_band(per_date):
+  t, c = 3, 4
+  image = np.full((1, t, 6, 6, c), 1000, np.uint16)            # the band mean: 0 normalised
+  cfg = dataclasses.replace(GEOMETRY_ONLY, crop_size=6, dihedral=False, offset=0.3,
+                            jitter_per_date=per_date)
+  v1, _, _ = augment.make_views(jax.random.key(0), 0, np.arange(1), image,
+                                np.ones((1, t, 6, 6), bool), np.full(c, 1000.0),
+                                np.full(c, 100.0), cfg)
+  x = np.asarray(v1["image"])[0]                                # [T, S, S, C] = the offsets
+  assert np.allclose(x, x[:, :1, :1])                           # one draw per (date,) band
+  assert np.abs(x).max() <= 0.3 and len(np.unique(x[0, 0, 0])) == c
+  assert np.allclose(x[0], x[1]) != per_date                    # dates share it, or not
