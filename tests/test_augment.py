@@ -196,13 +196,14 @@ def test_shift_in_time_interpolates_towards_an_observed_neighbouring_date():
     assert d[0] >= -1e-6 and d[-1] <= 1e-6                # no date before the first/after the last
   assert np.std([m[:, 0, 0, 0] - np.arange(t) for m in moved]) > 0.1
   np.testing.assert_allclose(augment.shift_in_time(jax.random.key(0), x, valid, 0.0), x)
-  # An unobserved date (cloud, nodata: zeros) is never blended into its neighbours.
+  # An unobserved date (cloud, nodata: zeros) is never blended into its neighbours: dates
+  # 1 and 3 (values 11, 13) only ever move towards dates 0 and 4 (10, 14), never towards 0.
   hidden = valid.copy()
   hidden[2] = False
-  xh = np.where(hidden[..., None], x, 0.0)
+  xh = np.where(hidden[..., None], x + 10.0, 0.0)
   for s in range(20):
     m = np.asarray(augment.shift_in_time(jax.random.key(s), xh, hidden, 0.9))[:, 0, 0, 0]
-    assert 0.0 <= m[1] <= 1.0 and 3.0 <= m[3] <= 4.0
+    assert 10.0 <= m[1] <= 11.0 and 13.0 <= m[3] <= 14.0
 
 
 @pytest.mark.parametrize("per_date", [False, True])
