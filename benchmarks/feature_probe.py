@@ -9,6 +9,11 @@ input pixels, all dates' bands) and `random` (a randomly initialised backbone).
   python benchmarks/feature_probe.py --config=configs/finetune_synthetic.py \\
       --sources=raw,random,/tmp/pre_syn [--fractions=0.015625,0.25] [--data_dir=...]
 
+`--clusters=K` adds a second reading per source: k-means (K centres) on the features of
+all train tiles, labels unused, each cluster then named by the majority class of the
+label fraction's pixels in it. It asks whether land cover is the dominant structure of a
+representation, which is what pulling alike pixels together without labels can find.
+
 A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw`, `raw3x3`
 (raw averaged over 3x3 pixels) or `random` (the config's model); `--layer=enc0` probes a
 block inside the backbone instead of its output. The dataset comes from the config and
@@ -106,6 +111,39 @@ def fit_probe(features, labels, num_classes, ignore_index, steps=300, lr=0.05, l
                                          + params[1], axis=-1))
 
 
+def fit_clusters(pool, features, labels, num_clusters, num_classes, ignore_index,
+                 seed=0, iterations=30, sample=40000):
+  """k-means on standardised `pool` features [..., D] (no labels), clusters named by the
+  majority of `labels` among `features`' pixels (a cluster no labelled pixel falls in takes
+  the most frequent class) -> predict(features)."""
+  d = pool.shape[-1]
+  rng = np.random.default_rng(seed)
+  x = pool.reshape(-1, d)
+  x = x[rng.choice(len(x), min(sample, len(x)), replace=False)]
+  mu, sd = x.mean(0), x.std(0) + 1e-6
+  x = jnp.asarray((x - mu) / sd)
+  centres = x[rng.choice(x.shape[0], num_clusters, replace=False)]
+
+  @jax.jit
+  def nearest(c, v):
+    return jnp.argmin(jnp.sum(c ** 2, -1)[None] - 2 * v @ c.T, axis=-1)
+
+  for _ in range(iterations):
+    onehot = jax.nn.one_hot(nearest(centres, x), num_clusters)
+    counts = onehot.sum(0)[:, None]
+    centres = jnp.where(counts > 0, onehot.T @ x / jnp.maximum(counts, 1), centres)
+
+  def assign(f):
+    return np.asarray(nearest(centres, jnp.asarray((f.reshape(-1, d) - mu) / sd)))
+
+  y = labels.reshape(-1)
+  keep = y != ignore_index
+  votes = np.zeros((num_clusters, num_classes), np.int64)
+  np.add.at(votes, (assign(features)[keep], y[keep].astype(np.int64)), 1)
+  named = np.where(votes.sum(1) > 0, votes.argmax(1), votes.sum(0).argmax())
+  return lambda f: named[assign(f)]
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default="configs/finetune_synthetic.py")
@@ -114,6 +152,9 @@ def main(argv=None):
   ap.add_argument("--fractions", default="0.015625,0.25")
   ap.add_argument("--seed", type=int, default=0, help="label-fraction seed")
   ap.add_argument("--steps", type=int, default=300, help="probe optimisation steps")
+  ap.add_argument("--clusters", type=int, default=0,
+                  help="also k-means with this many centres on all train tiles (no labels), "
+                       "clusters named by the labelled pixels; 0: off")
   ap.add_argument("--layer", default="", help="probe this backbone block (e.g. enc0, dec1); "
                   "default: the backbone's output")
   ap.add_argument("--builder", action="append", default=[], metavar="KEY=VALUE",
@@ -158,21 +199,32 @@ def main(argv=None):
   def where(source):
     return f" [{args.layer}]" if args.layer and not source.startswith("raw") else ""
 
+  def report(fraction, tiles, predict, source, method=""):
+    label = test[contract.LABEL].reshape(-1)
+    pred = predict(features_of(source, test))
+    keep = label != ignore
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (label[keep], pred[keep]), 1)
+    scores = metrics.segmentation_scores(cm, class_names)
+    print(f"{fraction:9.4g} {tiles:6d}  {100 * scores['miou']:6.1f} "
+          f"{100 * scores['oa']:6.1f}  {source}{where(source)}{method}", flush=True)
+
+  pool = {}
+  if args.clusters:
+    every = pipeline.read_examples(builder, train_split, np.arange(n_train), KEYS)
+    pool = {source: features_of(source, every) for source in args.sources.split(",")}
   print(f"{'fraction':>9} {'tiles':>6}  {'mIoU':>6} {'OA':>6}  source")
   for fraction in [float(f) for f in args.fractions.split(",")]:
     indices = label_fractions.fraction_indices(n_train, fraction, args.seed)
     train = pipeline.read_examples(builder, train_split, indices, KEYS)
     for source in args.sources.split(","):
-      predict = fit_probe(features_of(source, train), train[contract.LABEL], k, ignore,
-                          steps=args.steps)
-      label = test[contract.LABEL].reshape(-1)
-      pred = predict(features_of(source, test))
-      keep = label != ignore
-      cm = np.zeros((k, k), np.int64)
-      np.add.at(cm, (label[keep], pred[keep]), 1)
-      scores = metrics.segmentation_scores(cm, class_names)
-      print(f"{fraction:9.4g} {len(indices):6d}  {100 * scores['miou']:6.1f} "
-            f"{100 * scores['oa']:6.1f}  {source}{where(source)}", flush=True)
+      features = features_of(source, train)
+      report(fraction, len(indices), fit_probe(features, train[contract.LABEL], k, ignore,
+                                               steps=args.steps), source)
+      if args.clusters:
+        report(fraction, len(indices),
+               fit_clusters(pool[source], features, train[contract.LABEL], args.clusters, k,
+                            ignore), source, f" (k-means {args.clusters})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
   python launch.py --mode=study --config=configs/study_synthetic.py --workdir=W3
 
 Pre-trains first (configs/pretrain_synthetic.py into W3/pretrain) unless
-study.pretrain_workdir names an existing pre-training run.
+study.pretrain_workdir names an existing pre-training run. With several fine-tuning
+`recipes`, each run keeps the one with the best validation mIoU (ee_jax/study.py).
 """
 
 from configs import finetune_synthetic
@@ -21,6 +22,16 @@ def get_config(arg: str | None = None):
       pretrain_config="configs/pretrain_synthetic.py",
       pretrain_arg=arg or "",
       pretrain_workdir="",
+      # Fine-tuning recipes: name -> overrides {section: {key: value}} of this config.
+      recipes={
+          "full": {},                                     # every weight at optim's rate
+          "slow_backbone": {"finetune": {"backbone_lr_mult": 0.1}},
+          "frozen": {"finetune": {"freeze_backbone": True},  # a linear head: a faster rate
+                     "optim": {"learning_rate": 1e-2}},
+      },
+      # Recipes tried per run; with several, each run keeps the best on `select_split`.
+      candidates=("full",),
+      select_split="validation",
   )
   c.train.eval_every = 0  # no validation passes inside study runs: only the final test
   if arg == "smoke":

@@ -24,6 +24,9 @@ def summarise(runs: list[dict]) -> list[dict]:
       sel = [r for r in runs if r["fraction"] == fraction and r["init"] == init]
       row[init] = {"miou": _stats([r["miou"] for r in sel]),
                    "oa": _stats([r["oa"] for r in sel])}
+      chosen = [r["recipe"] for r in sel if r.get("recipe")]
+      if chosen:
+        row[init]["recipes"] = {name: chosen.count(name) for name in sorted(set(chosen))}
     if "pretrained" in row and "random" in row:
       a, b = row["pretrained"]["miou"]["mean"], row["random"]["miou"]["mean"]
       row["gain_miou_points"] = None if a is None or b is None else a - b
@@ -118,6 +121,15 @@ def write_report(workdir, summary, config, pretrain_dir) -> dict:
       "![mIoU against label fraction](label_fraction.png)",
       "",
   ]
+  if len(st.candidates) > 1:
+    text += [f"Fine-tuning recipe of each run, chosen on `{st.select_split}` mIoU among "
+             f"{', '.join(f'`{r}`' for r in st.candidates)} (runs per recipe):", ""]
+    for row in summary:
+      for init in ("pretrained", "random"):
+        if init in row and row[init].get("recipes"):
+          counts = ", ".join(f"{r} x{n}" for r, n in row[init]["recipes"].items())
+          text.append(f"- {_fraction_label(row['fraction'])}, {init}: {counts}")
+    text.append("")
   report_path = os.path.join(workdir, "report.md")
   with open(report_path, "w") as f:
     f.write("\n".join(text))

@@ -4,6 +4,13 @@ Each run is a fine-tuning plus evaluation in <workdir>/runs/<name>; a run whose 
 exists is not redone, and an interrupted run resumes from its checkpoints, so the whole
 study is resumable. The pre-training it compares against is either given
 (`study.pretrain_workdir`) or run first into <workdir>/pretrain from `study.pretrain_config`.
+
+Fine-tuning recipes (`study.recipes`, name -> config overrides; `study.candidates` names
+those tried): with more than one candidate, every run is fine-tuned with each, and the one
+with the best mIoU on `study.select_split` (never the test split) gives the run's test
+result. Each initialisation thus gets the recipe that suits it: a good pre-trained backbone
+is spent by training every weight at full rate on a few tiles, while a random one needs
+exactly that.
 """
 
 import importlib.util
@@ -14,6 +21,7 @@ import ml_collections
 
 from ee_jax import checkpoints, distributed, report
 from ee_jax.errors import ConfigError
+from ee_jax.train import evaluate as evaluate_lib
 from ee_jax.train.finetune import finetune
 from ee_jax.train.pretrain import pretrain
 
@@ -50,12 +58,25 @@ def run_name(fraction: float, init: str, seed: int) -> str:
   return f"frac{fraction:.6g}_{init}_seed{seed}"
 
 
+def apply_recipe(c, recipe: str, overrides) -> None:
+  """Sets `overrides` ({section: {key: value}}) on config `c`; unknown names are an error."""
+  for section, values in dict(overrides).items():
+    for key, value in dict(values).items():
+      if section not in c or not hasattr(c[section], "keys") or key not in c[section]:
+        raise ConfigError(f"config.study.recipes.{recipe}: no setting '{section}.{key}' "
+                          f"in the fine-tuning config")
+      c[section][key] = value
+
+
 def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str,
-               model: dict | None = None):
+               model: dict | None = None, recipe: str | None = None):
   """One run's config; `model` (the pre-trained architecture) is used by every init, so
-  random-init runs train exactly the network the pre-trained runs start from."""
+  random-init runs train exactly the network the pre-trained runs start from; `recipe`
+  names the `study.recipes` entry applied on top."""
   c = config.copy_and_resolve_references()
   c.unlock()
+  if recipe is not None:
+    apply_recipe(c, recipe, config.study.recipes[recipe])
   del c["study"]
   if model is not None:
     c.model = ml_collections.ConfigDict(model)
@@ -74,6 +95,17 @@ def run_study(config, workdir: str) -> dict:
     raise ConfigError(f"config.study.inits: unknown {unknown}; known: {list(INITS)}")
   if any(not 0 < f <= 1 for f in st.fractions):
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
+  recipes = list(st.candidates)
+  for recipe in recipes:  # every candidate must apply before any work starts
+    if recipe not in st.recipes:
+      raise ConfigError(f"config.study.candidates: no recipe '{recipe}' in "
+                        f"config.study.recipes (known: {sorted(st.recipes)})")
+    if not recipe.isidentifier():
+      raise ConfigError(f"config.study.recipes: name '{recipe}' is not an identifier")
+    apply_recipe(config.copy_and_resolve_references(), recipe, st.recipes[recipe])
+  if len(recipes) > 1 and st.select_split == config.finetune.test_split:
+    raise ConfigError(f"config.study.select_split: '{st.select_split}' is the test split; "
+                      f"choosing the recipe on it would tune the reported score on the test set")
   os.makedirs(workdir, exist_ok=True)
   pretrain_dir = st.pretrain_workdir or os.path.join(workdir, "pretrain")
   model = None
@@ -88,16 +120,18 @@ def run_study(config, workdir: str) -> dict:
     for init in st.inits:
       for seed in st.seeds:
         name = run_name(fraction, init, seed)
-        rundir = os.path.join(workdir, "runs", name)
-        eval_path = os.path.join(rundir, "eval.json")
-        if not os.path.exists(eval_path):
-          distributed.log(f"== {name}")
-          finetune(run_config(config, fraction, init, seed, pretrain_dir, model), rundir)
-        with open(eval_path) as f:
-          result = json.load(f)
+        if len(recipes) <= 1:
+          recipe = recipes[0] if recipes else None
+          rundir = os.path.join(workdir, "runs", name)
+          result = _finished(run_config(config, fraction, init, seed, pretrain_dir, model,
+                                        recipe), rundir, name)
+          extra = {"recipe": recipe} if recipe else {}
+        else:
+          rundir, result, extra = _best_recipe(config, workdir, name, recipes, (
+              fraction, init, seed, pretrain_dir, model))
         runs.append({"name": name, "fraction": fraction, "init": init, "seed": seed,
                      "miou": result["miou"], "oa": result["oa"],
-                     "per_class_iou": result["per_class_iou"], "workdir": rundir})
+                     "per_class_iou": result["per_class_iou"], "workdir": rundir, **extra})
         if distributed.is_primary():  # one writer (the others would race on study.json.tmp)
           report.write_study_json(workdir, runs, config, pretrain_dir, complete=False)
 
@@ -108,3 +142,37 @@ def run_study(config, workdir: str) -> dict:
     print(report.table(summary))
     print(f"Report: {paths['report']}\nPlot: {paths['plot']}\nResults: {paths['json']}")
   return summary
+
+
+def _finished(run_cfg, rundir: str, label: str) -> dict:
+  """The run's test result (eval.json), fine-tuning first unless it is already there."""
+  eval_path = os.path.join(rundir, "eval.json")
+  if not os.path.exists(eval_path):
+    distributed.log(f"== {label}")
+    finetune(run_cfg, rundir)
+  with open(eval_path) as f:
+    return json.load(f)
+
+
+def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple):
+  """Fine-tunes with every recipe; returns (rundir, test result, record) of the one with
+  the best mIoU on study.select_split (the first listed among equals)."""
+  split = config.study.select_split
+  scores, results = {}, {}
+  for recipe in recipes:
+    rundir = os.path.join(workdir, "runs", f"{name}_{recipe}")
+    run_cfg = run_config(config, *run_args, recipe=recipe)
+    results[recipe] = _finished(run_cfg, rundir, f"{name} ({recipe})")
+    select_path = os.path.join(rundir, f"eval_{split}.json")
+    if os.path.exists(select_path):
+      with open(select_path) as f:
+        selected = json.load(f)
+    else:
+      selected = evaluate_lib.evaluate(run_cfg, rundir, split=split,
+                                       filename=f"eval_{split}.json")
+    scores[recipe] = selected["miou"]
+  best = max(recipes, key=lambda r: -1.0 if scores[r] is None else scores[r])
+  record = {"recipe": best, "select_split": split,
+            "recipe_scores": {r: {f"{split}_miou": scores[r], "test_miou": results[r]["miou"]}
+                              for r in recipes}}
+  return os.path.join(workdir, "runs", f"{name}_{best}"), results[best], record

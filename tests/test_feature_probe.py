@@ -27,6 +27,20 @@ def test_probe_separates_linearly_separable_features_and_ignores_unlabelled():
           .reshape(labels.shape)[keep] == labels[keep]).mean() < 0.6
 
 
+def test_clusters_name_the_dominant_structure_from_few_labels():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, size=(6, 8, 8)).astype(np.uint8)
+  pool = np.eye(3)[labels] * 4 + 0.3 * rng.normal(size=labels.shape + (3,))
+  few = labels.copy()
+  few[1:] = 255                                              # one tile of labels
+  predict = feature_probe.fit_clusters(pool, pool, few, 6, 3, 255)
+  assert (predict(pool).reshape(labels.shape) == labels).mean() > 0.95
+  # Structure that is not the classes (a nuisance) names nothing: near chance.
+  nuisance = np.eye(3)[rng.integers(0, 3, size=labels.shape)] * 4
+  predict = feature_probe.fit_clusters(nuisance, nuisance, labels, 3, 3, 255)
+  assert (predict(nuisance).reshape(labels.shape) == labels).mean() < 0.5
+
+
 def test_raw_features_stack_dates_and_bands_with_nodata_at_the_mean():
   image = np.full((2, 3, 4, 4, 2), 110, np.uint16)
   valid = np.ones((2, 3, 4, 4), bool)

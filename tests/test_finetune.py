@@ -11,7 +11,7 @@ import pytest
 from configs import finetune_synthetic, study_synthetic
 from ee_jax import checkpoints, metrics, models, parallel
 from ee_jax.data import contract, datasets
-from ee_jax.errors import DataError
+from ee_jax.errors import ConfigError, DataError
 from ee_jax.study import run_study
 from ee_jax.train import metrics_log
 from ee_jax.train import evaluate as evaluate_lib
@@ -195,3 +195,55 @@ def test_smoke_study_writes_report_json_and_plot(data_dir, tmp_path):
   stamp = os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json")
   run_study(c, str(tmp_path))
   assert os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json") == stamp
+
+
+def _tiny_study_config(data_dir):
+  c = study_synthetic.get_config("smoke")
+  c.data.data_dir = str(data_dir)
+  c.data.config_name = "tiny_labelled"
+  c.data.builder.update(TINY)
+  c.data.per_device_batch = 4
+  c.train.steps = 2
+  return c
+
+
+def test_study_chooses_each_runs_recipe_on_validation(data_dir, pretrained, tmp_path):
+  c = _tiny_study_config(data_dir)
+  c.study.fractions = (0.25,)
+  c.study.pretrain_workdir = pretrained
+  c.study.candidates = ("full", "frozen")
+  run_study(c, str(tmp_path))
+  study = json.load(open(tmp_path / "study.json"))
+  assert len(study["runs"]) == 2
+  for run in study["runs"]:
+    val, test = {}, {}
+    for recipe in ("full", "frozen"):
+      rundir = tmp_path / "runs" / f"{run['name']}_{recipe}"
+      val[recipe] = json.load(open(rundir / "eval_validation.json"))["miou"]
+      test[recipe] = json.load(open(rundir / "eval.json"))["miou"]
+      assert json.load(open(rundir / "config.json"))["finetune"]["freeze_backbone"] == (
+          recipe == "frozen")
+    best = "frozen" if val["frozen"] > val["full"] else "full"
+    assert run["recipe"] == best and run["miou"] == test[best]
+    assert run["recipe_scores"]["frozen"] == {"validation_miou": val["frozen"],
+                                              "test_miou": test["frozen"]}
+  report_text = open(tmp_path / "report.md").read()
+  assert f"- 1/4, pretrained: {study['runs'][0]['recipe']} x1" in report_text
+
+
+def test_study_recipe_errors(data_dir, pretrained, tmp_path):
+  c = _tiny_study_config(data_dir)
+  c.study.pretrain_workdir = pretrained
+  c.study.candidates = ("full", "fast")
+  with pytest.raises(ConfigError, match="candidates: no recipe 'fast'"):
+    run_study(c, str(tmp_path))
+  c.study.recipes.slow_backbone.finetune = {"backbone_lr": 0.1}
+  c.study.candidates = ("full", "slow_backbone")
+  with pytest.raises(ConfigError,
+                     match=r"recipes.slow_backbone: no setting 'finetune.backbone_lr'"):
+    run_study(c, str(tmp_path))
+  c.study.recipes.slow_backbone.finetune = {"backbone_lr_mult": 0.1}
+  c.study.select_split = "test"
+  with pytest.raises(ConfigError, match="select_split: 'test' is the test split"):
+    run_study(c, str(tmp_path))
+  assert not os.listdir(tmp_path)  # refused before any work

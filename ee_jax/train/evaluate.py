@@ -45,9 +45,10 @@ def scores_for(p_eval, p_params, config, builder, split, class_names) -> dict:
   return metrics.segmentation_scores(cm, class_names)
 
 
-def evaluate(config, workdir: str, split: str | None = None) -> dict:
+def evaluate(config, workdir: str, split: str | None = None,
+             filename: str = "eval.json") -> dict:
   """Evaluates the latest checkpoint in `workdir` on `split` (default
-  config.finetune.test_split); writes and returns <workdir>/eval.json."""
+  config.finetune.test_split); writes and returns <workdir>/<filename>."""
   params, meta = checkpoints.load_params(workdir)
   if meta.get("kind") != "finetune":
     raise DataError(f"{workdir}: holds a '{meta.get('kind')}' checkpoint; evaluation needs a "
@@ -64,7 +65,9 @@ def evaluate(config, workdir: str, split: str | None = None) -> dict:
   result.update(split=split, checkpoint_step=checkpoints.resolve_checkpoint(workdir)[1],
                 num_examples=builder.info.splits[split].num_examples)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
+    tmp = os.path.join(workdir, filename + ".tmp")
+    with open(tmp, "w") as f:
       json.dump(result, f, indent=2)
-  distributed.barrier("ee_jax:eval.json")  # all processes may read it once we return
+    os.replace(tmp, os.path.join(workdir, filename))  # never a half-written result
+  distributed.barrier(f"ee_jax:{filename}")  # all processes may read it once we return
   return result
