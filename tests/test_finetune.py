@@ -174,13 +174,18 @@ def test_label_fraction_tiles_written_and_used(data_dir, tmp_path):
   assert sel["count"] == 8 and len(sel["indices"]) == 8  # 1/4 of 32 train tiles
 
 
-def test_smoke_study_writes_report_json_and_plot(data_dir, tmp_path):
+def _tiny_study_config(data_dir):
   c = study_synthetic.get_config("smoke")
   c.data.data_dir = str(data_dir)
   c.data.config_name = "tiny_labelled"
   c.data.builder.update(TINY)
   c.data.per_device_batch = 4
   c.train.steps = 2
+  return c
+
+
+def test_smoke_study_writes_report_json_and_plot(data_dir, tmp_path):
+  c = _tiny_study_config(data_dir)
   summary = run_study(c, str(tmp_path))
   assert [row["fraction"] for row in summary] == [1.0, 0.25]
   for name in ("report.md", "study.json", "label_fraction.png"):
@@ -195,16 +200,6 @@ def test_smoke_study_writes_report_json_and_plot(data_dir, tmp_path):
   stamp = os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json")
   run_study(c, str(tmp_path))
   assert os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json") == stamp
-
-
-def _tiny_study_config(data_dir):
-  c = study_synthetic.get_config("smoke")
-  c.data.data_dir = str(data_dir)
-  c.data.config_name = "tiny_labelled"
-  c.data.builder.update(TINY)
-  c.data.per_device_batch = 4
-  c.train.steps = 2
-  return c
 
 
 def test_study_chooses_each_runs_recipe_on_validation(data_dir, pretrained, tmp_path):
