@@ -7,7 +7,9 @@ benchmarks/input_pipeline.py). FLOPs per step come from the compiled step's own 
 analysis (per device, times the devices); with `--peak_tflops` (per device) the model FLOP
 utilisation MFU = achieved / (peak x devices). The count is XLA's (multiply-adds as 2
 FLOPs) of the whole step: forward, backward, all-reduce and optimizer update, no
-rematerialisation; so it is the hardware FLOP utilisation of this step too.
+rematerialisation; so it is the hardware FLOP utilisation of this step too. On GPU, XLA's
+count leaves out the convolutions (cuDNN calls), about 26x too few for the default model:
+take GFLOP/step from a CPU run of the same configuration there (docs/scaling.md).
 
   python benchmarks/train_step.py                        # the table
   python benchmarks/train_step.py --json                 # JSON on stdout instead
