@@ -3,8 +3,9 @@
   python launch.py --mode=study --config=configs/study_synthetic.py --workdir=W3
 
 Pre-trains first (configs/pretrain_synthetic.py into W3/pretrain) unless
-study.pretrain_workdir names an existing pre-training run. With several fine-tuning
-`recipes`, each run keeps the one with the best validation mIoU (ee_jax/study.py).
+study.pretrain_workdir names an existing pre-training run. With several `candidates` among
+the fine-tuning `recipes`, each run keeps the one with the best validation mIoU
+(ee_jax/study.py).
 """
 
 from configs import finetune_synthetic
