@@ -199,9 +199,12 @@ def main(argv=None):
   def where(source):
     return f" [{args.layer}]" if args.layer and not source.startswith("raw") else ""
 
+  sources = args.sources.split(",")
+  test_features = {source: features_of(source, test) for source in sources}  # once each
+
   def report(fraction, tiles, predict, source, method=""):
     label = test[contract.LABEL].reshape(-1)
-    pred = predict(features_of(source, test))
+    pred = predict(test_features[source])
     keep = label != ignore
     cm = np.zeros((k, k), np.int64)
     np.add.at(cm, (label[keep], pred[keep]), 1)
@@ -212,12 +215,12 @@ def main(argv=None):
   pool = {}
   if args.clusters:
     every = pipeline.read_examples(builder, train_split, np.arange(n_train), KEYS)
-    pool = {source: features_of(source, every) for source in args.sources.split(",")}
+    pool = {source: features_of(source, every) for source in sources}
   print(f"{'fraction':>9} {'tiles':>6}  {'mIoU':>6} {'OA':>6}  source")
   for fraction in [float(f) for f in args.fractions.split(",")]:
     indices = label_fractions.fraction_indices(n_train, fraction, args.seed)
     train = pipeline.read_examples(builder, train_split, indices, KEYS)
-    for source in args.sources.split(","):
+    for source in sources:
       features = features_of(source, train)
       report(fraction, len(indices), fit_probe(features, train[contract.LABEL], k, ignore,
                                                steps=args.steps), source)
