@@ -80,7 +80,7 @@ def _step_and_state(task, dtype, args, total_steps=1000):
   key = jax.random.PRNGKey(0)
   if task == "pretrain":
     c.augment.crop_size = args.tile
-    model = models.build_pretrain_model(c.model)
+    model = models.build_pretrain_model(c.model, c.loss)
     aug = augment.AugmentConfig.from_config(c.augment)
     tx, schedule = optim.make_optimizer(c.optim, total_steps)
     state = init_state(model, tx, key, aug, tile)

@@ -6,7 +6,7 @@ overrides further (`--config.train.steps=1000`). Unknown keys are rejected by ml
 
 import ml_collections
 
-from ee_jax import augment, losses, models
+from ee_jax import augment, models, objectives
 from ee_jax import inference  # only its options load here; the engine loads on first use
 from ee_jax.train import optim
 
@@ -32,7 +32,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.model = models.default_config()      # UNet backbone + heads
   c.augment = augment.default_config()   # the two views
-  c.loss = losses.default_config()       # dense InfoNCE
+  c.loss = objectives.default_config()   # weighted pre-training objectives
   c.optim = optim.default_config()       # AdamW, warmup + cosine, clipping
 
   c.train = ml_collections.ConfigDict()

@@ -20,6 +20,10 @@ Every view's arrays are in the VIEW frame (after its dihedral transform):
                                        (`valid_reduce='any'`, default) or on ALL ('all')
   dihedral   int32   [B]               k in 0..7 of the view's transform
   dates      int32   [B, T']           which of the tile's T dates the view uses (sorted)
+  clean      float32 [B, T', S, S, C]  the same crop and dates, normalised, before any hiding
+                                       or photometric change (reconstruction targets)
+  observed   bool    [B, T', S, S]     where `clean` was observed in the tile (not nodata,
+                                       not a real cloud): where a target exists
   crop_offset int32  [B, 2]            (row, col) of the view's crop in the tile
 plus, returned separately, the shared crop's offset int32 [B, 2] (the views' offsets when
 `crop_shift` is 0).
@@ -203,6 +207,7 @@ def _view(key, image, valid, cfg: AugmentConfig, dates=None, keep=None):
   dates = dates.astype(jnp.int32)
   if t_view < t:
     image, valid = image[dates], valid[dates]
+  clean, observed = image, valid  # before any hiding or photometric change: the truth
   if keep is not None:
     valid = valid & keep[:, None, None]
     image = jnp.where(keep[:, None, None, None], image, 0.0)
@@ -232,11 +237,11 @@ def _view(key, image, valid, cfg: AugmentConfig, dates=None, keep=None):
 
   k = jax.random.randint(k_dih, (), 0, 8) if cfg.dihedral else jnp.zeros((), jnp.int32)
   # Dihedral acts on the two spatial axes: move them first.
-  image = jnp.moveaxis(apply_dihedral(jnp.moveaxis(image, 0, 2), k), 2, 0)
-  valid = jnp.moveaxis(apply_dihedral(jnp.moveaxis(valid, 0, 2), k), 2, 0)
+  spatial = lambda a: jnp.moveaxis(apply_dihedral(jnp.moveaxis(a, 0, 2), k), 2, 0)  # noqa: E731
+  image, valid = spatial(image), spatial(valid)
   pixel_valid = valid.any(axis=0) if cfg.valid_reduce == "any" else valid.all(axis=0)
   return dict(image=image, date_valid=valid, valid=pixel_valid, dihedral=k.astype(jnp.int32),
-              dates=dates)
+              dates=dates, clean=spatial(clean), observed=spatial(observed))
 
 
 def _example(key, image, valid, mean, std, cfg: AugmentConfig):

@@ -77,6 +77,50 @@ def jitter_positions(key, idx, h: int, w: int, radius: int, not_self: bool = Fal
   return (row * w + col).astype(jnp.int32)
 
 
+def sample_pairs(key, valid1, valid2, *, num_anchors: int, positive_jitter: int = 0,
+                 positive_not_self: bool = False, anchor_idx=None):
+  """The matched pixel pairs every pair objective uses: (idx, idx2, amask).
+
+  idx int32 [B, N]: anchor pixels of view 1 (flat indices, valid in both views); idx2: the
+  positive's pixel in view 2 (= idx, or jittered within `positive_jitter`); amask bool
+  [B, N]: pairs that count. `anchor_idx` replaces random anchors (tests, eval).
+  """
+  b, h, w = valid1.shape
+  both = (valid1 & valid2).reshape(b, h * w)
+  if anchor_idx is None:
+    if key is None:
+      raise ValueError("dense_info_nce: pass `key` (random anchors) or `anchor_idx`")
+    idx, amask = sample_anchors(key, both, num_anchors)
+  else:
+    idx = jnp.asarray(anchor_idx, jnp.int32)
+    amask = jnp.take_along_axis(both, idx, axis=1)
+  idx2 = idx
+  if positive_jitter > 0:
+    if key is None:
+      raise ValueError("dense_info_nce: positive_jitter needs `key`")
+    jitter_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(_per_image_keys(key, b))
+    idx2 = jitter_positions(jitter_keys, idx, h, w, positive_jitter, positive_not_self)
+    amask = amask & jnp.take_along_axis(valid2.reshape(b, h * w), idx2, axis=1)
+    if positive_not_self:
+      amask = amask & (idx2 != idx)  # a border clip landed back on the anchor
+  return idx, idx2, amask
+
+
+def take_pixels(z, at):
+  """z [B, H, W, E] at flat pixel indices at [B, N] -> [B, N, E]."""
+  b, h, w, e = z.shape
+  return jnp.take_along_axis(z.reshape(b, h * w, e), at[..., None], axis=1)
+
+
+def collectives(axis_name: Optional[str]):
+  """(gather, psum, device index, device count) over `axis_name`; identities without one."""
+  if axis_name is None:
+    return (lambda x: x), (lambda x: x), 0, 1
+  return (lambda x: jax.lax.all_gather(x, axis_name, tiled=True),
+          lambda x: jax.lax.psum(x, axis_name),
+          jax.lax.axis_index(axis_name), jax.lax.psum(1, axis_name))
+
+
 def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
                    temperature: float = 0.1, exclude_radius: float = 0.0,
                    positive_jitter: int = 0, positive_not_self: bool = False,
@@ -95,38 +139,22 @@ def dense_info_nce(z1, z2, valid1, valid2, key=None, *, num_anchors: int = 64,
   metrics: loss, pos_cos, neg_cos, top1 (positive retrieval accuracy), anchors (valid
   anchors per image).
   """
-  b, h, w, e = z1.shape
-  both = (valid1 & valid2).reshape(b, h * w)
-  if anchor_idx is None:
-    if key is None:
-      raise ValueError("dense_info_nce: pass `key` (random anchors) or `anchor_idx`")
-    idx, amask = sample_anchors(key, both, num_anchors)
-  else:
-    idx = jnp.asarray(anchor_idx, jnp.int32)
-    amask = jnp.take_along_axis(both, idx, axis=1)
-  n = idx.shape[1]
-  idx2 = idx
-  if positive_jitter > 0:
-    if key is None:
-      raise ValueError("dense_info_nce: positive_jitter needs `key`")
-    jitter_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(_per_image_keys(key, b))
-    idx2 = jitter_positions(jitter_keys, idx, h, w, positive_jitter, positive_not_self)
-    amask = amask & jnp.take_along_axis(valid2.reshape(b, h * w), idx2, axis=1)
-    if positive_not_self:
-      amask = amask & (idx2 != idx)  # a border clip landed back on the anchor
+  idx, idx2, amask = sample_pairs(key, valid1, valid2, num_anchors=num_anchors,
+                                  positive_jitter=positive_jitter,
+                                  positive_not_self=positive_not_self, anchor_idx=anchor_idx)
+  a1 = take_pixels(z1, idx).astype(jnp.float32)
+  a2 = take_pixels(z2, idx2).astype(jnp.float32)
+  return info_nce_pairs(a1, a2, amask, idx, z1.shape[2], temperature=temperature,
+                        exclude_radius=exclude_radius, axis_name=axis_name)
 
-  def take(z, at):
-    return jnp.take_along_axis(z.reshape(b, h * w, e), at[..., None], axis=1)
-  a1, a2 = take(z1, idx).astype(jnp.float32), take(z2, idx2).astype(jnp.float32)  # [B, N, E]
 
-  if axis_name is None:
-    gather = lambda x: x                                                 # noqa: E731
-    psum = lambda x: x                                                   # noqa: E731
-    dev, ndev = 0, 1
-  else:
-    gather = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)     # noqa: E731
-    psum = lambda x: jax.lax.psum(x, axis_name)                          # noqa: E731
-    dev, ndev = jax.lax.axis_index(axis_name), jax.lax.psum(1, axis_name)
+def info_nce_pairs(a1, a2, amask, idx, width: int, *, temperature: float,
+                   exclude_radius: float = 0.0, axis_name: Optional[str] = None):
+  """InfoNCE over matched pairs a1, a2 [B, N, E] (mask amask [B, N]; anchors' flat pixel
+  indices idx [B, N] in images of `width` columns, for the exclusion radius)."""
+  b, n, e = a1.shape
+  w = width
+  gather, psum, dev, ndev = collectives(axis_name)
   k1, k2 = gather(a1).reshape(-1, e), gather(a2).reshape(-1, e)         # [K, E]
   kmask, kidx = gather(amask).reshape(-1), gather(idx).reshape(-1)      # [K]
   num_keys = k1.shape[0]

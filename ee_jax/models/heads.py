@@ -19,12 +19,14 @@ class ProjectionHead(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, f):
+  def __call__(self, f, normalize: bool = True):
     hidden = self.hidden or f.shape[-1]
     z = nn.Conv(hidden, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(f)
     z = nn.relu(z)
     z = nn.Conv(self.out, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(z)
     z = z.astype(jnp.float32)  # the loss divides by tau: normalise and compare in fp32
+    if not normalize:  # `PretrainModel` normalises itself and also uses the raw projection
+      return z
     return z / jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
 
 
@@ -39,3 +41,33 @@ class SegmentationHead(nn.Module):
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
                      param_dtype=self.param_dtype)(f)
     return logits.astype(jnp.float32)
+
+
+class ReconstructionHead(nn.Module):
+  """Per-pixel prediction of the normalised input, all dates x bands ([B, H, W, T * C]),
+  for the masked objective. `hidden` 0 = one linear 1x1 conv: the features must then hold
+  the input's signal linearly; > 0 adds a hidden layer (a freer, deeper decoder)."""
+  out: int
+  hidden: int = 0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, f):
+    if self.hidden:
+      f = nn.relu(nn.Conv(self.hidden, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(f))
+    y = nn.Conv(self.out, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(f)
+    return y.astype(jnp.float32)
+
+
+class Prototypes(nn.Module):
+  """Cosine scores [..., K] of L2-normalised embeddings against K learnable prototypes
+  (themselves L2-normalised), for the cross-instance prototype objective."""
+  num: int
+
+  @nn.compact
+  def __call__(self, z):
+    c = self.param("prototypes", nn.initializers.normal(1.0), (self.num, z.shape[-1]),
+                   jnp.float32)
+    c = c / jnp.sqrt(jnp.sum(c * c, axis=-1, keepdims=True) + 1e-12)
+    return jnp.einsum("...e,ke->...k", z.astype(jnp.float32), c)

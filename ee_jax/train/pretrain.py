@@ -74,7 +74,7 @@ def pretrain(config, workdir: str) -> dict:
   tile_shape = (data_meta["num_dates"], data_meta["tile_size"], data_meta["tile_size"],
                 len(data_meta["bands"]))
 
-  model = models.build_pretrain_model(config.model)
+  model = models.build_pretrain_model(config.model, config.loss)
   aug_cfg = augment.AugmentConfig.from_config(config.augment)
   total = int(config.train.steps)
   tx, schedule = optim.make_optimizer(config.optim, total)

@@ -1,0 +1,90 @@
+"""Masked spectral-temporal reconstruction (the `masked` objective).
+
+Each view's input loses, independently per view: whole dates (`date_ratio`), band groups
+per date (`band_ratio` over `band_groups` contiguous groups of the band axis: neighbouring
+S2 bands share a spectral region), and square patches over all dates and bands
+(`patch_ratio` of `patch_size` patches). Hidden values become 0 (the band mean after
+normalisation) and a fully hidden date of a pixel is marked unobserved for the backbone. A
+light head (`models.ReconstructionHead`, `hidden` 0 = linear) predicts the view's normalised
+input before any augmentation (`clean`) at every date and band; the loss is the mean
+squared error where the model did not see the value (hidden here, or hidden by the views'
+synthetic clouds and date dropping) and the tile observed it.
+
+Why: to fill in a hidden date, band group or patch, the features must carry the pixel's
+spectral-temporal signature, completed from the dates, bands and neighbours that are seen
+(SITS-BERT, Presto, SatMAE); unlike pixel-instance contrast there are no negatives, so
+pixels of other fields of the same class are never pushed apart.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ee_jax.errors import ConfigError
+from ee_jax.losses import collectives
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.date_ratio = 0.25     # per view and date: probability the whole date is hidden
+  c.band_ratio = 0.15     # per view, date and band group: probability it is hidden
+  c.band_groups = 4       # contiguous groups of the band axis (1 = no band masking)
+  c.patch_ratio = 0.25    # per view: share of patches hidden on every date and band
+  c.patch_size = 4        # patch side, pixels
+  c.hidden = 0            # reconstruction head: 0 = linear 1x1 conv, > 0 = hidden width
+  c.visible_weight = 0.0  # weight of the error where the value was seen (0 = hidden only)
+  return c
+
+
+def hide_mask(key, t: int, s: int, c: int, cfg):
+  """bool [T, S, S, C]: which values of one view are hidden. At least one date keeps
+  something visible (a date chosen at random is never hidden as a whole)."""
+  if cfg.patch_size < 1 or not 1 <= cfg.band_groups <= c:
+    raise ConfigError(f"config.loss.masked: patch_size >= 1 and 1 <= band_groups <= {c} "
+                      f"needed; got {cfg.patch_size}, {cfg.band_groups}")
+  k_date, k_keep, k_band, k_patch = jax.random.split(key, 4)
+  dates = jax.random.bernoulli(k_date, cfg.date_ratio, (t,))
+  dates = dates.at[jax.random.randint(k_keep, (), 0, t)].set(False)
+  group_of_band = (jnp.arange(c) * cfg.band_groups) // c                  # [C]
+  groups = jax.random.bernoulli(k_band, cfg.band_ratio, (t, cfg.band_groups))
+  bands = groups[:, group_of_band]                                         # [T, C]
+  p = cfg.patch_size
+  n = -(-s // p)
+  patches = jax.random.bernoulli(k_patch, cfg.patch_ratio, (n, n))
+  patches = jnp.repeat(jnp.repeat(patches, p, 0), p, 1)[:s, :s]            # [S, S]
+  return (dates[:, None, None, None] | bands[:, None, None, :]
+          | patches[None, :, :, None])
+
+
+def hide(keys, view, cfg):
+  """The view with its hidden values zeroed and fully hidden (date, pixel)s unobserved;
+  `keys` [B] (one per example). Returns (view, hidden bool [B, T, S, S, C])."""
+  b, t, s, _, c = view["image"].shape
+  hidden = jax.vmap(lambda k: hide_mask(k, t, s, c, cfg))(keys)
+  image = jnp.where(hidden, 0.0, view["image"])
+  date_valid = view["date_valid"] & ~jnp.all(hidden, axis=-1)
+  return dict(view, image=image, date_valid=date_valid), hidden
+
+
+def reconstruction_loss(recon, clean, observed, date_valid, hidden, cfg, axis_name=None):
+  """Mean squared error of recon [B, S, S, T * C] against clean [B, T, S, S, C] where the
+  model did not see the value (hidden, or its date unobserved in the view: date_valid
+  [B, T, S, S]) and the tile observed it (observed [B, T, S, S]); plus `visible_weight` x
+  the error where it saw it. Returns (loss: this device's share of the global mean, metrics)."""
+  b, t, s, _, c = clean.shape
+  pred = jnp.transpose(recon.reshape(b, s, s, t, c), (0, 3, 1, 2, 4))
+  err = jnp.square(pred - clean.astype(jnp.float32))
+  unseen = hidden | ~date_valid[..., None]
+  target = jnp.broadcast_to(observed[..., None], err.shape)
+  w_hidden = (unseen & target).astype(jnp.float32)
+  w_seen = (~unseen & target).astype(jnp.float32)
+  _, psum, _, ndev = collectives(axis_name)
+  n_hidden = jnp.maximum(psum(w_hidden.sum()), 1.0)
+  n_seen = jnp.maximum(psum(w_seen.sum()), 1.0)
+  sum_hidden, sum_seen = jnp.sum(err * w_hidden), jnp.sum(err * w_seen)
+  loss = (sum_hidden / n_hidden + cfg.visible_weight * sum_seen / n_seen) * ndev
+  sg = jax.lax.stop_gradient
+  metrics = dict(masked=psum(sg(sum_hidden)) / n_hidden,
+                 masked_seen=psum(sg(sum_seen)) / n_seen,
+                 masked_share=n_hidden / jnp.maximum(n_hidden + n_seen, 1.0))
+  return loss, metrics
