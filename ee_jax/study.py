@@ -22,7 +22,8 @@ import ml_collections
 from ee_jax import checkpoints, distributed, report
 from ee_jax.errors import ConfigError
 from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train.finetune import finetune
+from ee_jax.train import finetune_best, finetune_step
+from ee_jax.train.finetune import check_selection, finetune
 from ee_jax.train.pretrain import pretrain
 
 INITS = ("pretrained", "random")
@@ -102,7 +103,14 @@ def run_study(config, workdir: str) -> dict:
                         f"config.study.recipes (known: {sorted(st.recipes)})")
     if not recipe.isidentifier():
       raise ConfigError(f"config.study.recipes: name '{recipe}' is not an identifier")
-    apply_recipe(config.copy_and_resolve_references(), recipe, st.recipes[recipe])
+    candidate = config.copy_and_resolve_references()
+    apply_recipe(candidate, recipe, st.recipes[recipe])
+    try:
+      finetune_step.make_optimizer(candidate.optim, candidate.finetune,
+                                   int(candidate.train.steps))
+      check_selection(candidate)
+    except ConfigError as e:
+      raise ConfigError(f"config.study.recipes.{recipe}: {e}") from None
   if len(recipes) > 1 and st.select_split == config.finetune.test_split:
     raise ConfigError(f"config.study.select_split: '{st.select_split}' is the test split; "
                       f"choosing the recipe on it would tune the reported score on the test set")
@@ -169,7 +177,8 @@ def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple
         selected = json.load(f)
     else:
       selected = evaluate_lib.evaluate(run_cfg, rundir, split=split,
-                                       filename=f"eval_{split}.json")
+                                       filename=f"eval_{split}.json",
+                                       checkpoint=finetune_best.params_source(rundir))
     scores[recipe] = selected["miou"]
   best = max(recipes, key=lambda r: -1.0 if scores[r] is None else scores[r])
   record = {"recipe": best, "select_split": split,
