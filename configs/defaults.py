@@ -62,9 +62,13 @@ def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.finetune.class_balanced = False   # choose tiles so rare classes appear early
   c.finetune.freeze_backbone = False  # linear probe
   c.finetune.backbone_lr_mult = 1.0   # backbone learning rate = this x optim.learning_rate
+  c.finetune.linear_probe_steps = 0   # LP-FT: first K steps train the head alone; 0 = off
+  c.finetune.linear_probe_lr = 1e-2   # ... at this peak learning rate
   c.finetune.class_weights = ()       # per-class loss weights; () = uniform
   c.finetune.dihedral = True          # random flips/rotations of tiles and labels
   c.finetune.test_split = "test"      # split of the final evaluation (eval.json)
+  c.finetune.select_best = False      # keep the params of the best data.eval_split mIoU
+                                      # (every train.eval_every steps) for eval.json
   return c
 
 

@@ -29,6 +29,8 @@ def get_config(arg: str | None = None):
           "slow_backbone": {"finetune": {"backbone_lr_mult": 0.1}},
           "frozen": {"finetune": {"freeze_backbone": True},  # a linear head: a faster rate
                      "optim": {"learning_rate": 1e-2}},
+          # LP-FT: the head alone first (at finetune.linear_probe_lr), then every weight.
+          "lp_ft": {"finetune": {"linear_probe_steps": 100}},
       },
       # Recipes tried per run; with several, each run keeps the best on `select_split`.
       candidates=("full",),
@@ -37,6 +39,7 @@ def get_config(arg: str | None = None):
   c.train.eval_every = 0  # no validation passes inside study runs: only the final test
   if arg == "smoke":
     c.study.fractions = (1.0, 1 / 4)
+    c.study.recipes.lp_ft.finetune.linear_probe_steps = 2  # of 6 steps
     c.study.seeds = (0,)
   if arg == "demo":  # 2 fractions, 1 seed, shorter runs: part of `make demo`
     c.study.fractions = (1.0, 1 / 16)

@@ -3,7 +3,9 @@
 Each run is a fine-tuning plus evaluation in <workdir>/runs/<name>; a run whose eval.json
 exists is not redone, and an interrupted run resumes from its checkpoints, so the whole
 study is resumable. The pre-training it compares against is either given
-(`study.pretrain_workdir`) or run first into <workdir>/pretrain from `study.pretrain_config`.
+(`study.pretrain_workdir`) or run first into <workdir>/pretrain from `study.pretrain_config`,
+on the study's dataset or on `study.pretrain_data` (other imagery). The pretrained arm
+normalises with the pre-training's statistics, the random arm with the dataset's.
 
 Fine-tuning recipes (`study.recipes`, name -> config overrides; `study.candidates` names
 those tried): with more than one candidate, every run is fine-tuned with each, and the one
@@ -20,9 +22,11 @@ import os
 import ml_collections
 
 from ee_jax import checkpoints, distributed, report
+from ee_jax.data import datasets
 from ee_jax.errors import ConfigError
 from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train.finetune import finetune
+from ee_jax.train import finetune_best, finetune_step
+from ee_jax.train.finetune import check_selection, finetune
 from ee_jax.train.pretrain import pretrain
 
 INITS = ("pretrained", "random")
@@ -43,13 +47,15 @@ def load_config_file(path: str, arg: str | None = None,
 
 
 def pretrain_config_for(config) -> ml_collections.ConfigDict:
-  """The pre-training config, on the same dataset (name, parameters, data_dir) and with the
-  same compute dtype (`model.dtype`) as the study."""
+  """The pre-training config with the study's compute dtype (`model.dtype`), on the study's
+  own dataset, or on `study.pretrain_data` (name, config_name, data_dir, builder) where
+  the study names one (e.g. an s2_tiles build of other, unlabelled imagery)."""
   st = config.study
   p = load_config_file(st.pretrain_config, st.pretrain_arg)
+  data = st.get("pretrain_data") or config.data
   for key in ("name", "config_name", "data_dir"):
-    p.data[key] = config.data[key]
-  p.data.builder = config.data.builder.copy_and_resolve_references()
+    p.data[key] = data[key]
+  p.data.builder = ml_collections.ConfigDict(data.builder.to_dict())
   p.model.dtype = config.model.dtype  # one compute-dtype switch for the whole study
   return p
 
@@ -85,6 +91,10 @@ def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str,
   c.finetune.label_fraction = fraction
   c.finetune.fraction_seed = seed
   c.init.checkpoint = pretrain_dir if init == "pretrained" else ""
+  # Each arm normalises as its weights expect: the pretrained one with the statistics saved
+  # in its checkpoint (pre-training on other imagery is the normal case), the random one
+  # with the dataset's own. Band lists must still match (checked in run_study).
+  c.init.allow_stats_mismatch = init == "pretrained"
   return c
 
 
@@ -102,7 +112,14 @@ def run_study(config, workdir: str) -> dict:
                         f"config.study.recipes (known: {sorted(st.recipes)})")
     if not recipe.isidentifier():
       raise ConfigError(f"config.study.recipes: name '{recipe}' is not an identifier")
-    apply_recipe(config.copy_and_resolve_references(), recipe, st.recipes[recipe])
+    candidate = config.copy_and_resolve_references()
+    apply_recipe(candidate, recipe, st.recipes[recipe])
+    try:
+      finetune_step.make_optimizer(candidate.optim, candidate.finetune,
+                                   int(candidate.train.steps))
+      check_selection(candidate)
+    except ConfigError as e:
+      raise ConfigError(f"config.study.recipes.{recipe}: {e}") from None
   if len(recipes) > 1 and st.select_split == config.finetune.test_split:
     raise ConfigError(f"config.study.select_split: '{st.select_split}' is the test split; "
                       f"choosing the recipe on it would tune the reported score on the test set")
@@ -113,7 +130,10 @@ def run_study(config, workdir: str) -> dict:
     if not st.pretrain_workdir:
       distributed.log(f"== pre-training: {pretrain_dir}")
       pretrain(pretrain_config_for(config), pretrain_dir)
-    model = checkpoints.load_params(pretrain_dir)[1]["model"]
+    meta = checkpoints.load_params(pretrain_dir)[1]
+    builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
+    checkpoints.check_bands(meta, builder.info.metadata, pretrain_dir, str(builder.data_dir))
+    model = meta["model"]
 
   runs = []
   for fraction in st.fractions:
@@ -169,7 +189,8 @@ def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple
         selected = json.load(f)
     else:
       selected = evaluate_lib.evaluate(run_cfg, rundir, split=split,
-                                       filename=f"eval_{split}.json")
+                                       filename=f"eval_{split}.json",
+                                       checkpoint=finetune_best.params_source(rundir))
     scores[recipe] = selected["miou"]
   best = max(recipes, key=lambda r: -1.0 if scores[r] is None else scores[r])
   record = {"recipe": best, "select_split": split,

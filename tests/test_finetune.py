@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -13,7 +14,7 @@ from ee_jax import checkpoints, metrics, models, parallel
 from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.study import run_study
-from ee_jax.train import metrics_log
+from ee_jax.train import finetune_step, metrics_log
 from ee_jax.train import evaluate as evaluate_lib
 from ee_jax.train.finetune import finetune
 from ee_jax.train.pretrain import pretrain
@@ -174,6 +175,91 @@ def test_label_fraction_tiles_written_and_used(data_dir, tmp_path):
   assert sel["count"] == 8 and len(sel["indices"]) == 8  # 1/4 of 32 train tiles
 
 
+def _params_at(workdir, step):
+  return checkpoints.load_params(os.path.join(str(workdir), "checkpoints", str(step)))[0]
+
+
+def _same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                  jax.tree_util.tree_leaves(b)))
+
+
+def test_lp_ft_trains_the_head_alone_then_every_weight(data_dir, pretrained, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=4, linear_probe_steps=2, linear_probe_lr=1e-2)
+  c.init.checkpoint = pretrained
+  c.train.checkpoint_every, c.train.keep_checkpoints, c.train.log_every = 1, 10, 1
+  finetune(c, str(tmp_path))
+  src, _ = checkpoints.load_params(pretrained)
+  at = {s: _params_at(tmp_path, s) for s in (1, 2, 3, 4)}
+  for s in (1, 2, 3):  # probe steps, then the tuning's first step at lr 0 (warmup)
+    assert _same(at[s]["backbone"], src["backbone"]), s
+  assert not _same(at[4]["backbone"], src["backbone"])
+  assert not _same(at[1]["head"], at[2]["head"])
+  # lr: the probe's warmup (2 steps, capped at 1 of its 2) to 1e-2, then the normal
+  # schedule afresh over the remaining 2 steps: 0 then optim.learning_rate.
+  lrs = [r["lr"] for r in metrics_log.read_metrics(str(tmp_path)) if "lr" in r]
+  np.testing.assert_allclose(lrs, [0.0, 1e-2, 0.0, c.optim.learning_rate], rtol=1e-6)
+
+
+def test_lp_ft_resumed_mid_way_equals_an_uninterrupted_run(data_dir, pretrained, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=6, linear_probe_steps=3)
+  c.init.checkpoint = pretrained
+  c.train.checkpoint_every, c.train.keep_checkpoints = 1, 10
+  finetune(c, str(tmp_path / "straight"))
+  shutil.copytree(tmp_path / "straight", tmp_path / "cut")
+  # As if killed after the save of step 2 (inside the probe): later steps never happened.
+  for s in range(3, 7):
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / str(s))
+  os.remove(tmp_path / "cut" / "eval.json")
+  finetune(c, str(tmp_path / "cut"))
+  a, b = _params_at(tmp_path / "straight", 6), _params_at(tmp_path / "cut", 6)
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+                         a, b)
+  assert not _same(a["backbone"], checkpoints.load_params(pretrained)[0]["backbone"])
+
+
+def test_lp_ft_config_errors():
+  c = finetune_synthetic.get_config("smoke")
+  c.finetune.linear_probe_steps = 6
+  with pytest.raises(ConfigError, match=r"linear_probe_steps \(6\) must be below"):
+    finetune_step.make_optimizer(c.optim, c.finetune, 6)
+  c.finetune.linear_probe_steps, c.finetune.freeze_backbone = 2, True
+  with pytest.raises(ConfigError, match="cannot be combined with config.finetune.freeze"):
+    finetune_step.make_optimizer(c.optim, c.finetune, 6)
+
+
+def test_select_best_evaluates_the_best_validation_params(data_dir, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=6, select_best=True)
+  c.optim.learning_rate = 3e-2  # a jumpy validation curve
+  c.train.eval_every, c.train.checkpoint_every, c.train.keep_checkpoints = 1, 1, 10
+  finetune(c, str(tmp_path))
+  logged = [(r["step"], r["eval_miou"]) for r in metrics_log.read_metrics(str(tmp_path))
+            if "eval_miou" in r]
+  assert [s for s, _ in logged] == [1, 2, 3, 4, 5, 6]
+  step, miou = max(logged, key=lambda x: x[1])  # the first of equals, as max() returns
+  assert step < 6  # this curve peaks before its end: the last params would not do
+  best = json.load(open(tmp_path / "best" / "best.json"))
+  assert best == {"step": step, "miou": miou, "split": "validation"}
+  assert _same(checkpoints.load_params(str(tmp_path / "best"))[0], _params_at(tmp_path, step))
+  result = json.load(open(tmp_path / "eval.json"))
+  assert result["checkpoint_step"] == step
+  assert result["selected_on"] == {"split": "validation", "step": step, "miou": miou}
+  at_step = evaluate_lib.evaluate(c, str(tmp_path), filename="eval_check.json",
+                                  checkpoint=str(tmp_path / "checkpoints" / str(step)))
+  assert result["confusion_matrix"] == at_step["confusion_matrix"]
+
+
+def test_select_best_config_errors(data_dir, tmp_path):
+  c = tiny_finetune_config(data_dir, steps=2, select_best=True)
+  with pytest.raises(ConfigError, match="select_best needs validation passes"):
+    finetune(c, str(tmp_path))
+  c.train.eval_every = 1
+  c.data.eval_split = "test"
+  with pytest.raises(ConfigError, match="select_best: config.data.eval_split 'test' is the"):
+    finetune(c, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def _tiny_study_config(data_dir):
   c = study_synthetic.get_config("smoke")
   c.data.data_dir = str(data_dir)
@@ -238,6 +324,12 @@ def test_study_recipe_errors(data_dir, pretrained, tmp_path):
                      match=r"recipes.slow_backbone: no setting 'finetune.backbone_lr'"):
     run_study(c, str(tmp_path))
   c.study.recipes.slow_backbone.finetune = {"backbone_lr_mult": 0.1}
+  c.study.candidates = ("full", "lp_ft")
+  c.study.recipes.lp_ft.finetune.linear_probe_steps = 2  # of train.steps = 2
+  with pytest.raises(ConfigError, match=r"recipes.lp_ft: config.finetune.linear_probe_steps "
+                                        r"\(2\) must be below config.train.steps \(2\)"):
+    run_study(c, str(tmp_path))
+  c.study.recipes.lp_ft.finetune.linear_probe_steps = 1
   c.study.select_split = "test"
   with pytest.raises(ConfigError, match="select_split: 'test' is the test split"):
     run_study(c, str(tmp_path))

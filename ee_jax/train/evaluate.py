@@ -46,24 +46,31 @@ def scores_for(p_eval, p_params, config, builder, split, class_names) -> dict:
 
 
 def evaluate(config, workdir: str, split: str | None = None,
-             filename: str = "eval.json") -> dict:
-  """Evaluates the latest checkpoint in `workdir` on `split` (default
-  config.finetune.test_split); writes and returns <workdir>/<filename>."""
-  params, meta = checkpoints.load_params(workdir)
+             filename: str = "eval.json", checkpoint: str | None = None) -> dict:
+  """Evaluates the latest checkpoint in `workdir` (or in `checkpoint`, e.g. the run's
+  best-on-validation params) on `split` (default config.finetune.test_split); writes and
+  returns <workdir>/<filename>."""
+  checkpoint = checkpoint or workdir
+  params, meta = checkpoints.load_params(checkpoint)
   if meta.get("kind") != "finetune":
-    raise DataError(f"{workdir}: holds a '{meta.get('kind')}' checkpoint; evaluation needs a "
+    raise DataError(f"{checkpoint}: holds a '{meta.get('kind')}' checkpoint; evaluation needs a "
                     f"fine-tuned segmentation model (--mode=finetune)")
   builder = distributed.primary_first(
       lambda: datasets.prepare(config.data, log=lambda *a: None), "prepare")
-  checkpoints.check_bands(meta, builder.info.metadata, workdir, os.fspath(builder.data_dir))
+  checkpoints.check_bands(meta, builder.info.metadata, checkpoint, os.fspath(builder.data_dir))
   split = split or config.finetune.test_split
   class_names = list(meta["class_names"])
   model = models.build_segmentation_model(ml_collections.ConfigDict(meta["model"]),
                                          len(class_names))
   p_eval = make_evaluator(model, meta, len(class_names), meta["ignore_index"])
   result = scores_for(p_eval, parallel.replicate(params), config, builder, split, class_names)
-  result.update(split=split, checkpoint_step=checkpoints.resolve_checkpoint(workdir)[1],
+  result.update(split=split, checkpoint_step=checkpoints.resolve_checkpoint(checkpoint)[1],
                 num_examples=builder.info.splits[split].num_examples)
+  if checkpoint != workdir:
+    result["checkpoint"] = checkpoint
+  if "best_step" in meta:  # params chosen on validation (ee_jax/train/finetune_best.py)
+    result["selected_on"] = {"split": meta["best_split"], "step": meta["best_step"],
+                             "miou": meta["best_miou"]}
   if jax.process_index() == 0:
     tmp = os.path.join(workdir, filename + ".tmp")
     with open(tmp, "w") as f:

@@ -5,6 +5,8 @@ is new (the projection head is dropped). The backbone's architecture and the inp
 normalisation come from the checkpoint, so the backbone sees what it was trained on; a band
 list or normalisation mismatch with the dataset is an error unless explicitly allowed.
 A workdir that already holds fine-tuning checkpoints resumes from the latest one.
+Options: LP-FT (`finetune.linear_probe_steps`, finetune_step.make_optimizer) and reporting
+the best-on-validation params instead of the last (`finetune.select_best`, finetune_best).
 """
 
 import json
@@ -18,7 +20,7 @@ from ee_jax import checkpoints, distributed, models, parallel
 from ee_jax.data import contract, datasets, label_fractions
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train import finetune_step, loop
+from ee_jax.train import finetune_best, finetune_step, loop
 from ee_jax.train.pretrain import dataset_metadata, write_config
 from ee_jax.train.state import TrainState
 
@@ -70,8 +72,23 @@ def select_tiles(config, builder, workdir: str, num_classes: int, ignore_index: 
   return indices
 
 
+def check_selection(config) -> None:
+  """select_best needs validation passes, on a split other than the test split."""
+  if not config.finetune.select_best:
+    return
+  if not config.train.eval_every:
+    raise ConfigError("config.finetune.select_best needs validation passes: set "
+                      "config.train.eval_every > 0")
+  if config.data.eval_split == config.finetune.test_split:
+    raise ConfigError(f"config.finetune.select_best: config.data.eval_split "
+                      f"'{config.data.eval_split}' is the test split; choosing params on it "
+                      f"would tune the reported score on the test set")
+
+
 def finetune(config, workdir: str) -> dict:
-  """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json)."""
+  """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json):
+  the last params, or with `finetune.select_best` those of the best validation mIoU."""
+  check_selection(config)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
@@ -118,9 +135,11 @@ def finetune(config, workdir: str) -> dict:
     state, _ = ckpt.restore(state)
     start = int(state.step)
     distributed.log(f"Resuming from {ckpt.directory} at step {start}")
+  lp_steps = config.finetune.linear_probe_steps
   distributed.log(f"Fine-tuning: {models.count_params(state.params):,} parameters, "
                   f"{k} classes, init {'from ' + source if source != 'random' else 'random'}"
-                  f"{', backbone frozen' if config.finetune.freeze_backbone else ''}, "
+                  f"{', backbone frozen' if config.finetune.freeze_backbone else ''}"
+                  f"{f', head alone for {lp_steps} steps (LP-FT)' if lp_steps else ''}, "
                   f"label fraction {config.finetune.label_fraction:g}")
 
   indices = select_tiles(config, builder, workdir, k, ignore_index)
@@ -139,16 +158,31 @@ def finetune(config, workdir: str) -> dict:
       donate_argnums=(0,))
   p_eval = evaluate_lib.make_evaluator(model, ckpt_meta, k, ignore_index)
 
+  best = (finetune_best.BestKeeper(workdir, ckpt_meta, config.data.eval_split)
+          if config.finetune.select_best else None)
+
   def validation(p_state):
     scores = evaluate_lib.scores_for(p_eval, p_state.params, config, builder,
                                      config.data.eval_split, class_names)
+    if best is not None:
+      host = jax.device_get(parallel.unreplicate(p_state))
+      best.offer(int(host.step), scores["miou"], host.params)
     return {"miou": scores["miou"], "oa": scores["oa"]}
 
   last, _ = loop.run(config, workdir, builder, state, start=start, p_step=p_step,
                      step_keys=STEP_KEYS, evaluate=validation, ckpt=ckpt, ckpt_meta=ckpt_meta,
                      indices=indices, pixels_per_tile=s * s)
   ckpt.close()
-  result = evaluate_lib.evaluate(config, workdir)
+  source_dir = workdir
+  if best is not None:
+    best.close()
+    if best.step is None:
+      raise DataError(f"{workdir}: config.finetune.select_best found no validation mIoU "
+                      f"(split '{config.data.eval_split}' has no labelled pixels?)")
+    distributed.log(f"Best {config.data.eval_split} mIoU {_fmt(best.miou)} at step "
+                    f"{best.step}: its params are evaluated")
+    source_dir = finetune_best.best_dir(workdir)
+  result = evaluate_lib.evaluate(config, workdir, checkpoint=source_dir)
   distributed.log(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, "
                   f"OA {_fmt(result['oa'])} -> {os.path.join(workdir, 'eval.json')}")
   return {**last, "test_miou": result["miou"], "test_oa": result["oa"]}

@@ -6,11 +6,14 @@ count of the whole global batch (psum), so per-device gradients summed over devi
 the gradient of the global-batch loss exactly, whatever the split across devices.
 """
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from ee_jax import augment, metrics
+from ee_jax.errors import ConfigError
 from ee_jax.parallel import AXIS
 from ee_jax.train import optim
 from ee_jax.train.state import TrainState
@@ -99,15 +102,76 @@ def make_eval_step(model, mean, std, num_classes: int, ignore_index: int,
 
 
 def make_optimizer(optim_cfg, finetune_cfg, total_steps: int):
-  """Head trained normally; backbone frozen or at `backbone_lr_mult` x the learning rate."""
+  """(transformation, lr schedule) for fine-tuning.
+
+  Head trained normally; backbone frozen or at `backbone_lr_mult` x the learning rate. With
+  `linear_probe_steps` K > 0 (LP-FT, Kumar et al. 2022): the first K steps train the head
+  alone at `linear_probe_lr` (optim's warmup + cosine shape over K steps), so a fresh head
+  does not send large gradients into a good backbone; the remaining steps then train as
+  above with the normal schedule over `total_steps - K` steps and fresh optimizer moments.
+  """
+  k = int(finetune_cfg.linear_probe_steps)
+  if k < 0:
+    raise ConfigError(f"config.finetune.linear_probe_steps must be >= 0; got {k}")
+  if k == 0:
+    return _tuning_optimizer(optim_cfg, finetune_cfg, total_steps)
+  if finetune_cfg.freeze_backbone:
+    raise ConfigError("config.finetune.linear_probe_steps > 0 trains the backbone after the "
+                      "linear probe; it cannot be combined with config.finetune.freeze_backbone")
+  if k >= total_steps:
+    raise ConfigError(f"config.finetune.linear_probe_steps ({k}) must be below "
+                      f"config.train.steps ({total_steps}), or nothing is fine-tuned after it")
+  probe_cfg = optim_cfg.copy_and_resolve_references()
+  probe_cfg.learning_rate = float(finetune_cfg.linear_probe_lr)
+  probe_head, probe_schedule = optim.make_optimizer(probe_cfg, k)
+  probe = _by_part(optax.set_to_zero(), probe_head)
+  tune, tune_schedule = _tuning_optimizer(optim_cfg, finetune_cfg, total_steps - k)
+  return switch_at(k, probe, tune), optax.join_schedules([probe_schedule, tune_schedule], [k])
+
+
+def _by_part(backbone_tx, head_tx):
+  """`backbone_tx` on params['backbone'], `head_tx` on everything else."""
+  labels = lambda params: {k: ("backbone" if k == "backbone" else "head") for k in params}  # noqa: E731
+  return optax.multi_transform({"backbone": backbone_tx, "head": head_tx}, labels)
+
+
+def _tuning_optimizer(optim_cfg, finetune_cfg, total_steps: int):
   head_tx, schedule = optim.make_optimizer(optim_cfg, total_steps)
   if finetune_cfg.freeze_backbone:
-    backbone_tx = optax.set_to_zero()
-  elif finetune_cfg.backbone_lr_mult == 1.0:
+    return _by_part(optax.set_to_zero(), head_tx), schedule
+  if finetune_cfg.backbone_lr_mult == 1.0:
     return head_tx, schedule
-  else:
-    scaled = optim_cfg.copy_and_resolve_references()
-    scaled.learning_rate = optim_cfg.learning_rate * finetune_cfg.backbone_lr_mult
-    backbone_tx, _ = optim.make_optimizer(scaled, total_steps)
-  labels = lambda params: {k: ("backbone" if k == "backbone" else "head") for k in params}  # noqa: E731
-  return optax.multi_transform({"backbone": backbone_tx, "head": head_tx}, labels), schedule
+  scaled = optim_cfg.copy_and_resolve_references()
+  scaled.learning_rate = optim_cfg.learning_rate * finetune_cfg.backbone_lr_mult
+  backbone_tx, _ = optim.make_optimizer(scaled, total_steps)
+  return _by_part(backbone_tx, head_tx), schedule
+
+
+class SwitchState(NamedTuple):
+  count: jnp.ndarray  # updates done so far (int32)
+  first: Any
+  second: Any
+
+
+def switch_at(k: int, first: optax.GradientTransformation,
+              second: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`first` for the first k updates, `second` afterwards; both states live in the
+  optimizer state (so a checkpoint holds them and a resumed run switches at the same step),
+  and `second` starts from its initial state, at its own count 0, at update k."""
+
+  def init(params):
+    return SwitchState(jnp.zeros((), jnp.int32), first.init(params), second.init(params))
+
+  def update(updates, state, params=None):
+    def use_first(_):
+      out, s = first.update(updates, state.first, params)
+      return out, s, state.second
+
+    def use_second(_):
+      out, s = second.update(updates, state.second, params)
+      return out, state.first, s
+
+    out, s1, s2 = jax.lax.cond(state.count < k, use_first, use_second, None)
+    return out, SwitchState(state.count + 1, s1, s2)
+
+  return optax.GradientTransformation(init, update)
