@@ -140,3 +140,77 @@ def test_pastis_incomplete_download_names_the_missing_file(pastis_root, tmp_path
     datasets.prepare(data_cfg(tmp_path, "pastis", config_name="none"))
   with pytest.raises(ConfigError, match="fold"):
     datasets.prepare(data_cfg(tmp_path, "pastis", manual_dir=str(root), fold=6))
+
+
+# --- Ghana / South Sudan (SustainBench layout) -----------------------------------------------
+# id -> (partition, dates as stored)
+CROP_SAMPLES = {7: (0, ["2017-03-01", "2017-01-15", "2017-02-02"]),
+                12: (0, ["2017-01-10", "2017-04-20"]),
+                31: (1, ["2017-05-05", "2017-06-06"]),
+                44: (2, ["2017-02-14", "2017-03-14", "2017-04-14"])}
+
+
+def crop_value(sid, band, y, x, t):
+  return sid * 100 + band * 7 + t * 1000 + (y + x) % 5
+
+
+def write_crops(root, country):
+  d = root / country
+  for sub in ("npy", "truth", "s2"):
+    os.makedirs(d / sub, exist_ok=True)
+  with open(d / "list_eval_partition.csv", "w") as f:
+    f.write("id,partition\n" + "".join(f"{sid},{p}\n" for sid, (p, _) in CROP_SAMPLES.items()))
+  for sid, (_, dates) in CROP_SAMPLES.items():
+    b, y, x, t = np.meshgrid(np.arange(10), np.arange(64), np.arange(64),
+                             np.arange(len(dates)), indexing="ij")
+    s2 = crop_value(sid, b, y, x, t).astype(np.int16)
+    s2[:, 0, 0, 0] = -1  # one unobserved pixel on the first stored date
+    np.savez(d / "npy" / f"{country}_{sid:06d}.npz", s2=s2, s1=np.zeros((2, 64, 64, 1)),
+             planet=np.zeros((4, 64, 64, 1)))
+    truth = (np.arange(64 * 64).reshape(64, 64) + sid) % 7  # 0..6: 0 and 5, 6 ignored
+    np.savez(d / "truth" / f"{country}_{sid:06d}.npz", truth=truth)
+    with open(d / "s2" / f"s2_{country}_{sid:06d}.json", "w") as f:
+      json.dump({"dates": dates}, f)
+  return root
+
+
+@pytest.mark.parametrize("country", ["ghana", "southsudan"])
+def test_sustainbench_partitions_dates_and_labels(tmp_path, country):
+  root = write_crops(tmp_path / "src", country)
+  builder = datasets.prepare(data_cfg(tmp_path, "sustainbench_crops", config_name=country,
+                                      manual_dir=str(root), country=country))
+  split_ids = {s: sorted(contract.as_text(e[contract.SCENE_ID]) for e in examples(builder, s))
+               for s in ("train", "validation", "test")}
+  assert split_ids == {"train": [f"{country}_000007", f"{country}_000012"],
+                       "validation": [f"{country}_000031"], "test": [f"{country}_000044"]}
+  e = {contract.as_text(x[contract.SCENE_ID]): x for x in examples(builder, "train")}[
+      f"{country}_000007"]
+  assert e[contract.IMAGE].shape == (3, 64, 64, 10) and e[contract.IMAGE].dtype == np.uint16
+  np.testing.assert_array_equal(e[contract.DATES], [20170115, 20170202, 20170301])
+  for t_sorted, t_stored in enumerate([1, 2, 0]):
+    assert e[contract.IMAGE][t_sorted, 5, 9, 4] == crop_value(7, 4, 5, 9, t_stored)
+  assert not e[contract.VALID][2, 0, 0] and e[contract.IMAGE][2, 0, 0, 0] == 0  # stored t=0
+  assert e[contract.VALID][:2, 0, 0].all() and e[contract.VALID][2, 0, 1]
+  short = {contract.as_text(x[contract.SCENE_ID]): x for x in examples(builder, "train")}[
+      f"{country}_000012"]
+  np.testing.assert_array_equal(short[contract.DATES], [20170110, 20170420, 0])
+  assert not short[contract.VALID][2].any()
+  truth = (np.arange(64 * 64).reshape(64, 64) + 7) % 7
+  np.testing.assert_array_equal(e[contract.LABEL], np.where((truth >= 1) & (truth <= 4),
+                                                            truth - 1, 255))
+  meta = builder.info.metadata
+  assert meta[contract.META_CLASS_NAMES] == (["groundnut", "maize", "rice", "soya_bean"]
+                                             if country == "ghana" else
+                                             ["sorghum", "maize", "rice", "groundnut"])
+  assert meta["class_pixel_counts"]["validation"] == [
+      int(((np.arange(4096) + 31) % 7 == k).sum()) for k in (1, 2, 3, 4)]
+
+
+def test_sustainbench_missing_file_and_bad_country(tmp_path):
+  root = write_crops(tmp_path / "src", "ghana")
+  os.remove(root / "ghana" / "s2" / "s2_ghana_000031.json")
+  with pytest.raises(DataError, match=r"missing file .*s2_ghana_000031\.json"):
+    datasets.prepare(data_cfg(tmp_path, "sustainbench_crops", manual_dir=str(root)))
+  with pytest.raises(ConfigError, match="country"):
+    datasets.prepare(data_cfg(tmp_path, "sustainbench_crops", manual_dir=str(root),
+                              country="kenya"))
