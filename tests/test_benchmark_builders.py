@@ -214,3 +214,98 @@ def test_sustainbench_missing_file_and_bad_country(tmp_path):
   with pytest.raises(ConfigError, match="country"):
     datasets.prepare(data_cfg(tmp_path, "sustainbench_crops", manual_dir=str(root),
                               country="kenya"))
+
+
+# --- T31TFM (DeepSatData pickles) -------------------------------------------------------------
+T31_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+             "B11", "B12"]
+T31_FACTOR = {"B01": 6, "B09": 6, "B10": 6, "B05": 2, "B06": 2, "B07": 2, "B8A": 2, "B11": 2,
+              "B12": 2}  # native pixel size / 10 m
+
+
+def t31_sample(seed, doy, year=2017):
+  size = 12
+  rng = np.random.default_rng(seed)
+  sample = {"doy": np.array(doy), "year": year, "ids": np.zeros((size, size), np.int64),
+            "labels": rng.integers(0, 5, (size, size)).astype(np.int64)}
+  for b in T31_BANDS:
+    f = T31_FACTOR.get(b, 1)
+    sample[b] = rng.integers(1, 10000, (len(doy), size // f, size // f)).astype(np.uint16)
+  return sample
+
+
+def write_t31(root, samples):
+  import pickle
+  os.makedirs(root / "paths")
+  os.makedirs(root / "data")
+  for split, names in (("train", ["a", "b"]), ("eval", ["c"]), ("test", ["d"])):
+    with open(root / "paths" / f"{split}_paths.csv", "w") as f:
+      f.write("".join(f"data/{n}.pickle\n" for n in names))
+  for name, sample in samples.items():
+    with open(root / "data" / f"{name}.pickle", "wb") as f:
+      pickle.dump(sample, f, protocol=4)
+  with open(root / "classes.txt", "w") as f:
+    f.write("1|wheat\n2|maize\n4|meadow\n")  # raw 0 and 3 not listed -> 255
+  return root
+
+
+T31_SAMPLES = {"a": t31_sample(0, [120, 30, 0, 0]), "b": t31_sample(1, [10, 200, 300]),
+               "c": t31_sample(2, [5, 0]), "d": t31_sample(3, [60])}
+
+
+def test_t31tfm_resampled_to_10m_doy0_dropped_classes_mapped(tmp_path):
+  root = write_t31(tmp_path / "src", T31_SAMPLES)
+  builder = datasets.prepare(data_cfg(tmp_path, "t31tfm", manual_dir=str(root)))
+  assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
+      "train": 2, "validation": 1, "test": 1}
+  e = {contract.as_text(x[contract.SCENE_ID]): x for x in examples(builder, "train")}["a"]
+  assert e[contract.IMAGE].shape == (3, 12, 12, 13)  # T = longest series after dropping doy 0
+  # doy 0 dropped, sorted: day 30 then day 120 of 2017, then padding.
+  np.testing.assert_array_equal(e[contract.DATES], [20170130, 20170430, 0])
+  assert e[contract.VALID][:2].all() and not e[contract.VALID][2].any()
+  s = T31_SAMPLES["a"]
+  # Pixel (7, 11) on the 10 m grid: 20 m pixel (3, 5), 60 m pixel (1, 1).
+  for band, (yy, xx) in (("B02", (7, 11)), ("B11", (3, 5)), ("B01", (1, 1))):
+    i = T31_BANDS.index(band)
+    assert e[contract.IMAGE][0, 7, 11, i] == s[band][1, yy, xx]  # stored step 1 = day 30
+    assert e[contract.IMAGE][1, 7, 11, i] == s[band][0, yy, xx]
+  lut = {0: 255, 1: 0, 2: 1, 3: 255, 4: 2}
+  np.testing.assert_array_equal(e[contract.LABEL], np.vectorize(lut.get)(s["labels"]))
+  assert builder.info.metadata[contract.META_CLASS_NAMES] == ["wheat", "maize", "meadow"]
+
+
+def test_t31tfm_refuses_a_pickle_that_runs_code(tmp_path):
+  import pickle
+
+  from tfds_builders.t31tfm import load_arrays
+
+  marker = tmp_path / "ran"
+
+  class Payload:
+    def __reduce__(self):
+      return (os.system, (f"touch {marker}",))
+
+  samples = dict(T31_SAMPLES)
+  root = write_t31(tmp_path / "src", samples)
+  bad = root / "data" / "c.pickle"
+  with open(bad, "wb") as f:
+    pickle.dump({"doy": np.array([1]), "x": Payload()}, f)
+  with pytest.raises(DataError, match=r"c\.pickle: refused to load global '(posix|os)\.system'"):
+    load_arrays(str(bad))
+  with pytest.raises(DataError, match=r"c\.pickle: refused to load global"):
+    datasets.prepare(data_cfg(tmp_path, "t31tfm", manual_dir=str(root)))
+  assert not marker.exists()
+  # Plain arrays, scalars and lists load (protocols 2 and 5 use other numpy globals).
+  for protocol in (2, 5):
+    with open(bad, "wb") as f:
+      pickle.dump({"a": np.arange(3.0), "s": np.int64(4), "l": [1, "x"]}, f, protocol=protocol)
+    got = load_arrays(str(bad))
+    np.testing.assert_array_equal(got["a"], [0.0, 1.0, 2.0])
+    assert got["s"] == 4 and got["l"] == [1, "x"]
+
+
+def test_t31tfm_missing_pickle_named(tmp_path):
+  root = write_t31(tmp_path / "src", T31_SAMPLES)
+  os.remove(root / "data" / "d.pickle")
+  with pytest.raises(DataError, match=r"missing file .*data/d\.pickle"):
+    datasets.prepare(data_cfg(tmp_path, "t31tfm", manual_dir=str(root), num_dates=3))
