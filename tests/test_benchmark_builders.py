@@ -309,3 +309,146 @@ def test_t31tfm_missing_pickle_named(tmp_path):
   os.remove(root / "data" / "d.pickle")
   with pytest.raises(DataError, match=r"missing file .*data/d\.pickle"):
     datasets.prepare(data_cfg(tmp_path, "t31tfm", manual_dir=str(root), num_dates=3))
+
+
+# --- MTLCC (gzip TFRecords) -------------------------------------------------------------------
+def _varint(v):
+  v &= (1 << 64) - 1
+  out = bytearray()
+  while True:
+    b = v & 0x7F
+    v >>= 7
+    out.append(b | (0x80 if v else 0))
+    if not v:
+      return bytes(out)
+
+
+def _field(number, payload):  # length-delimited
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_example(features, packed=True):
+  """A tf.train.Example in wire format; values: list of bytes, float list or int list."""
+  import struct
+  entries = b""
+  for key, value in features.items():
+    if value and isinstance(value[0], bytes):
+      feat = _field(1, b"".join(_field(1, v) for v in value))
+    elif value and isinstance(value[0], float):
+      feat = _field(2, _field(1, struct.pack(f"<{len(value)}f", *value)))
+    elif packed:
+      feat = _field(3, _field(1, b"".join(_varint(v) for v in value)))
+    else:  # unpacked: one varint field per value
+      feat = _field(3, b"".join(_varint(1 << 3 | 0) + _varint(v) for v in value))
+    entries += _field(1, _field(1, key.encode()) + _field(2, feat))
+  return _field(1, entries)
+
+
+def tfrecord(record, corrupt=False):
+  import struct
+
+  from tfds_builders.mtlcc import masked_crc32c
+  head = struct.pack("<Q", len(record))
+  crc = masked_crc32c(record) ^ (1 if corrupt else 0)
+  return head + struct.pack("<I", masked_crc32c(head)) + record + struct.pack("<I", crc)
+
+
+MTLCC_DOY = {16: [200, 0, 15, 100, 0], 17: [30, 60, 0, 0, 0]}  # 0 = padding
+
+
+def mtlcc_arrays(tileid, year):
+  rng = np.random.default_rng(int(tileid) * 100 + year)
+  t = len(MTLCC_DOY[year])
+  return {"x10": rng.integers(0, 9000, (t, 24, 24, 4)),
+          "x20": rng.integers(0, 9000, (t, 12, 12, 6)),
+          "x60": rng.integers(0, 9000, (t, 4, 4, 3)),
+          "labels": np.broadcast_to(rng.integers(0, 4, (24, 24)), (t, 24, 24))}
+
+
+def write_mtlcc(root, packed=True):
+  import gzip
+  base = root / "data_IJGI18" / "datasets" / "full" / "240"
+  os.makedirs(base / "tileids")
+  splits = {"train_fold0": ["101", "102"], "test_fold0": ["201"], "eval": ["301"]}
+  for name, ids in splits.items():
+    with open(base / "tileids" / f"{name}.tileids", "w") as f:
+      f.write("\n".join(ids) + "\n")
+  with open(base / "classes.txt", "w") as f:
+    f.write("0|unknown\n1|sugar beet\n2|oat\n3|meadow\n")
+  with open(base / "geotransforms.csv", "w") as f:
+    for tid in (t for ids in splits.values() for t in ids):
+      f.write(f"{tid},{600000 + int(tid) * 240},10,0,{5400000 - int(tid) * 240},0,-10,32632\n")
+  for year in (16, 17):
+    os.makedirs(base / f"data{year}")
+    for tid in (t for ids in splits.values() for t in ids):
+      a = mtlcc_arrays(tid, year)
+      feats = {}
+      for key in ("x10", "x20", "x60", "labels"):
+        arr = np.ascontiguousarray(a[key]).astype("<i8")
+        feats[f"{key}/data"] = [arr.tobytes()]
+        feats[f"{key}/shape"] = list(arr.shape)
+      feats["dates/doy"] = [np.array(MTLCC_DOY[year], "<i8").tobytes()]
+      feats["dates/shape"] = [len(MTLCC_DOY[year])]
+      feats["dates/year"] = [np.full(5, 2999, "<i8").tobytes()]  # unreliable: not used
+      with gzip.open(base / f"data{year}" / f"{tid}.tfrecord.gz", "wb") as f:
+        f.write(tfrecord(encode_example(feats, packed)))
+  return base
+
+
+def test_crc32c_known_vector_and_example_round_trip():
+  from tfds_builders.mtlcc import crc32c, parse_example
+  assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  assert crc32c(b"") == 0
+  for packed in (True, False):
+    got = parse_example(encode_example({"i": [3, -2, 1 << 40], "f": [0.5, -1.25],
+                                        "b": [b"ab", b""]}, packed))
+    np.testing.assert_array_equal(got["i"], [3, -2, 1 << 40])
+    np.testing.assert_array_equal(got["f"], np.array([0.5, -1.25], np.float32))
+    assert got["b"] == [b"ab", b""]
+
+
+def test_mtlcc_tiles_bands_dates_labels_georeference(tmp_path):
+  base = write_mtlcc(tmp_path / "src")
+  builder = datasets.prepare(data_cfg(tmp_path, "mtlcc", manual_dir=str(tmp_path / "src")))
+  assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
+      "train": 4, "validation": 2, "test": 2}  # a tile per year
+  tiles = {contract.as_text(e[contract.SCENE_ID]): e for e in examples(builder, "train")}
+  e = tiles["102_2016"]
+  assert e[contract.IMAGE].shape == (5, 24, 24, 13) and e[contract.IMAGE].dtype == np.uint16
+  # doy 0 dropped, year from the folder, sorted: 15, 100, 200 of 2016, then padding.
+  np.testing.assert_array_equal(e[contract.DATES], [20160115, 20160409, 20160718, 0, 0])
+  assert e[contract.VALID][:3].all() and not e[contract.VALID][3:].any()
+  a = mtlcc_arrays("102", 16)
+  bands = builder.info.metadata[contract.META_BANDS]
+  assert bands[:4] == ["B04", "B03", "B02", "B08"] and bands[-1] == "B10"
+  y, x = 13, 19  # 20 m pixel (6, 9), 60 m pixel (2, 3)
+  for t_sorted, t_stored in enumerate([2, 3, 0]):
+    px = e[contract.IMAGE][t_sorted, y, x]
+    np.testing.assert_array_equal(px[:4], a["x10"][t_stored, y, x])
+    np.testing.assert_array_equal(px[4:10], a["x20"][t_stored, 6, 9])
+    np.testing.assert_array_equal(px[10:], a["x60"][t_stored, 2, 3])
+  np.testing.assert_array_equal(e[contract.LABEL], np.where(a["labels"][0] == 0, 255,
+                                                            a["labels"][0] - 1))
+  assert builder.info.metadata[contract.META_CLASS_NAMES] == ["sugar beet", "oat", "meadow"]
+  np.testing.assert_allclose(e[contract.TRANSFORM], [600000 + 102 * 240, 10, 0,
+                                                     5400000 - 102 * 240, 0, -10])
+  assert contract.as_text(e[contract.CRS]) == "EPSG:32632"
+  assert {contract.as_text(x[contract.SCENE_ID]) for x in examples(builder, "test")} == {
+      "301_2016", "301_2017"}
+
+
+def test_mtlcc_corrupt_record_and_missing_tile(tmp_path):
+  import gzip
+  base = write_mtlcc(tmp_path / "src", packed=False)
+  path = base / "data17" / "201.tfrecord.gz"
+  with gzip.open(path, "rb") as f:
+    blob = bytearray(f.read())
+  blob[-1] ^= 0xFF  # the data CRC
+  with gzip.open(path, "wb") as f:
+    f.write(bytes(blob))
+  with pytest.raises(DataError, match=r"data17/201\.tfrecord\.gz: corrupt record at byte 0 "
+                                      r"\(data CRC mismatch\)"):
+    datasets.prepare(data_cfg(tmp_path, "mtlcc", manual_dir=str(tmp_path / "src")))
+  os.remove(path)
+  with pytest.raises(DataError, match=r"missing file .*data17/201\.tfrecord\.gz"):
+    datasets.prepare(data_cfg(tmp_path, "mtlcc", manual_dir=str(tmp_path / "src")))
