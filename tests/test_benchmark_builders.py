@@ -452,3 +452,41 @@ def test_mtlcc_corrupt_record_and_missing_tile(tmp_path):
   os.remove(path)
   with pytest.raises(DataError, match=r"missing file .*data17/201\.tfrecord\.gz"):
     datasets.prepare(data_cfg(tmp_path, "mtlcc", manual_dir=str(tmp_path / "src")))
+
+
+# --- the configs: build through the entry point with only manual_dir set; a smoke study ------
+@pytest.mark.parametrize("name,writer", [
+    ("study_pastis", lambda root: write_pastis(root)),
+    ("study_ghana", lambda root: write_crops(root, "ghana")),
+    ("study_south_sudan", lambda root: write_crops(root, "southsudan")),
+    ("study_t31tfm", lambda root: write_t31(root, T31_SAMPLES)),
+    ("study_mtlcc", lambda root: write_mtlcc(root)),
+])
+def test_benchmark_configs_build_with_only_manual_dir(tmp_path, capsys, name, writer):
+  import importlib
+
+  from ee_jax import run as run_lib
+  writer(tmp_path / "src")
+  c = importlib.import_module(f"configs.{name}").get_config(None)
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.data.builder.manual_dir = str(tmp_path / "src")
+  run_lib.run("build", c, str(tmp_path / "w"))
+  out = capsys.readouterr().out
+  assert "split train" in out and "classes:" in out
+  assert c.model.temporal == "shared" and min(c.study.fractions) == 1 / 64
+
+
+@pytest.mark.slow  # about 3 minutes on 2 busy cores: pre-training plus 4 fine-tunings
+def test_smoke_study_on_the_pastis_fixture(pastis_root, tmp_path):
+  from configs import study_pastis
+  from ee_jax.study import run_study
+  c = study_pastis.get_config("smoke")
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.data.builder.manual_dir = str(pastis_root)
+  c.data.builder.tile_size = 8  # 8 train tiles: enough for a batch on 2 devices
+  summary = run_study(c, str(tmp_path / "study"))
+  study = json.load(open(tmp_path / "study" / "study.json"))
+  assert study["complete"] and len(study["runs"]) == 4  # 2 fractions x 2 inits x 1 seed
+  for run in study["runs"]:
+    assert run["miou"] is None or 0.0 <= run["miou"] <= 1.0
+  assert summary
