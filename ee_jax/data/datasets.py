@@ -20,6 +20,11 @@ BUILDERS = {
     "s2_tiles": "tfds_builders.s2_tiles:S2Tiles",
     "landcover_tiles": "tfds_builders.landcover_tiles:LandcoverTiles",
     "synthetic_landcover": "tfds_builders.synthetic_landcover:SyntheticLandcover",
+    # The paper's benchmarks, read from their downloaded folders (params.manual_dir).
+    "pastis": "tfds_builders.pastis:Pastis",
+    "sustainbench_crops": "tfds_builders.sustainbench_crops:SustainbenchCrops",
+    "t31tfm": "tfds_builders.t31tfm:T31tfm",
+    "mtlcc": "tfds_builders.mtlcc:Mtlcc",
 }
 
 
