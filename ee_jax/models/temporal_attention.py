@@ -48,8 +48,9 @@ def attention_weights(scores, observed=None):
   if observed is None:
     return jax.nn.softmax(scores, axis=1)
   observed = jnp.broadcast_to(observed, scores.shape)
-  observed = jnp.where(observed.any(axis=1, keepdims=True), observed, True)
-  scores = jnp.where(observed, scores, jnp.finfo(jnp.float32).min)
+  none = ~observed.any(axis=1, keepdims=True)
+  observed = observed | none
+  scores = jnp.where(none, 0.0, jnp.where(observed, scores, jnp.finfo(jnp.float32).min))
   scores = scores - jax.lax.stop_gradient(scores.max(axis=1, keepdims=True))
   e = jnp.where(observed, jnp.exp(scores), 0.0)
   return e / e.sum(axis=1, keepdims=True)
