@@ -178,3 +178,19 @@ def test_pretrain_finetune_and_embed(temporal, tmp_path_factory):
   out = loaded.apply(loaded.params, x, jnp.ones((1, 3, 16, 16)))
   assert out.shape == (1, 16, 16, int(ml_collections.ConfigDict(meta["model"]).features))
   assert np.isfinite(np.asarray(out)).all()
+
+
+@pytest.mark.parametrize("temporal", MODES)
+def test_scene_inference_with_any_number_of_dates(temporal, tmp_path):
+  from ee_jax import inference
+  from tests.test_inference import FAST, field_scene, read, save_checkpoint, write_product
+
+  ckpt = save_checkpoint(tmp_path / "ckpt", num_dates=1, temporal=temporal)  # 1 date seen
+  name = "S2B_MSIL2A_2021{}T100000_N0300_R122_T33TUM_x"
+  a = write_product(tmp_path / name.format("0510"), field_scene(40, 36))
+  img = field_scene(40, 36, seed=1)
+  img[:, :12] = 0                                            # second date: left part nodata
+  b = write_product(tmp_path / name.format("0615"), img)
+  inference.predict_scene(ckpt, f"{a},{b}", str(tmp_path / "ts.tif"), **FAST)
+  classes = read(tmp_path / "ts.tif", indexes=1)
+  assert classes.shape == (40, 36) and (classes != 255).all()
