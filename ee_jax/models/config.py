@@ -8,7 +8,9 @@ import numpy as np
 
 from ee_jax.errors import ConfigError
 from ee_jax.models.heads import ProjectionHead, SegmentationHead
-from ee_jax.models.unet import UNet
+from ee_jax.models.temporal_attention import TemporalAttentionUNet
+from ee_jax.models.unet import TEMPORAL_MODES, UNet
+from ee_jax.models.unet3d import UNet3D
 from ee_jax.models.wrappers import PretrainModel, SegmentationModel
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -22,8 +24,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.convs_per_block = 2
   c.num_groups = 8                # GroupNorm groups (gcd with the width when not dividing)
   c.norm_stats = "tile"           # GroupNorm statistics over the 'tile' or per 'pixel'
-  c.temporal = "stack"            # 'stack' (dates into channels, fixed T) | 'shared'
-  c.temporal_pool = "masked_mean" # 'masked_mean' | 'mean' | 'max' (temporal='shared' only)
+  # 'stack' (dates into channels, fixed T) | 'shared' (one 2D encoder per date, pooled over
+  # time at every skip) | 'conv3d' (UNet3D: 3x3x3 convs over T, H, W, pooled at every skip)
+  # | 'attention' (shared encoder, L-TAE-style temporal attention at the bottleneck whose
+  # weights also pool the skips); all but 'stack' take any T
+  c.temporal = "stack"
+  c.temporal_pool = "masked_mean" # 'masked_mean' | 'mean' | 'max' ('shared', 'conv3d')
+  c.attn_heads = 4                # temporal='attention': heads (divide widths[-1])
+  c.attn_key_dim = 16             # temporal='attention': key/query width per head
   c.resize_method = "bilinear"    # decoder upsampling (jax.image.resize method)
   c.proj_hidden = 0               # projection head hidden width; 0 -> D
   c.proj_dim = 128                # embedding width of the contrastive loss
@@ -37,14 +45,29 @@ def _dtype(cfg):
   return DTYPES[cfg.dtype]
 
 
-def build_backbone(cfg) -> UNet:
+def build_backbone(cfg):
+  """The backbone `cfg.temporal` names: UNet ('stack', 'shared'), UNet3D ('conv3d') or
+  TemporalAttentionUNet ('attention'). Fields added later are read with their defaults, so
+  the model config in an older checkpoint's metadata still builds."""
   if not cfg.widths:
     raise ConfigError("config.model.widths: needs at least one level")
-  return UNet(widths=tuple(cfg.widths), features=cfg.features,
-              convs_per_block=cfg.convs_per_block, num_groups=cfg.num_groups,
-              norm_stats=cfg.get("norm_stats", "tile"),
-              temporal=cfg.temporal, temporal_pool=cfg.temporal_pool,
-              resize_method=cfg.resize_method, dtype=_dtype(cfg))
+  if cfg.temporal not in TEMPORAL_MODES:
+    raise ConfigError(f"config.model.temporal: unknown '{cfg.temporal}'; "
+                      f"known: {TEMPORAL_MODES}")
+  common = dict(widths=tuple(cfg.widths), features=cfg.features,
+                convs_per_block=cfg.convs_per_block, num_groups=cfg.num_groups,
+                norm_stats=cfg.get("norm_stats", "tile"), temporal_pool=cfg.temporal_pool,
+                resize_method=cfg.resize_method, dtype=_dtype(cfg))
+  if cfg.temporal == "conv3d":
+    return UNet3D(**common)
+  if cfg.temporal == "attention":
+    heads = int(cfg.get("attn_heads", 4))
+    if heads < 1 or cfg.widths[-1] % heads:
+      raise ConfigError(f"config.model.attn_heads={heads} must be >= 1 and divide the "
+                        f"bottleneck width config.model.widths[-1]={cfg.widths[-1]}")
+    return TemporalAttentionUNet(**common, attn_heads=heads,
+                                 attn_key_dim=int(cfg.get("attn_key_dim", 16)))
+  return UNet(**common, temporal=cfg.temporal)
 
 
 def build_pretrain_model(cfg, loss_cfg=None) -> PretrainModel:
@@ -64,7 +87,7 @@ def build_segmentation_model(cfg, num_classes: int) -> SegmentationModel:
 
 def init_params(model, key, input_shape, with_valid: bool = False):
   """Params for inputs of `input_shape` = (B, T, H, W, C). For temporal='stack' the T here
-  fixes the model's number of dates; for 'shared' any T works later."""
+  fixes the model's number of dates; for the other modes any T works later."""
   x = jnp.zeros(input_shape, jnp.float32)
   valid = jnp.ones(input_shape[:4], jnp.float32) if with_valid else None
   return model.init(key, x, valid)["params"]

@@ -9,6 +9,9 @@ Why these choices (DESIGN.md, "The method"):
 - `temporal='stack'`: dates are stacked into channels (cheap; T fixed by the first conv's
   kernel). `temporal='shared'`: one 2D encoder applied to every date (dates folded into the
   batch), features pooled over time at every skip level and the bottleneck (any T).
+- `temporal='conv3d'` (ee_jax/models/unet3d.py) and `'attention'`
+  (ee_jax/models/temporal_attention.py) subclass `UNetBase` here: same fields, blocks and
+  2D decoder, so their param names match (enc*, up*, dec*, out*) and only the encoder differs.
 - `dtype` is the compute dtype (bf16 switch); params stay `param_dtype` (fp32).
 """
 
@@ -19,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-TEMPORAL_MODES = ("stack", "shared")
+TEMPORAL_MODES = ("stack", "shared", "conv3d", "attention")
 TEMPORAL_POOLS = ("masked_mean", "mean", "max")
 
 
@@ -47,18 +50,21 @@ def group_norm(channels: int, num_groups: int, stats: str, dtype, param_dtype, n
 
 
 class ConvBlock(nn.Module):
-  """`convs` x (3x3 conv -> GroupNorm -> activation)."""
+  """`convs` x (conv -> GroupNorm -> activation); `kernel` (3, 3), or (3, 3, 3) over
+  (T, H, W) for the 3D encoder."""
   features: int
   convs: int = 2
   num_groups: int = 8
   norm_stats: str = "tile"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  kernel: Sequence[int] = (3, 3)
 
   @nn.compact
   def __call__(self, x):
     for _ in range(self.convs):
-      x = nn.Conv(self.features, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype)(x)
+      x = nn.Conv(self.features, tuple(self.kernel), dtype=self.dtype,
+                  param_dtype=self.param_dtype)(x)
       x = group_norm(self.features, self.num_groups, self.norm_stats, self.dtype,
                      self.param_dtype)(x)
       x = nn.relu(x)
@@ -96,7 +102,65 @@ def temporal_pool(x, weight, mode: str):
   raise ValueError(f"temporal_pool: unknown mode '{mode}'; known: {TEMPORAL_POOLS}")
 
 
-class UNet(nn.Module):
+def check_valid_shape(x, valid, name: str):
+  """`valid` must be None, [B, T] or [B, T, H, W] matching x [B, T, H, W, C]."""
+  if valid is not None and tuple(valid.shape) not in (x.shape[:2], x.shape[:4]):
+    raise ValueError(f"{name}: valid must be [B, T] or [B, T, H, W] for x {x.shape}; "
+                     f"got {valid.shape}")
+
+
+def level_weights(valid, shape_hw):
+  """The date weights at a level of size `shape_hw`: [B, T] as is, [B, T, H, W] resized."""
+  if valid is None or valid.ndim == 2:
+    return valid
+  return _pool_weights(valid, shape_hw)
+
+
+class UNetBase(nn.Module):
+  """The fields, blocks and 2D decoder shared by every temporal mode's UNet."""
+  widths: Sequence[int] = (32, 64, 128, 256)
+  features: int = 64
+  convs_per_block: int = 2
+  num_groups: int = 8
+  norm_stats: str = "tile"
+  temporal_pool: str = "masked_mean"
+  resize_method: str = "bilinear"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _block(self, width, name, kernel=(3, 3)):
+    return ConvBlock(width, self.convs_per_block, self.num_groups, self.norm_stats,
+                     self.dtype, self.param_dtype, kernel, name=name)
+
+  def _decode(self, skips):
+    """skips[i] [B, h_i, w_i, widths[i]] (the last one is the bottleneck) -> features
+    [B, H, W, features]: resize + conv up, concatenate the skip, ConvBlock, per level."""
+    skips = list(skips)
+    y = skips.pop()
+    for i in reversed(range(len(self.widths) - 1)):
+      skip = skips[i]
+      y = jax.image.resize(y, y.shape[:1] + skip.shape[1:3] + y.shape[3:], self.resize_method)
+      y = nn.Conv(self.widths[i], (3, 3), dtype=self.dtype, param_dtype=self.param_dtype,
+                  name=f"up{i}")(y)
+      y = jnp.concatenate([y, skip.astype(y.dtype)], axis=-1)
+      y = self._block(self.widths[i], f"dec{i}")(y)
+
+    y = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                name="out")(y)
+    y = group_norm(self.features, self.num_groups, self.norm_stats, self.dtype,
+                   self.param_dtype, name="out_norm")(y)
+    return nn.relu(y)
+
+  def _check(self, x, valid, name):
+    if x.ndim != 5:
+      raise ValueError(f"{name} expects x [B, T, H, W, C]; got shape {x.shape}")
+    if self.temporal_pool not in TEMPORAL_POOLS:
+      raise ValueError(f"{name}.temporal_pool: unknown '{self.temporal_pool}'; "
+                       f"known: {TEMPORAL_POOLS}")
+    check_valid_shape(x, valid, name)
+
+
+class UNet(UNetBase):
   """UNet over x [B, T, H, W, C] (normalised float) -> features [B, H, W, features].
 
   `widths[i]` is the width of level i; there are len(widths) - 1 downsamplings (2x2 SAME
@@ -104,30 +168,14 @@ class UNet(nn.Module):
   observed) weights the temporal pooling in 'shared' mode; in 'stack' mode it zeroes the
   unobserved inputs (0 = the band mean after normalisation).
   """
-  widths: Sequence[int] = (32, 64, 128, 256)
-  features: int = 64
-  convs_per_block: int = 2
-  num_groups: int = 8
-  norm_stats: str = "tile"
   temporal: str = "stack"
-  temporal_pool: str = "masked_mean"
-  resize_method: str = "bilinear"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  def _block(self, width, name):
-    return ConvBlock(width, self.convs_per_block, self.num_groups, self.norm_stats,
-                     self.dtype, self.param_dtype, name=name)
 
   @nn.compact
   def __call__(self, x, valid: Optional[jax.Array] = None):
-    if x.ndim != 5:
-      raise ValueError(f"UNet expects x [B, T, H, W, C]; got shape {x.shape}")
-    if self.temporal not in TEMPORAL_MODES:
-      raise ValueError(f"UNet.temporal: unknown '{self.temporal}'; known: {TEMPORAL_MODES}")
-    if self.temporal_pool not in TEMPORAL_POOLS:
-      raise ValueError(f"UNet.temporal_pool: unknown '{self.temporal_pool}'; "
-                       f"known: {TEMPORAL_POOLS}")
+    if self.temporal not in ("stack", "shared"):
+      raise ValueError(f"UNet.temporal: unknown '{self.temporal}'; known: {TEMPORAL_MODES} "
+                       f"('conv3d' and 'attention' are built by models.build_backbone)")
+    self._check(x, valid, "UNet")
     b, t, h, w, c = x.shape
     if valid is not None:
       valid = valid.astype(x.dtype)
@@ -143,10 +191,7 @@ class UNet(nn.Module):
 
       def pool(f):
         f = f.reshape((b, t) + f.shape[1:])
-        wt = valid
-        if wt is not None and wt.ndim == 4:
-          wt = _pool_weights(wt, f.shape[2:4])
-        return temporal_pool(f, wt, self.temporal_pool)
+        return temporal_pool(f, level_weights(valid, f.shape[2:4]), self.temporal_pool)
 
     skips = []
     for i, width in enumerate(self.widths):
@@ -154,18 +199,4 @@ class UNet(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
       x = self._block(width, f"enc{i}")(x)
       skips.append(pool(x))
-
-    y = skips.pop()
-    for i in reversed(range(len(self.widths) - 1)):
-      skip = skips[i]
-      y = jax.image.resize(y, y.shape[:1] + skip.shape[1:3] + y.shape[3:], self.resize_method)
-      y = nn.Conv(self.widths[i], (3, 3), dtype=self.dtype, param_dtype=self.param_dtype,
-                  name=f"up{i}")(y)
-      y = jnp.concatenate([y, skip.astype(y.dtype)], axis=-1)
-      y = self._block(self.widths[i], f"dec{i}")(y)
-
-    y = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                name="out")(y)
-    y = group_norm(self.features, self.num_groups, self.norm_stats, self.dtype,
-                   self.param_dtype, name="out_norm")(y)
-    return nn.relu(y)
+    return self._decode(skips)
