@@ -7,12 +7,16 @@ tests call directly.
 import re
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+from ee_jax import host_devices
 
-from ee_jax import run as run_lib
+host_devices.configure()  # before JAX: fake CPU devices (XLA_FLAGS) that cannot deadlock
+
+from absl import app  # noqa: E402  pylint: disable=wrong-import-position
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ee_jax import run as run_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
