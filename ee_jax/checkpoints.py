@@ -57,9 +57,28 @@ class Checkpointer:
     if step is None:
       raise DataError(f"{self.directory}: no complete checkpoint to restore")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    self._check_structure(step, abstract)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
+
+  def _check_structure(self, step: int, abstract: Any) -> None:
+    """One line naming what differs when the config's model is not the checkpoint's."""
+    saved = ocp.StandardCheckpointer().metadata(
+        os.fspath(self.directory / str(step) / "state")).item_metadata.tree
+    have, want = _shapes(saved), _shapes(abstract)
+    diffs = [(k, f"{k}: checkpoint {have[k]} vs config {want[k]}")
+             for k in set(have) & set(want) if have[k] != want[k]]
+    diffs += [(k, f"{k} only in the checkpoint") for k in set(have) - set(want)]
+    diffs += [(k, f"{k} only in the config") for k in set(want) - set(have)]
+    # Params first: the optimiser state differs wherever they do.
+    diffs = [text for k, text in sorted(diffs, key=lambda d: (not d[0].startswith("params"),
+                                                              d[0]))]
+    if diffs:
+      more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+      raise DataError(f"{self.directory.parent}: the config's model differs from the "
+                      f"checkpoint at step {step}: {'; '.join(diffs[:3])}{more}; use the "
+                      f"config the run was started with, or another --workdir")
 
   def metadata(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
@@ -73,6 +92,19 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _shapes(tree) -> dict:
+  """{'params.backbone.enc0.Conv_0.kernel': shape} of a pytree of arrays or array metadata."""
+  def name(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return {".".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def check_bands(checkpoint_meta: dict, dataset_meta: dict, checkpoint_dir: str,

@@ -3,15 +3,17 @@
 import os
 import pathlib
 
+from ee_jax import host_devices  # noqa: E402  (imports no JAX)
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=2").strip()
-# On a busy 2-core machine one fake device's thread can be starved past XLA's 40 s
-# collective timeout, which aborts the whole test process: be patient instead.
+# Two fake devices, with enough XLA client threads that a pmapped step can never wait for a
+# thread held by another device's launch (the cause of the all-gather hangs on 2 cores).
+host_devices.configure(2)
+# A collective that still waits this long is a real deadlock: fail within minutes (XLA's
+# own limit is 40 s, short for a starved process on a loaded 2-core machine).
 if "xla_cpu_collective_timeout_seconds" not in os.environ["XLA_FLAGS"]:
-  os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_call_terminate_timeout_seconds=600"
-                              " --xla_cpu_collective_timeout_seconds=600")
+  os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_call_terminate_timeout_seconds=120"
+                              " --xla_cpu_collective_timeout_seconds=120")
 
 import pytest  # noqa: E402
 

@@ -1,5 +1,6 @@
 """Bad input: each case raises one clear error naming the file or key, and leaves nothing."""
 
+import json
 import os
 import signal
 import subprocess
@@ -111,3 +112,78 @@ def test_killed_build_never_looks_complete_and_rebuild_works(tmp_path):
   assert not datasets.dataset_path(cfg).exists()
   builder = datasets.prepare(cfg)  # a fresh build completes despite the leftovers
   assert builder.info.splits["train"].num_examples > 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config=configs/pretrain_synthetic.py:smoke", "--config.train.steps=abc"],
+     "error: --config.train.steps=abc: 'abc' is not a number (int)"),
+    (["--config=configs/pretrain_synthetic.py:smok"],
+     "error: configs/pretrain_synthetic.py: unknown argument 'smok' (known: smoke, demo)"),
+    (["--config=configs/pretrain_synthetic.py:smoke", "--mode=train"],
+     "error: --mode=train: value should be one of <build|embed|evaluate|finetune|predict|"
+     "pretrain|study>"),
+    (["--config=configs/no_such.py"], "error: --config: no config file 'configs/no_such.py'"),
+    (["--mode=build"], "error: --config is required"),
+    (["--config={tmp}/offset.py"], "error: --config={tmp}/offset.py: 'remove_offset' takes a "
+     "str, not the bool False; write it as a str (e.g. 'false')"),
+])
+def test_command_line_mistakes_are_one_line(tmp_path, args, expected):
+  (tmp_path / "offset.py").write_text(
+      "from configs import pretrain_s2\n\ndef get_config():\n  c = pretrain_s2.get_config()\n"
+      "  c.data.builder.remove_offset = False\n  return c\n")
+  args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+  proc = _launch(*args, env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(expected.replace("{tmp}", str(tmp_path))), \
+      proc.stderr[-2000:]
+
+
+def test_half_written_metrics_line_is_dropped_on_resume_and_a_bad_one_named(tmp_path):
+  from ee_jax.errors import DataError as Error  # pylint: disable=import-outside-toplevel
+  from ee_jax.train import metrics_log  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  assert [r["step"] for r in metrics_log.read_metrics(str(tmp_path))] == [1, 2]
+  metrics_log.MetricsLog(str(tmp_path), 10, enabled=True).truncate_after(2)
+  assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+  path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+  with pytest.raises(Error, match=rf"^{path}: line 2 is not a JSON record"):
+    metrics_log.read_metrics(str(tmp_path))
+
+
+def _checkpoint(workdir, params, config):
+  from ee_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  ckpt = checkpoints.Checkpointer(str(workdir))
+  ckpt.save(4, {"params": params, "step": np.full((), 4, np.int32)}, {"config": config},
+            wait=True)
+  return ckpt
+
+
+def test_resume_with_another_architecture_is_one_line_naming_the_difference(tmp_path):
+  ckpt = _checkpoint(tmp_path, {"conv": {"kernel": np.ones((3, 3, 2, 8))}}, {})
+  other = {"params": {"conv": {"kernel": np.ones((3, 3, 2, 16))}, "head": np.ones(4)},
+           "step": np.zeros((), np.int32)}
+  with pytest.raises(DataError) as e:
+    ckpt.restore(other)
+  assert str(e.value) == (
+      f"{tmp_path}: the config's model differs from the checkpoint at step 4: "
+      "params.conv.kernel: checkpoint (3, 3, 2, 8) vs config (3, 3, 2, 16); params.head only "
+      "in the config; use the config the run was started with, or another --workdir")
+
+
+def test_resume_says_what_changed_keeps_the_old_config_and_a_step_count_too_low(
+    tmp_path, capsys):
+  from ee_jax.train import loop  # pylint: disable=import-outside-toplevel
+  old = {"optim": {"learning_rate": 0.001}, "train": {"steps": 8}}
+  ckpt = _checkpoint(tmp_path, {"w": np.ones(2)}, old)
+  loop.say_what_resumes(str(tmp_path), ckpt, 4, 8, old)
+  assert capsys.readouterr().out == ""                      # same config: a plain resume
+  new = {"optim": {"learning_rate": 0.01}, "train": {"steps": 3}}
+  loop.say_what_resumes(str(tmp_path), ckpt, 4, 3, new)
+  assert capsys.readouterr().out.splitlines() == [
+      f"Resuming {tmp_path} at step 4 with a changed config: optim.learning_rate 0.001 -> "
+      f"0.01, train.steps 8 -> 3 (the checkpoint's config kept as {tmp_path}/config.4.json)",
+      f"{tmp_path}: train.steps=3 is below the latest checkpoint's step 4: nothing to train "
+      "(raise train.steps to continue)"]
+  assert json.loads((tmp_path / "config.4.json").read_text()) == old

@@ -29,15 +29,17 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-# On a busy machine a starved device thread can keep a collective waiting for longer than
-# XLA's default (then it aborts the process): wait up to 10 minutes.
-PATIENT = ("--xla_cpu_collective_call_terminate_timeout_seconds=600 "
-           "--xla_cpu_collective_timeout_seconds=600")
+# On a busy machine a starved process can keep a collective waiting for longer than XLA's
+# default 40 s (then it aborts the process): wait up to 2 minutes.
+PATIENT = ("--xla_cpu_collective_call_terminate_timeout_seconds=120 "
+           "--xla_cpu_collective_timeout_seconds=120")
 if __name__ == "__main__":  # before JAX is imported: 2 fake devices (single) or 1 (multi)
   sys.path.insert(0, REPO)
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count="
                              f"{2 if sys.argv[1] == 'single' else 1} {FAST_COMPILE} {PATIENT}")
+  from ee_jax import host_devices  # imports no JAX
+  host_devices.configure()  # 2 fake devices: enough XLA client threads (see there)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,11 +1,15 @@
 """The pmapped pre-training step: it learns, and it does not depend on the device count."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import optax
 import pytest
 
-from ee_jax import augment, losses, models, parallel, train
+from ee_jax import augment, host_devices, losses, models, parallel, train
 from ee_jax.train import optim
 
 # Init weights from an 'rbg' key: threefry initialisers take seconds to compile on CPU and
@@ -92,8 +96,25 @@ def test_step_independent_of_device_count():
   (p1, m1), (p2, m2) = results
   for name in m1:
     np.testing.assert_allclose(m2[name], m1[name], rtol=1e-5, atol=1e-6, err_msg=name)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                         p1, p2)
+  # sgd(1.0): the gradients are params - new params. Each gradient element is a sum over the
+  # batch's pixels, n = 4 tiles x 2 dates x 10 x 10 = 800 terms at full resolution; 1 device
+  # sums them in one order, 2 devices sum halves and then add the halves. Two orders of an
+  # fp32 sum of n terms differ by at most 2(n-1) eps sum|t| (Higham, recursive summation);
+  # sum|t| is not observable here, so the module's largest gradient stands in for it (terms
+  # of a kernel and its bias share a scale, and a bias before GroupNorm has a gradient that
+  # is exactly zero up to rounding). Comparing params instead, relative to each param, fails
+  # wherever a small param gets a large gradient (seen: 6e-4 relative on another CPU).
+  # A wrong gradient (a missing pmean, a device-dependent loss) is off by O(1) relative.
+  bound = 2 * (800 - 1) * np.finfo(np.float32).eps
+  grads = [jax.tree_util.tree_map(lambda p, q: np.asarray(p) - np.asarray(q), state.params, p)
+           for p in (p1, p2)]
+  modules = lambda tree: jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: (
+      isinstance(x, dict) and all(not isinstance(v, dict) for v in x.values())))[0]
+  for (path, g1), (_, g2) in zip(modules(grads[0]), modules(grads[1])):
+    scale = max(np.abs(g).max() for g in g1.values())
+    for name in g1:
+      np.testing.assert_array_less(np.abs(g1[name] - g2[name]), bound * scale + 1e-30,
+                                   err_msg=f"{jax.tree_util.keystr(path)}.{name}")
   assert 0 < m1["anchors"] <= 16 and np.isfinite(m1["loss"])
 
 
@@ -127,3 +148,48 @@ def test_optimizer_schedule_decay_mask_and_sharding():
   np.testing.assert_array_equal(parallel.unshard(parallel.shard(x, 2))["a"], x["a"])
   with pytest.raises(ValueError, match="multiple of 4"):
     parallel.shard(x, 4)
+
+
+def test_host_far_ahead_of_two_devices_never_deadlocks(tmp_path):
+  """200 pmapped all-gather steps queued without waiting (the host runs ahead, as under load)
+  with the XLA client threads `host_devices` sets: with max(cores, devices) threads this
+  hangs in the all-gather (2 cores) and XLA aborts the process after the 15 s timeout."""
+  script = tmp_path / "ahead.py"
+  script.write_text("""
+import os, sys
+from ee_jax import host_devices
+host_devices.configure(2)
+os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_timeout_seconds=15"
+                            " --xla_cpu_collective_call_terminate_timeout_seconds=15")
+import jax, jax.numpy as jnp
+def f(x):
+  for _ in range(4):
+    x = jnp.tanh(x @ x) / 8
+  return x + jax.lax.all_gather(x, "i").mean(0), {"a": x.sum(), "b": x.mean()}
+step, x, seen = jax.pmap(f, axis_name="i"), jnp.ones((2, 384, 384)), []
+for _ in range(200):
+  x, m = step(x)
+  seen.append({k: v.addressable_shards[0].data[0] for k, v in m.items()})
+jax.block_until_ready((x, seen))
+print("threads", os.environ["PJRT_NPROC"], "steps", len(seen))
+""")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
+  env["PYTHONPATH"] = str(parallel.__file__).rsplit("/ee_jax/", 1)[0]
+  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["threads", str(host_devices.pool_threads(2)), "steps", "200"]
+
+
+def test_host_devices_configure_keeps_what_the_user_set():
+  env = {}
+  assert host_devices.configure(2, env) == 2
+  assert env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                 "PJRT_NPROC": str(max(os.cpu_count(), 4))}
+  env = {"XLA_FLAGS": "--foo --xla_force_host_platform_device_count=8", "PJRT_NPROC": "3"}
+  assert host_devices.configure(2, env) == 8 and env["PJRT_NPROC"] == "3"
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+  host_devices.configure(environ=env)
+  assert env["PJRT_NPROC"] == str(max(os.cpu_count(), 6))
+  env = {}
+  assert host_devices.configure(environ=env) == 0 and env == {}     # one real device: as is

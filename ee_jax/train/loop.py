@@ -6,6 +6,7 @@ end and on SIGTERM. The batches of step s are a pure function of (seed, s), so a
 run sees exactly what an uninterrupted one would.
 """
 
+import json
 import signal
 import time
 from typing import Callable, Sequence
@@ -53,6 +54,39 @@ class StopFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _flat(tree, prefix=""):
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def say_what_resumes(workdir: str, ckpt, start: int, total: int, config: dict | None) -> None:
+  """One line for a resume that is not a plain continuation.
+
+  A changed config continues from the checkpoint (the new values apply from here on; the
+  learning-rate schedule is recomputed for the new train.steps); the checkpoint's config is
+  kept as config.<step>.json beside the new config.json. train.steps at or below the
+  checkpoint's step trains nothing.
+  """
+  old = ckpt.metadata(start).get("config")
+  if config is not None and old is not None:
+    before, after = _flat(old), _flat(config)
+    changed = [f"{k} {before.get(k, '(none)')} -> {after.get(k, '(none)')}"
+               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    if changed:
+      kept = f"{workdir}/config.{start}.json"
+      if jax.process_index() == 0:
+        with open(kept, "w") as f:
+          json.dump(old, f, indent=2)
+      distributed.log(f"Resuming {workdir} at step {start} with a changed config: "
+                      f"{', '.join(changed)} (the checkpoint's config kept as {kept})")
+  if total < start:
+    distributed.log(f"{workdir}: train.steps={total} is below the latest checkpoint's step "
+                    f"{start}: nothing to train (raise train.steps to continue)")
+  elif total == start:
+    distributed.log(f"{workdir}: already trained to train.steps={total}: nothing to train")
+
+
 def host_metrics(metrics) -> dict:
   """Replicated device metrics -> {name: float} on host."""
   return {k: float(v) for k, v in jax.device_get(parallel.unreplicate(metrics)).items()}
@@ -69,6 +103,8 @@ def run(config, workdir: str, builder, state, *, start: int,
   total = int(config.train.steps)
   log = metrics_log.MetricsLog(workdir, total)
   log.truncate_after(start)
+  if start:
+    say_what_resumes(workdir, ckpt, start, total, ckpt_meta.get("config"))
   base_keys = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   p_state = parallel.replicate(state)
   global_batch = config.data.per_device_batch * jax.device_count()

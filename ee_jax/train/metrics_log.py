@@ -12,6 +12,8 @@ import time
 import jax
 import numpy as np
 
+from ee_jax.errors import DataError
+
 
 def _plain(value):
   value = np.asarray(value)
@@ -63,9 +65,25 @@ class MetricsLog:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of <workdir>/metrics.jsonl (empty if none)."""
+  """All records of <workdir>/metrics.jsonl (empty if none).
+
+  A last line without its newline is the record a crash cut short: it is dropped (a resume
+  rewrites the file from the checkpoint's step). Any other line that is not JSON is an error.
+  """
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number == len(lines):  # no newline after it: half-written
+        break
+      raise DataError(f"{path}: line {number} is not a JSON record; fix or delete the "
+                      f"file (it only logs the run)") from None
+  return records
