@@ -419,6 +419,58 @@ def test_failed_run_leaves_nothing(tmp_path, ft_ckpt, monkeypatch):
   assert signal.getsignal(signal.SIGTERM) is before
 
 
+# A child running a small embed whose COG copy (GDAL's C code) is running when SIGTERM
+# arrives: a thread sends it once GDAL's overview temporary exists beside the output.
+_KILLED_IN_COG = """
+import glob, os, signal, sys, threading, time
+import rasterio.shutil
+from ee_jax import inference
+workdir, scene, out = sys.argv[1:4]
+real_copy = rasterio.shutil.copy
+copying = threading.Event()
+
+def signal_when_overviews_start():
+  deadline = time.time() + 60
+  while not glob.glob(os.path.join(os.path.dirname(out), ".*.ovr.tmp")):
+    if time.time() > deadline:
+      break
+    time.sleep(0.001)
+  print("signal sent during the COG copy" if copying.is_set() else "signal sent late",
+        flush=True)
+  os.kill(os.getpid(), signal.SIGTERM)
+
+def copy(*args, **kwargs):
+  copying.set()
+  threading.Thread(target=signal_when_overviews_start, daemon=True).start()
+  real_copy(*args, **kwargs)
+  copying.clear()
+  time.sleep(60)   # the signal must have been handled by now
+
+rasterio.shutil.copy = copy
+inference.embed_scene(workdir, scene, out, tile_size=128, overlap=0.25, per_device_batch=2,
+                      progress=False)
+print("finished", flush=True)
+"""
+
+
+def test_sigterm_during_cog_writing_leaves_nothing(tmp_path, pre_ckpt):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  scene = write_product(tmp_path / "s", field_scene(600, 600))   # > 512 px: COG overviews
+  out_dir = tmp_path / "out"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", _KILLED_IN_COG, pre_ckpt, scene,
+                         str(out_dir / "emb.tif")], cwd=repo, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert "signal sent during the COG copy" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
+  assert proc.returncode == 143, proc.stderr[-2000:]
+  assert os.listdir(out_dir) == []
+  lines = [x for x in proc.stderr.splitlines() if "stopped" in x]
+  assert lines == [f"embed: stopped by SIGTERM; nothing was written (no {out_dir / 'emb.tif'}; "
+                   f"temporary files removed)"], proc.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------ embed
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_embed_writes_embedding_preview_and_kmeans(tmp_path, pre_ckpt):

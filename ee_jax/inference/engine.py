@@ -28,7 +28,7 @@ import numpy as np
 
 from ee_jax import augment, checkpoints, models, parallel
 from ee_jax.errors import ConfigError, DataError
-from ee_jax.inference import cluster
+from ee_jax.inference import cluster, writers
 from ee_jax.inference.config import Options
 from ee_jax.inference.source import RowBuffer, open_scene
 from ee_jax.inference.tiling import RowBlender, TileLayout
@@ -251,38 +251,62 @@ class Summary:
 
 class _Outputs(contextlib.AbstractContextManager):
   """The sinks of one run: committed together by `commit()`, or all aborted (temporary
-  files removed) when the block raises. Inside the block SIGTERM raises SystemExit (main
-  thread only), so a killed run cleans up too; the previous handler is restored after."""
+  files removed) when the block raises.
 
-  def __init__(self):
+  Inside the block (the whole run, main thread only) SIGTERM first removes every temporary
+  file (`writers.remove_temporaries`) and says so in one line, then raises SystemExit. The
+  removal cannot wait for the exception: a signal that arrives during GDAL's COG copy is
+  handled inside a rasterio callback, where the exception ends the interpreter at once
+  instead of unwinding to `__exit__`. A signal during `commit()` (renames only) is held
+  until the outputs are complete. The previous handler is restored after.
+  """
+
+  def __init__(self, mode: str, out: str):
+    self.mode, self.out = mode, out
     self.sinks = []
     self._previous = None
+    self._committing = False
+    self._held = None
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, _raise_exit)
+      self._previous = signal.signal(signal.SIGTERM, self._stop)
     return self
 
   def __exit__(self, exc_type, exc, tb):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
     if exc_type is not None:
       for s in self.sinks:
         s.abort()
     return False
+
+  def _stop(self, signum, frame):
+    del frame
+    if self._committing:
+      self._held = signum
+      return
+    writers.remove_temporaries()
+    print(f"{self.mode}: stopped by {signal.Signals(signum).name}; nothing was written "
+          f"(no {self.out}; temporary files removed)", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
   def add(self, sink):
     self.sinks.append(sink)
     return sink
 
   def commit(self):
-    for s in self.sinks:
-      s.commit()
-
-
-def _raise_exit(signum, frame):
-  del frame
-  raise SystemExit(128 + signum)
+    self._committing = True
+    try:
+      for s in self.sinks:
+        s.commit()
+    finally:
+      self._committing = False
+    if self._held is not None:
+      print(f"{self.mode}: stopped by {signal.Signals(self._held).name} after every output "
+            f"was written", file=sys.stderr, flush=True)
+      raise SystemExit(128 + self._held)
 
 
 def _prepare(mode, workdir, scene, out, config, options):
@@ -336,14 +360,16 @@ def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summ
   `Options`, overriding config.inference.
   """
   start = time.time()
-  loaded, opts, paths, scn, layout, runner = _prepare("predict", workdir, scene, out, config,
-                                                      options)
-  k = loaded.channels
-  names = [str(n) for n in (loaded.meta.get("class_names") or [f"class_{i}" for i in range(k)])]
-  tags = {**_common_tags(loaded, scn, "predict"), "EE_CLASS_NAMES": _json(names),
-          "EE_IGNORE_INDEX": loaded.meta.get("ignore_index", 255), "EE_NODATA": CLASS_NODATA}
-  valid_count = 0
-  with _Outputs() as outputs:
+  with _Outputs("predict", out) as outputs:
+    loaded, opts, paths, scn, layout, runner = _prepare("predict", workdir, scene, out,
+                                                        config, options)
+    k = loaded.channels
+    names = [str(n) for n in (loaded.meta.get("class_names")
+                              or [f"class_{i}" for i in range(k)])]
+    tags = {**_common_tags(loaded, scn, "predict"), "EE_CLASS_NAMES": _json(names),
+            "EE_IGNORE_INDEX": loaded.meta.get("ignore_index", 255),
+            "EE_NODATA": CLASS_NODATA}
+    valid_count = 0
     cls_sink = outputs.add(RasterSink(
         paths["class_map"], scn.grid, 1, "uint8", CLASS_NODATA, descriptions=["class"],
         tags={**tags, **{f"CLASS_{i}": n for i, n in enumerate(names)}},
@@ -380,16 +406,16 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
   """Per-pixel backbone features of `scene` (D bands, float16, NaN where invalid), a 3-band
   PCA preview PNG and a k-means class map (uint8, nodata 255) on the scene's grid."""
   start = time.time()
-  loaded, opts, paths, scn, layout, runner = _prepare("embed", workdir, scene, out, config,
-                                                      options)
-  d = loaded.channels
-  tags = _common_tags(loaded, scn, "embed")
-  g = scn.grid
-  rng = np.random.default_rng(opts.seed)
-  keep_p = min(1.0, 2.0 * opts.fit_samples / max(g.width * g.height, 1))
-  samples = []
-  valid_count = 0
-  with _Outputs() as outputs:
+  with _Outputs("embed", out) as outputs:
+    loaded, opts, paths, scn, layout, runner = _prepare("embed", workdir, scene, out, config,
+                                                        options)
+    d = loaded.channels
+    tags = _common_tags(loaded, scn, "embed")
+    g = scn.grid
+    rng = np.random.default_rng(opts.seed)
+    keep_p = min(1.0, 2.0 * opts.fit_samples / max(g.width * g.height, 1))
+    samples = []
+    valid_count = 0
     emb_sink = outputs.add(RasterSink(
         paths["embedding"], g, d, "float32", float("nan"), half=True,
         descriptions=[f"feature_{i}" for i in range(d)], tags=tags,

@@ -6,11 +6,15 @@ bounded), then
 `finish()` copies it with GDAL's COG driver (tiled, deflate, internal overviews) to a second
 hidden name; `commit()` renames it onto the output path. Nothing appears under an output
 name before every output of the run is complete; `abort()` removes every temporary file.
+Every hidden file of a sink (its own and GDAL's: `.ovr.tmp`, `.aux.xml`) starts with the
+sink's prefix `.<name>.<pid>.`; the prefixes of live sinks are kept in one registry, so a
+signal handler (or exit) can remove them all whatever phase the run is in.
 
 float16 outputs are Float32 bands stored with NBITS=16 (IEEE half floats in the file, read
 back as float32 by any GDAL), since this GDAL has no Float16 data type.
 """
 
+import atexit
 import colorsys
 import os
 import warnings
@@ -52,7 +56,47 @@ def _hidden(path: str, suffix: str) -> str:
   return os.path.join(folder, f".{name}.{os.getpid()}.{suffix}")
 
 
-class RasterSink:
+# Prefixes ('<folder>/.<name>.<pid>.') of the sinks not yet committed or aborted.
+_LIVE: set[str] = set()
+
+
+def _remove_prefixed(prefix: str) -> None:
+  folder, start = os.path.split(prefix)
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return
+  for n in names:
+    if n.startswith(start):
+      try:
+        os.remove(os.path.join(folder, n))
+      except OSError:
+        pass
+
+
+def remove_temporaries() -> None:
+  """Removes every hidden file of every live sink; raises nothing (called from a SIGTERM
+  handler and at interpreter exit, where GDAL may still be in the middle of a copy)."""
+  for prefix in list(_LIVE):
+    _remove_prefixed(prefix)
+
+
+atexit.register(remove_temporaries)
+
+
+class _Staged:
+  """Registers the sink's prefix while it lives; `_done()` removes what is left under it."""
+
+  def _register(self, path: str) -> None:
+    self.prefix = _hidden(path, "")
+    _LIVE.add(self.prefix)
+
+  def _done(self) -> None:
+    _remove_prefixed(self.prefix)
+    _LIVE.discard(self.prefix)
+
+
+class RasterSink(_Staged):
   """One output GeoTIFF on `grid`: `write(first_row, rows)`, then `finish()` and `commit()`.
 
   rows: [n, W] (one band) or [n, W, bands]. dtype 'uint8' or 'float32'; half=True stores
@@ -64,6 +108,7 @@ class RasterSink:
                colormap: dict | None = None, overview_resampling: str = "nearest"):
     self.path, self.grid, self.count = path, grid, count
     self.half, self.overview_resampling = half, overview_resampling
+    self._register(path)
     self.stripes = _hidden(path, "stripes.tif")
     self.staged = _hidden(path, "cog.tif")
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
@@ -110,22 +155,22 @@ class RasterSink:
 
   def commit(self) -> None:
     os.replace(self.staged, self.path)
+    self._done()
 
   def abort(self) -> None:
     try:
       self.close_stripes()
     except Exception:  # pylint: disable=broad-except
       pass
-    for p in (self.stripes, self.staged):
-      if os.path.exists(p):
-        os.remove(p)
+    self._done()
 
 
-class PngSink:
+class PngSink(_Staged):
   """An RGB uint8 PNG, staged under a hidden name until `commit()`."""
 
   def __init__(self, path: str):
     self.path = path
+    self._register(path)
     self.staged = _hidden(path, "png")
 
   def finish(self, rgb: np.ndarray) -> None:
@@ -141,8 +186,7 @@ class PngSink:
 
   def commit(self) -> None:
     os.replace(self.staged, self.path)
+    self._done()
 
   def abort(self) -> None:
-    for p in (self.staged, self.staged + ".aux.xml"):
-      if os.path.exists(p):
-        os.remove(p)
+    self._done()
