@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from ee_jax import augment, checkpoints, models, parallel
 from ee_jax.errors import ConfigError, DataError
@@ -121,35 +122,39 @@ class TileRunner:
 
 # -------------------------------------------------------------------------- progress
 class Progress:
-  """Progress over row blocks: a bar on terminals, a few plain lines otherwise."""
+  """Progress over row blocks: a tqdm bar on terminals; in logs (stdout not a tty) a plain
+  line at 25, 50, 75 and 100 % of the rows, so log files hold no carriage returns."""
 
-  def __init__(self, label: str, total: int, pixels_per_row: int, enabled: bool = True):
+  def __init__(self, label: str, total: int, pixels_per_row: int, enabled: bool = True,
+               stream=None):
     self.label, self.total, self.ppr = label, max(total, 1), pixels_per_row
     self.enabled = enabled
-    self.tty = sys.stdout.isatty()
+    self.stream = stream or sys.stdout
+    self.tty = self.stream.isatty()
     self.start = time.time()
     self.rows = 0
-    self._last_pct = -1
+    self._last_quarter = 0
+    self._bar = None
+    if enabled and self.tty:
+      self._bar = tqdm.tqdm(total=self.total, desc=label, unit="row", file=self.stream,
+                            dynamic_ncols=True)
 
   def update(self, rows_done: int):
     self.rows = rows_done
     if not self.enabled:
       return
-    frac = min(1.0, rows_done / self.total)
-    secs = max(time.time() - self.start, 1e-9)
-    rate = rows_done * self.ppr / secs / 1e6
-    if self.tty:
-      bar = "#" * int(30 * frac)
-      print(f"\r{self.label} [{bar:<30}] {rows_done}/{self.total} rows "
-            f"{rate:.2f} Mpx/s", end="", flush=True)
+    rate = rows_done * self.ppr / max(time.time() - self.start, 1e-9) / 1e6
+    if self._bar is not None:
+      self._bar.set_postfix_str(f"{rate:.2f} Mpx/s", refresh=False)
+      self._bar.update(rows_done - self._bar.n)
       if rows_done >= self.total:
-        print(flush=True)
-    else:
-      pct = int(100 * frac) // 10 * 10
-      if pct > self._last_pct:
-        self._last_pct = pct
-        print(f"{self.label}: {rows_done}/{self.total} rows ({pct}%), {rate:.2f} Mpx/s",
-              flush=True)
+        self._bar.close()
+      return
+    quarter = 4 * min(rows_done, self.total) // self.total
+    if quarter > self._last_quarter:
+      self._last_quarter = quarter
+      print(f"{self.label}: {rows_done}/{self.total} rows ({25 * quarter}%), {rate:.2f} Mpx/s",
+            file=self.stream, flush=True)
 
 
 # ------------------------------------------------------------------------ the blended pass

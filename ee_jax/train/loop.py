@@ -117,6 +117,7 @@ def run(config, workdir: str, builder, state, *, start: int,
     for step in range(start + 1, total + 1):
       batch = next(batches)
       p_state, metrics = p_step(p_state, {k: batch[k] for k in keys}, base_keys)
+      log.advance(step)
       if step % config.train.log_every == 0 or step == total:
         m = host_metrics(metrics)
         m["tiles_per_s"] = (step - since) * global_batch / max(time.time() - t0, 1e-9)
@@ -132,7 +133,7 @@ def run(config, workdir: str, builder, state, *, start: int,
       if step % config.train.checkpoint_every == 0 or step == total or stop:
         ckpt.save(step, jax.device_get(parallel.unreplicate(p_state)), ckpt_meta)
       if stop:
-        print(f"SIGTERM: saved step {step}; rerun the same command to resume")
+        log.say(f"SIGTERM: saved step {step}; rerun the same command to resume")
         break
   ckpt.wait()
   log.close()

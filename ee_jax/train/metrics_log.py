@@ -1,16 +1,24 @@
-"""metrics.jsonl (one JSON object per logged step) and a progress line on terminals.
+"""What a training run logs: metrics.jsonl, TensorBoard event files, progress on screen.
 
-Only process 0 writes: other processes of a multi-host run get a silent logger.
+Every logged step goes to <workdir>/metrics.jsonl (one JSON object a line) and, as
+scalars, to TensorBoard event files beside it (tensorboardX: no TensorFlow needed;
+`tensorboard --logdir <workdir>`). On a terminal a tqdm bar follows the steps with the
+last metrics; in a log file (stdout not a tty) a plain line per logged step instead, so
+logs hold no carriage returns or cursor escapes. Only process 0 writes or prints: other
+processes of a multi-host run get a silent logger.
 """
 
 import json
 import math
+import numbers
 import os
 import sys
 import time
 
 import jax
 import numpy as np
+import tensorboardX
+import tqdm
 
 from ee_jax.errors import DataError
 
@@ -22,22 +30,36 @@ def _plain(value):
 
 
 class MetricsLog:
-  """Appends to <workdir>/metrics.jsonl; prints a progress line when stdout is a tty."""
+  """Appends to <workdir>/metrics.jsonl and TensorBoard; shows progress (see module doc)."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None):
+  def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None,
+               stream=None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.total_steps = total_steps
+    self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tty = sys.stdout.isatty()
+    self._stream = stream or sys.stdout
+    self._tty = self._stream.isatty()
     self._start = time.time()
+    self._resumed_at = 0
+    self._bar = None
+    self._tb = None
 
   def truncate_after(self, step: int) -> None:
-    """On resume, drop records past the restored step (a killed run may have logged them)."""
+    """On resume, drop records past the restored step (a killed run may have logged them);
+    TensorBoard is told the same (its events after `step` are purged)."""
+    self._resumed_at = step
     if not self.enabled or not os.path.exists(self.path):
       return
     kept = [r for r in read_metrics(os.path.dirname(self.path)) if r["step"] <= step]
     with open(self.path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
+
+  def advance(self, step: int) -> None:
+    """Called every step: moves the terminal bar (rate-limited by tqdm)."""
+    if self.enabled and self._tty:
+      bar = self._progress_bar()
+      bar.update(step - bar.n)
 
   def write(self, step: int, metrics: dict, prefix: str = "") -> dict:
     record = {"step": int(step), "time": round(time.time() - self._start, 3)}
@@ -45,23 +67,53 @@ class MetricsLog:
     if self.enabled:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      self._scalars(step, record)
       self._show(step, record, prefix)
     return record
+
+  def say(self, text: str) -> None:
+    """A line of its own (above the bar on a terminal)."""
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(text, file=self._stream)
+    else:
+      print(text, file=self._stream, flush=True)
+
+  def _scalars(self, step, record):
+    if self._tb is None:
+      # purge_step: TensorBoard drops events a killed run logged past the restored step.
+      self._tb = tensorboardX.SummaryWriter(
+          self.workdir, purge_step=self._resumed_at + 1 if self._resumed_at else None)
+    for key, value in record.items():
+      if key not in ("step", "time") and isinstance(value, numbers.Real):
+        self._tb.add_scalar(key, value, step)
+    self._tb.flush()   # every logged step: a killed run keeps its curves
 
   def _show(self, step, record, prefix):
     keys = [k for k in ("loss", "top1", "tiles_per_s", "miou") if prefix + k in record]
     text = " ".join(f"{prefix}{k}={record[prefix + k]:.4g}" for k in keys
                     if record[prefix + k] is not None)
-    line = f"step {step}/{self.total_steps} {text}"
-    if self._tty:
-      end = "\n" if prefix else ""
-      print(f"\r{line:<100}", end=end, flush=True)
+    if not self._tty:
+      print(f"step {step}/{self.total_steps} {text}", file=self._stream, flush=True)
+    elif prefix:   # evaluation: kept in the scrollback
+      self._progress_bar().write(f"step {step}/{self.total_steps} {text}", file=self._stream)
     else:
-      print(line, flush=True)
+      self._progress_bar().set_postfix_str(text, refresh=False)
+
+  def _progress_bar(self):
+    if self._bar is None:
+      self._bar = tqdm.tqdm(total=self.total_steps, initial=self._resumed_at, unit="step",
+                            file=self._stream, dynamic_ncols=True, desc="train")
+    return self._bar
 
   def close(self):
-    if self.enabled and self._tty:
-      print(flush=True)
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
 
 def read_metrics(workdir: str) -> list[dict]:
