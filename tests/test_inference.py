@@ -504,12 +504,37 @@ def test_embed_writes_embedding_preview_and_kmeans(tmp_path, pre_ckpt):
   assert (cluster.assign(x, cents) == np.searchsorted(np.unique(labels), labels)).mean() > 0.9
   with rasterio.open(stem + "_pca.png") as ds:
     assert ds.count == 3 and ds.dtypes[0] == "uint8"
-    assert (ds.height, ds.width) == (44, 34)   # 3 x 3 pixel blocks: longest side <= 50
+    assert (ds.height, ds.width) == (50, 38)   # longest side 50, 100 * 50 / 130 = 38.5
     rgb = ds.read()
   assert rgb[:, 5:].std() > 0
   # Deterministic: a second run gives the same k-means map.
   inference.embed_scene(pre_ckpt, scene, str(tmp_path / "again.tif"), kmeans_k=4, **FAST)
   np.testing.assert_array_equal(read(tmp_path / "again_kmeans.tif", indexes=1), km)
+
+
+def test_preview_longest_side_is_preview_size_and_bins_are_means():
+  # The demo's scene: an integer block factor gave 974 x 967.
+  assert engine.preview_shape(1947, 1933, 1024) == (1024, 1017)
+  assert engine.preview_shape(1933, 1947, 1024) == (1017, 1024)
+  assert engine.preview_shape(600, 300, 1024) == (600, 300)   # smaller: full size
+  assert engine.preview_shape(2000, 10, 0) == (2000, 10)
+  assert engine.preview_shape(3000, 2, 1000) == (1000, 1)
+  rng = np.random.default_rng(0)
+  h, w = 7, 5
+  colour = rng.random((h, w, 3))
+  valid = rng.random((h, w)) > 0.2
+  # 7 rows -> 3: r * 3 // 7 = 0,0,0,1,1,2,2; 5 cols -> 2 (round(5 * 3 / 7)): 0,0,0,1,1.
+  row_bins, col_bins = [[0, 1, 2], [3, 4], [5, 6]], [[0, 1, 2], [3, 4]]
+  expected = np.zeros((3, 2, 3))
+  for i, rs in enumerate(row_bins):
+    for j, cs in enumerate(col_bins):
+      m = valid[np.ix_(rs, cs)]
+      expected[i, j] = colour[np.ix_(rs, cs)][m].mean(axis=0) if m.any() else 0
+  for band in (1, 2, 3, 7):   # row bands of any size, straddling bins
+    p = engine.Preview(h, w, 3)
+    for r0 in range(0, h, band):
+      p.add(r0, colour[r0:r0 + band], valid[r0:r0 + band])
+    np.testing.assert_array_equal(p.rgb(), np.round(255 * expected).astype(np.uint8))
 
 
 def test_kmeans_and_pca_recover_structure():

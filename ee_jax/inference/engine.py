@@ -13,7 +13,6 @@ The host reads and assembles batch i+1 while the devices run batch i.
 
 import contextlib
 import dataclasses
-import math
 import os
 import signal
 import sys
@@ -474,20 +473,58 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
   return _summarise("embed", layout, valid_count, tiles, start, paths, phases, opts)
 
 
+def preview_shape(h: int, w: int, preview_size: int) -> tuple[int, int]:
+  """(rows, cols) of the preview: longest side exactly `preview_size` when the scene is
+  larger (the other side in proportion, rounded), else the scene's own size."""
+  if not preview_size or max(h, w) <= preview_size:
+    return h, w
+  scale = preview_size / max(h, w)
+  return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+class Preview:
+  """Box-filtered downsampling of an RGB image that arrives in row bands: preview pixel
+  (i, j) is the mean of the valid scene pixels whose row maps to i (r * ph // h) and column
+  to j. Bins are 1 or 2 (generally floor/ceil of h / ph) pixels wide: an integer block
+  factor could not make the longest side exactly `preview_size` (1947 rows / 1024 needs
+  1.9)."""
+
+  def __init__(self, h: int, w: int, preview_size: int):
+    self.h, self.w = h, w
+    self.ph, self.pw = preview_shape(h, w, preview_size)
+    col_bins = np.arange(w) * self.pw // w
+    self._col_starts = np.flatnonzero(np.diff(col_bins, prepend=-1))
+    self._sum = np.zeros((self.ph, self.pw, 3), np.float64)
+    self._count = np.zeros((self.ph, self.pw), np.float64)
+
+  def add(self, first_row: int, colour: np.ndarray, valid: np.ndarray) -> None:
+    """colour [n, W, 3] in [0, 1], valid [n, W] for scene rows first_row .. first_row+n-1."""
+    colour = np.where(valid[..., None], colour, 0.0)
+    rows = (first_row + np.arange(len(colour))) * self.ph // self.h
+    starts = np.flatnonzero(np.diff(rows, prepend=-1))
+    bins = rows[starts]
+    for values, total in ((colour, self._sum), (valid.astype(np.float64), self._count)):
+      binned = np.add.reduceat(np.add.reduceat(values, starts, axis=0), self._col_starts,
+                               axis=1)
+      total[bins] += binned
+
+  def rgb(self) -> np.ndarray:
+    """uint8 [ph, pw, 3]; black where a bin holds no valid pixel."""
+    mean = self._sum / np.maximum(self._count, 1)[..., None]
+    return np.round(255 * mean).astype(np.uint8)
+
+
 def _second_pass(embedding_path, grid, d, pca, centroids, km_sink, preview_size, show,
                  gdal_cache_mb):
   """Reads the written embedding back in row bands: k-means labels into `km_sink`, and the
-  PCA preview (block means of the stretched components over f x f pixels) as uint8 RGB."""
+  PCA preview (the stretched components, box-filtered to `preview_shape`) as uint8 RGB."""
   import rasterio  # pylint: disable=import-outside-toplevel
   from rasterio.windows import Window  # pylint: disable=import-outside-toplevel
   from ee_jax.geo.reader import GDAL_ENV  # pylint: disable=import-outside-toplevel
 
   h, w = grid.height, grid.width
-  f = max(1, math.ceil(max(h, w) / preview_size)) if preview_size else 1
-  ph, pw = -(-h // f), -(-w // f)
-  rgb_sum = np.zeros((ph, pw, 3), np.float32)
-  count = np.zeros((ph, pw), np.float32)
-  rows = max(f, (48 * 2**20 // max(w * d * 4, 1)) // f * f)
+  preview = Preview(h, w, preview_size)
+  rows = max(1, 48 * 2**20 // max(w * d * 4, 1))
   progress = Progress("k-means/PCA", h, w, show)
   env = {**GDAL_ENV, "GDAL_CACHEMAX": gdal_cache_mb * 2**20}
   with rasterio.Env(**env), rasterio.open(embedding_path) as ds:
@@ -500,17 +537,9 @@ def _second_pass(embedding_path, grid, d, pca, centroids, km_sink, preview_size,
       km_sink.write(r0, labels)
       colour = np.zeros((n, w, 3), np.float32)
       colour[valid] = pca.rgb(x[valid])
-      # f x f block sums (pad to whole blocks), valid pixels only.
-      nh, nw = -(-n // f) * f, pw * f
-      cpad = np.zeros((nh, nw, 3), np.float32)
-      vpad = np.zeros((nh, nw), np.float32)
-      cpad[:n, :w], vpad[:n, :w] = colour, valid
-      pr = r0 // f
-      rgb_sum[pr:pr + nh // f] += cpad.reshape(nh // f, f, pw, f, 3).sum(axis=(1, 3))
-      count[pr:pr + nh // f] += vpad.reshape(nh // f, f, pw, f).sum(axis=(1, 3))
+      preview.add(r0, colour, valid)
       progress.update(r0 + n)
-  rgb = rgb_sum / np.maximum(count, 1)[..., None]
-  return np.round(255 * rgb).astype(np.uint8)
+  return preview.rgb()
 
 
 def _resampling(meta: dict) -> str:
