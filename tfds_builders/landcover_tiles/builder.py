@@ -3,6 +3,7 @@
 `params.scenes` lists scenes, each {images: [source, ...] (or image: source), label: path,
 scene_id: ''}; a source is whatever `s2_tiles` accepts (product folder, multi-band GeoTIFF,
 or a mapping with path/date/band_order/...). Several images make a time series.
+`params.band_order` gives the band order once for every multi-band image without its own.
 
 `params.classes` is the class map: a list of [name, raw value or list of raw values]; the
 class index is the position in the list. Raw values not listed, and the label raster's
@@ -22,7 +23,7 @@ from ee_jax.geo import bands as bandlib
 from ee_jax.geo import products as productlib
 from ee_jax.geo.reader import Grid, open_raster
 from tfds_builders.common import TileBuilder
-from tfds_builders.s2_tiles.builder import TILING_DEFAULTS, validate_tiling
+from tfds_builders.s2_tiles.builder import TILING_DEFAULTS, dataset_band_order, validate_tiling
 from tfds_builders.scenes import Scene, scene_tiles
 
 
@@ -82,6 +83,7 @@ class LandcoverTiles(TileBuilder):
       bands=tuple(bandlib.S2_L1C_BANDS),
       remove_offset="auto",
       nodata="auto",
+      band_order=(),             # band order of every multi-band image that gives none
       split_fractions={"train": 0.7, "validation": 0.15, "test": 0.15},
       **TILING_DEFAULTS,
   )
@@ -101,6 +103,7 @@ class LandcoverTiles(TileBuilder):
       if len(c) != 2 or not isinstance(c[0], str):
         raise ConfigError(f"{where}: classes[{i}] must be [name, raw value(s)], got {c!r}")
     p["bands"] = [bandlib.normalise_band_name(b) for b in p["bands"]]
+    dataset_band_order(p, where)
 
   def _scenes(self) -> list[tuple[Scene, dict]]:
     if not hasattr(self, "_scene_cache"):
@@ -110,7 +113,8 @@ class LandcoverTiles(TileBuilder):
         images = spec.get("images") or [spec["image"]]
         images = [images] if isinstance(images, str) else list(images)
         acqs = [productlib.acquisition(img, p["bands"], remove_offset=p["remove_offset"],
-                                       nodata=p["nodata"]) for img in images]
+                                       nodata=p["nodata"], band_order=p.get("band_order"))
+                for img in images]
         self._scene_cache.append((Scene.from_acquisitions(acqs, spec.get("scene_id", "")),
                                   spec))
     return self._scene_cache

