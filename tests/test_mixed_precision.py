@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ee_jax import augment, losses, models, parallel
+from ee_jax import augment, losses, models, objectives, parallel
 from ee_jax.train import finetune_step, optim
 from ee_jax.train.pretrain_step import init_state, make_pretrain_step
 from ee_jax.train.state import TrainState
@@ -95,6 +95,28 @@ def test_pretrain_bf16_close_to_fp32_with_fp32_params_and_opt_state():
   # Measured: losses within 0.2 %, cosines within 0.3 %, gradient norms within 8 %.
   _close(h16, h32, {"loss": 1e-2, "pos_cos": 1e-2, "neg_cos": 1e-2, "grad_norm": 0.15})
   assert _update_cosine(state.params, s16.params, s32.params) > 0.9  # measured 0.96
+
+
+def test_pretrain_masked_and_pair_objectives_bf16_close_to_fp32():
+  """Every objective's head and loss under bf16 compute: fp32 params, losses near fp32's."""
+  steps = 2
+  tx, schedule = _optimizer(steps)
+  aug = augment.AugmentConfig(crop_size=12)
+  lcfg = objectives.default_config()
+  lcfg.update(num_anchors=32, temperature=0.2)
+  lcfg.weights.update(infonce=1.0, masked=1.0, vicreg=1.0, prototypes=1.0)
+  state = init_state(models.build_pretrain_model(_model_config("float32"), lcfg), tx,
+                     INIT_KEY, aug, (T, SIZE, SIZE, C))
+  batch = {k: v for k, v in _tiles(4).items() if k != "label"}
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    model = models.build_pretrain_model(_model_config(dtype), lcfg)
+    out[dtype] = _run(make_pretrain_step(model, tx, schedule, MEAN, STD, aug, lcfg),
+                      state, batch, steps)
+  (h16, s16), (h32, _) = out["bfloat16"], out["float32"]
+  _assert_fp32_state(s16)
+  # bf16 keeps 8 mantissa bits (relative rounding 2^-9 per op): a few % after the network.
+  _close(h16, h32, {"loss": 3e-2, "masked": 3e-2, "infonce": 3e-2, "vicreg_inv": 0.1})
 
 
 def test_finetune_bf16_close_to_fp32_with_fp32_params_and_opt_state():

@@ -39,8 +39,11 @@ def test_hide_mask_parts():
   assert (m == m[:1, :, :, :1]).all()
   blocks = m[0, :, :, 0].reshape(2, 4, 2, 4)
   assert (blocks.all(axis=(1, 3)) == blocks.any(axis=(1, 3))).all()
+  # More groups than bands: one band a group.
+  m = np.asarray(masked.hide_mask(key, t, 4, 2, _mask_cfg(band_ratio=0.5, band_groups=4)))
+  assert m.shape == (t, 4, 4, 2) and 0 < m.mean() < 1
   with pytest.raises(ConfigError, match="band_groups"):
-    masked.hide_mask(key, t, s, c, _mask_cfg(band_groups=13))
+    masked.hide_mask(key, t, s, c, _mask_cfg(band_groups=0))
 
 
 def test_hide_zeroes_values_and_unobserves_fully_hidden_dates():

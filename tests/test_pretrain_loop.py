@@ -54,9 +54,11 @@ def test_pretrain_writes_metrics_config_and_checkpoint_metadata(data_dir, tmp_pa
   records = metrics_log.read_metrics(str(tmp_path))
   train = [r for r in records if "loss" in r]
   assert [r["step"] for r in train] == [2, 4, 6]
-  for key in ("loss", "pos_cos", "neg_cos", "top1", "lr", "tiles_per_s", "pixels_per_s"):
+  # The default objective (masked reconstruction) and its metrics.
+  for key in ("loss", "masked", "masked_seen", "lr", "tiles_per_s", "pixels_per_s"):
     assert np.isfinite(train[-1][key]), key
-  assert any("eval_top1" in r for r in records)
+  assert "top1" not in train[-1]  # InfoNCE is off by default: none of its metrics
+  assert any("eval_masked" in r for r in records)
   assert np.isfinite(last["eval_loss"])
   assert json.load(open(tmp_path / "config.json"))["train"]["steps"] == 6
   ckpt, meta = _params(tmp_path)
@@ -87,11 +89,25 @@ def test_loss_falls_and_retrieval_rises(data_dir, tmp_path):
   c.augment.crop_shift = 0
   c.augment.disjoint_dates = False
   c.loss.positive_jitter = 0
+  c.loss.weights.update(infonce=1.0, masked=0.0)
   pretrain(c, str(tmp_path))
   train = [r for r in metrics_log.read_metrics(str(tmp_path)) if "loss" in r]
   first, final = train[0], train[-1]
   assert final["loss"] < first["loss"] - 0.3
   assert final["top1"] > first["top1"] + 0.05
+
+
+def test_default_masked_objective_learns(data_dir, tmp_path):
+  """The default objective: the error on hidden values falls well below its start (about
+  the normalised input's variance, 1, for a model that predicts nothing)."""
+  c = tiny_config(data_dir, steps=60, log_every=10, eval_every=0, checkpoint_every=60)
+  c.optim.learning_rate = 3e-3
+  assert dict(c.loss.weights)["masked"] > 0 and dict(c.loss.weights)["infonce"] == 0
+  pretrain(c, str(tmp_path))
+  train = [r for r in metrics_log.read_metrics(str(tmp_path)) if "loss" in r]
+  first, final = train[0], train[-1]
+  assert final["masked"] < 0.8 * first["masked"]
+  assert final["masked_seen"] < 0.8 * first["masked_seen"]
 
 
 def _run_pretrain_subprocess(config, workdir):

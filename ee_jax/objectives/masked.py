@@ -28,7 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.date_ratio = 0.25     # per view and date: probability the whole date is hidden
   c.band_ratio = 0.15     # per view, date and band group: probability it is hidden
-  c.band_groups = 4       # contiguous groups of the band axis (1 = no band masking)
+  c.band_groups = 4       # contiguous groups of the band axis (at most one a band)
   c.patch_ratio = 0.25    # per view: share of patches hidden on every date and band
   c.patch_size = 4        # patch side, pixels
   c.hidden = 0            # reconstruction head: 0 = linear 1x1 conv, > 0 = hidden width
@@ -39,14 +39,15 @@ def default_config() -> ml_collections.ConfigDict:
 def hide_mask(key, t: int, s: int, c: int, cfg):
   """bool [T, S, S, C]: which values of one view are hidden. At least one date keeps
   something visible (a date chosen at random is never hidden as a whole)."""
-  if cfg.patch_size < 1 or not 1 <= cfg.band_groups <= c:
-    raise ConfigError(f"config.loss.masked: patch_size >= 1 and 1 <= band_groups <= {c} "
-                      f"needed; got {cfg.patch_size}, {cfg.band_groups}")
+  if cfg.patch_size < 1 or cfg.band_groups < 1:
+    raise ConfigError(f"config.loss.masked: patch_size and band_groups must be >= 1; got "
+                      f"{cfg.patch_size}, {cfg.band_groups}")
+  num_groups = min(cfg.band_groups, c)  # fewer bands than groups: one band a group
   k_date, k_keep, k_band, k_patch = jax.random.split(key, 4)
   dates = jax.random.bernoulli(k_date, cfg.date_ratio, (t,))
   dates = dates.at[jax.random.randint(k_keep, (), 0, t)].set(False)
-  group_of_band = (jnp.arange(c) * cfg.band_groups) // c                  # [C]
-  groups = jax.random.bernoulli(k_band, cfg.band_ratio, (t, cfg.band_groups))
+  group_of_band = (jnp.arange(c) * num_groups) // c                       # [C]
+  groups = jax.random.bernoulli(k_band, cfg.band_ratio, (t, num_groups))
   bands = groups[:, group_of_band]                                         # [T, C]
   p = cfg.patch_size
   n = -(-s // p)
