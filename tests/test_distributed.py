@@ -232,7 +232,7 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(data_dir, t
     logs = [p.communicate(timeout=120)[0] for p in procs]
   saved = []
   for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"
+    assert p.returncode == 143, f"process {i}:\n{log[-3000:]}"  # loop.Preempted
     saved += [int(m) for m in re.findall(r"SIGTERM: saved step (\d+)", log)]
   assert len(saved) == 2 and saved[0] == saved[1], saved
   assert checkpoints.Checkpointer(str(tmp_path / "pretrain")).latest_step() == saved[0]

@@ -168,6 +168,27 @@ def test_finetune_learns(data_dir, tmp_path):
   assert 0 <= result["miou"] <= 1 and 0 <= result["oa"] <= 1
 
 
+def test_a_preempted_run_stops_the_study_and_is_not_evaluated(data_dir, tmp_path, monkeypatch):
+  """SIGTERM in a study's run: the checkpoint is saved, no eval.json is written and the
+  study does not go on to the next run (it used to evaluate the stopped run as done)."""
+  from ee_jax.train import loop
+  monkeypatch.setattr(loop.StopFlag, "should_stop", lambda self, step: step >= 2)
+  c = study_synthetic.get_config("smoke")
+  c.data.data_dir = str(data_dir)
+  c.data.config_name = "tiny_labelled"
+  c.data.builder.update(TINY)
+  c.study.pretrain_workdir = ""
+  c.study.inits = ("random",)
+  with pytest.raises(loop.Preempted) as stopped:
+    run_study(c, str(tmp_path))
+  assert stopped.value.code == 143
+  runs = sorted(os.listdir(tmp_path / "runs"))
+  assert len(runs) == 1, runs                                 # the study stopped there
+  assert not (tmp_path / "runs" / runs[0] / "eval.json").exists()
+  assert checkpoints.Checkpointer(str(tmp_path / "runs" / runs[0])).latest_step() == 2
+  assert not (tmp_path / "study.json").exists()
+
+
 def test_label_fraction_tiles_written_and_used(data_dir, tmp_path):
   c = tiny_finetune_config(data_dir, steps=2, label_fraction=0.25, fraction_seed=3)
   finetune(c, str(tmp_path))

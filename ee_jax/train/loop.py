@@ -18,6 +18,16 @@ from ee_jax.data import pipeline
 from ee_jax.train import metrics_log
 
 
+class Preempted(SystemExit):
+  """Raised after the SIGTERM checkpoint: the process exits with 143 (128 + SIGTERM) and no
+  caller carries on as if the run had finished (a study would otherwise evaluate the
+  stopped run and record it as done). A rerun resumes from the saved step."""
+
+  def __init__(self, step: int):
+    super().__init__(143)
+    self.step = step
+
+
 class StopFlag:
   """Set by SIGTERM (preemption); the loop saves and returns after the current step.
 
@@ -138,4 +148,6 @@ def run(config, workdir: str, builder, state, *, start: int,
   ckpt.wait()
   log.close()
   distributed.log(f"Checkpoints: {ckpt.directory} (latest step {step}); metrics: {log.path}")
+  if stop:
+    raise Preempted(step)
   return last, p_state
