@@ -1,4 +1,4 @@
-"""On-device normalisation and the two views of a tile (DESIGN.md, "Two views per tile").
+"""On-device normalisation and the two views of a tile (docs/design.md, "Two views per tile").
 
 Geometry is tracked exactly: one random square crop shared by both views (each view's crop
 optionally moved by up to `crop_shift` pixels), then an independent dihedral transform per

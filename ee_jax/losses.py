@@ -1,4 +1,4 @@
-"""Dense InfoNCE between two views (DESIGN.md, "Dense InfoNCE").
+"""Dense InfoNCE between two views (docs/design.md, "Dense InfoNCE").
 
 z1, z2 [B, H, W, E] are L2-normalised embeddings already brought back to the same frame
 (dihedral undone), so pixel (i, j) is the same ground pixel in both. N anchor pixels per

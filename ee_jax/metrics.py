@@ -1,4 +1,4 @@
-"""Segmentation metrics (DESIGN.md, "Evaluation"): confusion matrix on device, scores on host.
+"""Segmentation metrics (docs/design.md, "Evaluation"): confusion matrix on device, scores on host.
 
 Usage in a pmapped eval step (per device; `parallel.AXIS` is the pmap axis)::
 

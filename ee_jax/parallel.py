@@ -1,4 +1,4 @@
-"""The one module that owns `jax.pmap` (DESIGN.md, "Parallelism and scale").
+"""The one module that owns `jax.pmap` (docs/design.md, "Parallelism and scale").
 
 Train/eval steps are per-device functions using collectives over the axis `AXIS`; they are
 wrapped here, and the train state and host batches are laid out here, so moving to

@@ -1,4 +1,4 @@
-"""The tile example contract every builder emits (DESIGN.md, "Tile example contract").
+"""The tile example contract every builder emits (docs/design.md, "Tile example contract").
 
 Keeping the feature spec in one place means builders, the input pipeline and scene
 inference can never disagree about keys, dtypes or shapes.

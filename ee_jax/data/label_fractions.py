@@ -1,4 +1,4 @@
-"""Label fractions: which train tiles keep their labels (DESIGN.md, "Fine-tuning").
+"""Label fractions: which train tiles keep their labels (docs/design.md, "Fine-tuning").
 
 A fraction `f` of N train tiles is the first `subset_size(N, f) = max(1, ceil(f * N))` tiles
 of one seeded ordering of all N tiles. Subsets are prefixes of the same ordering, so for one

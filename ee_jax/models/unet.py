@@ -1,6 +1,6 @@
 """The UNet backbone: per-pixel features [B, H, W, D] from a (multi-date) image.
 
-Why these choices (DESIGN.md, "The method"):
+Why these choices (docs/design.md, "The method"):
 - GroupNorm, not BatchNorm: statistics must not depend on the per-device batch size, and
   there are no batch statistics to carry in the train state or to sync across devices.
 - Decoder upsampling by `jax.image.resize` to the skip's exact size, then a 3x3 conv:

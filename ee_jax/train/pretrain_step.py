@@ -55,9 +55,9 @@ def _objectives(model, params, batch, base_key, step, mean, std, aug_cfg, loss_c
         loss_cfg.masked, axis_name)
     metrics.update(m)
   if any(name in active for name in objectives.PAIR_OBJECTIVES):
-    maps = {"z": out["z"], "proj": out["proj"]}
-    if "prototypes" in active:
-      maps["scores"] = out["scores"]
+    needs = {"infonce": "z", "vicreg": "proj", "prototypes": "scores"}  # the maps each compares
+    maps = {needs[name]: out[needs[name]] for name in objectives.PAIR_OBJECTIVES
+            if name in active}
     k = both("dihedral")
     maps = {name: augment.undo_dihedral_batch(x, k) for name, x in maps.items()}
     valid = augment.undo_dihedral_batch(both("valid"), k)
