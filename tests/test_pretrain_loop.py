@@ -80,6 +80,14 @@ def test_checkpoint_band_list_must_match_dataset(data_dir, tmp_path):
   assert "['B02', 'B03', 'B04', 'B08']" in msg and "['B02', 'B03', 'B04']" in msg
 
 
+def test_rerun_of_a_finished_run_trains_nothing_and_returns(data_dir, tmp_path):
+  """A study reuses finished pre-trainings this way: no step runs, no Preempted, no error."""
+  c = tiny_config(data_dir, steps=2, eval_every=0, checkpoint_every=2)
+  pretrain(c, str(tmp_path))
+  assert isinstance(pretrain(c, str(tmp_path)), dict)
+  assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 2
+
+
 def test_loss_falls_and_retrieval_rises(data_dir, tmp_path):
   c = tiny_config(data_dir, steps=60, log_every=10, eval_every=0, checkpoint_every=60)
   c.optim.learning_rate = 3e-3

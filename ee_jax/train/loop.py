@@ -119,7 +119,7 @@ def run(config, workdir: str, builder, state, *, start: int,
   p_state = parallel.replicate(state)
   global_batch = config.data.per_device_batch * jax.device_count()
   keys = (*step_keys, "index")
-  last, step = {}, start
+  last, step, stop = {}, start, False
   subset = {} if indices is None else {"indices": indices}
   with StopFlag() as flag, pipeline.train_iterator_from_config(
       config, builder, start_step=start, keys=tuple(step_keys), **subset) as batches:
