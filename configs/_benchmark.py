@@ -38,7 +38,8 @@ def benchmark_config(*, path: str, dataset: str, config_name: str, builder: dict
   c.augment.crop_size = crop_size  # 0: the whole tile
   c.augment.crop_shift = crop_size // 8
   if variant in ("pretrain", "pretrain_smoke"):
-    c.loss.positive_jitter = 2
+    defaults.masked_objective(c)
+    c.loss.positive_jitter = 2  # InfoNCE's views, when its weight is set
     c.loss.positive_not_self = True
     c.loss.exclude_radius = 8.0
     c.loss.temperature = 0.2
@@ -62,12 +63,7 @@ def benchmark_config(*, path: str, dataset: str, config_name: str, builder: dict
         pretrain_config=path,
         pretrain_arg="pretrain_smoke" if smoke else "pretrain",
         pretrain_workdir="",
-        recipes={
-            "full": {},
-            "slow_backbone": {"finetune": {"backbone_lr_mult": 0.1}},
-            "frozen": {"finetune": {"freeze_backbone": True},
-                       "optim": {"learning_rate": 1e-2}},
-        },
+        recipes=defaults.study_recipes(),
         candidates=("full",),
         select_split="validation",
     )

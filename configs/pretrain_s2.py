@@ -17,11 +17,7 @@ def get_config(arg: str | None = None):
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.augment.crop_size = 48
-  # Masked reconstruction (band groups and patches; one date here), as on synthetic_landcover
-  # where it probed 8 points above InfoNCE (docs/pretraining.md).
-  c.loss.weights.infonce = 0.0
-  c.loss.weights.masked = 1.0
-  c.loss.masked.visible_weight = 1.0
+  defaults.masked_objective(c)  # masked reconstruction (docs/pretraining.md)
   c.train.steps = 300
   c.train.log_every = 10
   c.train.eval_every = 100

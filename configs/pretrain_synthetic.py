@@ -32,11 +32,7 @@ def get_config(arg: str | None = None):
   c.model.temporal = "stack"
   c.augment.crop_size = 24
   c.augment.crop_shift = 8
-  # The objective (docs/pretraining.md): masked spectral-temporal reconstruction, seen values
-  # too; InfoNCE (weight 0 here) lowered the probe when added to it.
-  c.loss.weights.infonce = 0.0
-  c.loss.weights.masked = 1.0
-  c.loss.masked.visible_weight = 1.0
+  defaults.masked_objective(c)  # masked reconstruction (docs/pretraining.md)
   # Views for InfoNCE / VICReg / prototypes, when their weights are set:
   c.loss.positive_jitter = 2
   c.loss.positive_not_self = True

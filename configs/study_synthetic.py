@@ -8,7 +8,7 @@ the fine-tuning `recipes`, each run keeps the one with the best validation mIoU
 (ee_jax/study.py).
 """
 
-from configs import finetune_synthetic
+from configs import defaults, finetune_synthetic
 
 
 def get_config(arg: str | None = None):
@@ -24,14 +24,7 @@ def get_config(arg: str | None = None):
       pretrain_arg=arg or "",
       pretrain_workdir="",
       # Fine-tuning recipes: name -> overrides {section: {key: value}} of this config.
-      recipes={
-          "full": {},                                     # every weight at optim's rate
-          "slow_backbone": {"finetune": {"backbone_lr_mult": 0.1}},
-          "frozen": {"finetune": {"freeze_backbone": True},  # a linear head: a faster rate
-                     "optim": {"learning_rate": 1e-2}},
-          # LP-FT: the head alone first (at finetune.linear_probe_lr), then every weight.
-          "lp_ft": {"finetune": {"linear_probe_steps": 100}},
-      },
+      recipes=defaults.study_recipes(),
       # Recipes tried per run; with several, each run keeps the best on `select_split`.
       candidates=("full",),
       select_split="validation",
