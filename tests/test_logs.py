@@ -91,6 +91,9 @@ def test_disabled_logger_writes_nothing(tmp_path):
   log.say("hello")
   log.close()
   assert os.listdir(tmp_path) == [] and out.getvalue() == ""
+  # A fact about this host (it was preempted, say) is printed by every process.
+  log.say("stopped", every_process=True)
+  assert out.getvalue() == "stopped\n" and os.listdir(tmp_path) == []
 
 
 def test_terminal_gets_a_bar_and_eval_lines(tmp_path):

@@ -143,7 +143,8 @@ def run(config, workdir: str, builder, state, *, start: int,
       if step % config.train.checkpoint_every == 0 or step == total or stop:
         ckpt.save(step, jax.device_get(parallel.unreplicate(p_state)), ckpt_meta)
       if stop:
-        log.say(f"SIGTERM: saved step {step}; rerun the same command to resume")
+        log.say(f"SIGTERM: saved step {step}; rerun the same command to resume",
+                every_process=True)
         break
   ckpt.wait()
   log.close()

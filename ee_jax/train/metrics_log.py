@@ -71,9 +71,12 @@ class MetricsLog:
       self._show(step, record, prefix)
     return record
 
-  def say(self, text: str) -> None:
-    """A line of its own (above the bar on a terminal)."""
+  def say(self, text: str, every_process: bool = False) -> None:
+    """A line of its own (above the bar on a terminal). `every_process`: a fact about
+    this host (it stopped, say), printed by each process, not by process 0 alone."""
     if not self.enabled:
+      if every_process:
+        print(text, file=self._stream, flush=True)
       return
     if self._bar is not None:
       self._bar.write(text, file=self._stream)
