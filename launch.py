@@ -17,6 +17,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from ee_jax import compile_cache  # noqa: E402
 from ee_jax import run as run_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -99,6 +100,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  compile_cache.enable()   # compiled steps kept on disk: seeds and repeated commands reuse them
   if FLAGS.distributed:
     from ee_jax import distributed  # pylint: disable=import-outside-toplevel
     from ee_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel

@@ -16,6 +16,14 @@ take GFLOP/step from a CPU run of the same configuration there (docs/scaling.md)
   python benchmarks/train_step.py --tasks pretrain --dtypes bfloat16 --per_device_batch 32,128
   python benchmarks/train_step.py --peak_tflops bfloat16=989,float32=495   # H100 SXM dense
   python benchmarks/train_step.py --per_device_batch 2 --tile 32 --steps 2   # a quick check
+  python benchmarks/train_step.py --vs_torch    # + the same step in eager PyTorch, and ratios
+
+`--vs_torch` (needs `pip install '.[torch_peer]'`): after the JAX rows, the pre-training
+step of benchmarks/torch_peer.py (same network, InfoNCE, AdamW; NCHW and channels_last) at
+the same global batch and tile, each in its own process with as many threads as CPUs, one
+run after the other (JAX first, then NCHW, then channels_last, then JAX again, so a
+machine that gets busier or quieter shows as a spread between the two JAX figures). The
+ratio printed is PyTorch's step time over JAX's: above 1, JAX is faster.
 """
 
 import argparse
@@ -23,6 +31,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 
@@ -205,6 +214,9 @@ def main():
                  help="start no further configuration once this many seconds have passed "
                       "or the last one's time would overrun them (0: no limit); what was "
                       "not run is listed")
+  p.add_argument("--vs_torch", action="store_true",
+                 help="pre-training fp32 only: also time benchmarks/torch_peer.py (NCHW and "
+                      "channels_last) at the same batch and tile, and print the ratios")
   p.add_argument("--json", action="store_true", help="print JSON instead of the table")
   p.add_argument("--json_out", default=None, help="also write the JSON to this file")
   args = p.parse_args()
@@ -221,6 +233,15 @@ def main():
     raise SystemExit("--steps must be >= 1 and --warmup >= 0")
   peaks = parse_peaks(args.peak_tflops)
   env = environment()
+  if args.vs_torch:
+    b = int(args.per_device_batch.split(",")[0])
+    first = bench("pretrain", "float32", b, args, peaks)
+    peer = torch_rows(args, first["global_batch"])
+    again = bench("pretrain", "float32", b, args, peaks)
+    out = _write_json(args.json_out, env, [first, again], [])
+    out["torch"] = peer
+    print(json.dumps(out, indent=2) if args.json else vs_torch_table([first, again], peer))
+    return
   plan = [(task, dtype, int(b)) for b in args.per_device_batch.split(",") if b
           for task in tasks for dtype in dtypes]
   rows, skipped, why = [], [], ""
@@ -245,6 +266,37 @@ def main():
     why = "stopped by SIGTERM"
   out = _write_json(args.json_out, env, rows, skipped)
   print(json.dumps(out, indent=2) if args.json else table(env, rows, skipped, why))
+
+
+def torch_rows(args, global_batch: int) -> list[dict]:
+  """benchmarks/torch_peer.py at this batch and tile, NCHW then channels_last, each in a
+  fresh process (its thread pool must not share the CPUs with JAX's)."""
+  rows = []
+  for layout in ([], ["--channels_last"]):
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "torch_peer.py"), "--json",
+           f"--per_device_batch={global_batch}", f"--tile={args.tile}",
+           f"--bands={args.bands}", f"--dates={args.dates}", f"--steps={args.steps}",
+           f"--warmup={args.warmup}", *layout]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+      raise SystemExit(f"--vs_torch: {out.stderr.strip().splitlines()[-1] if out.stderr else 'torch_peer failed'}")
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  return rows
+
+
+def vs_torch_table(jax_rows, peer) -> str:
+  """JAX's two runs against PyTorch's NCHW and channels_last: ms/step and ratios."""
+  jax_ms = [r["step_ms"] for r in jax_rows]
+  mean = sum(jax_ms) / len(jax_ms)
+  lines = [f"pre-training step, fp32, global batch {jax_rows[0]['global_batch']}, tile "
+           f"{'x'.join(map(str, jax_rows[0]['tile']))}; params JAX {jax_rows[0]['params']:,}"
+           f" / torch {peer[0]['params']:,}",
+           "framework | ms/step | PyTorch ms / JAX ms", "--- | --- | ---",
+           f"JAX (2 runs) | {' / '.join(f'{m:.0f}' for m in jax_ms)} | 1.00"]
+  for r in peer:
+    name = f"{r['framework']} {'channels_last' if r['channels_last'] else 'NCHW'} ({r['threads']} threads)"
+    lines.append(f"{name} | {r['step_ms']:.0f} | {r['step_ms'] / mean:.2f}")
+  return "\n".join(lines)
 
 
 class _Stopped(Exception):

@@ -72,12 +72,13 @@ def build_backbone(cfg):
 
 def build_pretrain_model(cfg, loss_cfg=None) -> PretrainModel:
   """The backbone with the heads the objectives of `loss_cfg` (config.loss) need: the
-  projection head always, a reconstruction head for 'masked', prototypes for 'prototypes'."""
+  projection head always, a reconstruction head for 'masked', prototypes for 'prototypes',
+  a predictor of the teacher's features for 'latent'."""
   from ee_jax import objectives  # objectives import models: import here, not at the top
   head = ProjectionHead(hidden=cfg.proj_hidden or None, out=cfg.proj_dim, dtype=_dtype(cfg))
-  recon_hidden, num_prototypes = objectives.head_sizes(loss_cfg)
+  recon_hidden, num_prototypes, latent_hidden = objectives.head_sizes(loss_cfg)
   return PretrainModel(backbone=build_backbone(cfg), head=head, recon_hidden=recon_hidden,
-                       num_prototypes=num_prototypes)
+                       num_prototypes=num_prototypes, latent_hidden=latent_hidden)
 
 
 def build_segmentation_model(cfg, num_classes: int) -> SegmentationModel:

@@ -10,6 +10,9 @@ step shares between them (the two views, one forward pass, the matched pixel pai
   against collapse (ee_jax/objectives/vicreg.py).
 - `prototypes`: swapped prediction of Sinkhorn cluster codes over K learnt prototypes, so
   pixels of different fields that look alike share a code (ee_jax/objectives/prototypes.py).
+- `latent`: predict, from the hidden view (the masks of `config.loss.masked`), the features
+  an EMA teacher computes on the whole view, normalised per channel
+  (ee_jax/objectives/latent.py).
 
 Anchor and positive sampling (`num_anchors`, `positive_jitter`, `positive_not_self`) and
 InfoNCE's own `temperature` / `exclude_radius` sit at the top of `config.loss`, as before;
@@ -21,9 +24,10 @@ import ml_collections
 
 from ee_jax import losses
 from ee_jax.errors import ConfigError
-from ee_jax.objectives import masked, prototypes, vicreg
+from ee_jax.objectives import latent, masked, prototypes, vicreg
 
-NAMES = ("infonce", "masked", "vicreg", "prototypes")
+NAMES = ("infonce", "masked", "vicreg", "prototypes", "latent")
+HIDING_OBJECTIVES = ("masked", "latent")  # train on views with parts hidden
 PAIR_OBJECTIVES = ("infonce", "vicreg", "prototypes")  # need matched pixel pairs
 
 
@@ -35,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.masked = masked.default_config()
   c.vicreg = vicreg.default_config()
   c.prototypes = prototypes.default_config()
+  c.latent = latent.default_config()
   return c
 
 
@@ -55,11 +60,15 @@ def active(loss_cfg) -> dict:
 
 
 def head_sizes(loss_cfg):
-  """(recon_hidden, num_prototypes) of the PretrainModel heads the objectives need:
-  -1 / 0 where an objective is off (no such head)."""
+  """(recon_hidden, num_prototypes, latent_hidden) of the PretrainModel heads the
+  objectives need: -1 / 0 / -1 where an objective is off (no such head)."""
   if loss_cfg is None:
-    return -1, 0
+    return -1, 0, -1
   on = active(loss_cfg)
   recon = int(loss_cfg.masked.hidden) if "masked" in on else -1
   protos = int(loss_cfg.prototypes.num) if "prototypes" in on else 0
-  return recon, protos
+  predictor = -1
+  if "latent" in on:
+    latent.check_config(loss_cfg.latent)
+    predictor = int(loss_cfg.latent.hidden)
+  return recon, protos, predictor

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from ee_jax import augment, losses, models, objectives
-from ee_jax.objectives import masked, prototypes, vicreg
+from ee_jax.objectives import latent, masked, prototypes, vicreg
 from ee_jax.parallel import AXIS
 from ee_jax.train.state import TrainState
 
@@ -26,18 +26,20 @@ MASK_SALT = 0x6D736B    # ... and the masked objective's hiding
 
 
 def _objectives(model, params, batch, base_key, step, mean, std, aug_cfg, loss_cfg,
-                axis_name):
+                axis_name, teacher=None):
   """The weighted sum of the active objectives on one batch; returns (loss, metrics).
 
   One forward pass over both views serves every objective. The masked objective hides
   parts of each view's input first (so the pair objectives see the hidden views too, one
-  more augmentation); the pair objectives compare the views on the same ground pixels."""
+  more augmentation); the pair objectives compare the views on the same ground pixels; the
+  latent objective's teacher (`teacher`: backbone params) sees the views before hiding."""
   active = objectives.active(loss_cfg)
   v1, v2, _ = augment.make_views(base_key, step, batch["index"], batch["image"],
                                  batch["valid"], mean, std, aug_cfg)
   keys = augment.example_keys(base_key, step, batch["index"])
   hidden = None
-  if "masked" in active:
+  whole = (v1, v2)   # the views before hiding: the latent objective's teacher sees these
+  if any(name in active for name in objectives.HIDING_OBJECTIVES):
     mask_keys = jax.vmap(lambda k: jax.random.fold_in(k, MASK_SALT))(keys)
     v1, h1 = masked.hide(jax.vmap(lambda k: jax.random.fold_in(k, 1))(mask_keys), v1,
                          loss_cfg.masked)
@@ -49,6 +51,14 @@ def _objectives(model, params, batch, base_key, step, mean, std, aug_cfg, loss_c
   out = model.apply({"params": params}, both("image"), both("date_valid"), all_outputs=True)
 
   terms, metrics = {}, {}
+  if "latent" in active:
+    target = model.backbone.apply(
+        {"params": jax.lax.stop_gradient(teacher)},
+        jnp.concatenate([whole[0]["image"], whole[1]["image"]], axis=0),
+        jnp.concatenate([whole[0]["date_valid"], whole[1]["date_valid"]], axis=0))
+    terms["latent"], m = latent.latent_loss(out["latent"], target, both("observed"),
+                                            loss_cfg.latent, axis_name)
+    metrics.update(m)
   if "masked" in active:
     terms["masked"], m = masked.reconstruction_loss(
         out["recon"], both("clean"), both("observed"), both("date_valid"), hidden,
@@ -102,16 +112,20 @@ def make_pretrain_step(model, tx, schedule, mean, std, aug_cfg: augment.AugmentC
   metrics (pmean'd): loss (the weighted total), each objective's own (infonce, pos_cos,
   neg_cos, top1, anchors; masked; vicreg_*; proto*), grad_norm, lr (of this step).
   """
-  def loss_fn(params, batch, base_key, step):
+  def loss_fn(params, batch, base_key, step, teacher):
     return _objectives(model, params, batch, base_key, step, mean, std, aug_cfg, loss_cfg,
-                       axis_name)
+                       axis_name, teacher)
 
   def step_fn(state: TrainState, batch, base_key):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, base_key, state.step)
+        state.params, batch, base_key, state.step, state.teacher)
     grads = jax.lax.pmean(grads, axis_name)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
-    return state.apply_gradients(grads, tx), jax.lax.pmean(metrics, axis_name)
+    new = state.apply_gradients(grads, tx)
+    if state.teacher is not None:
+      new = new.replace(teacher=latent.update_teacher(
+          state.teacher, new.params[models.BACKBONE], loss_cfg.latent.ema))
+    return new, jax.lax.pmean(metrics, axis_name)
 
   return step_fn
 
@@ -122,13 +136,18 @@ def make_eval_step(model, mean, std, aug_cfg: augment.AugmentConfig, loss_cfg,
   without an update; views and anchors use step 0, so every evaluation sees the same ones."""
   def eval_fn(state: TrainState, batch, base_key):
     _, metrics = _objectives(model, state.params, batch, base_key, 0, mean, std, aug_cfg,
-                             loss_cfg, axis_name)
+                             loss_cfg, axis_name, state.teacher)
     return jax.lax.pmean(metrics, axis_name)
 
   return eval_fn
 
 
 def init_state(model, tx, key, aug_cfg: augment.AugmentConfig, tile_shape) -> TrainState:
-  """A fresh TrainState for tiles shaped (T, H, W, C) (the views' shape fixes the model's)."""
+  """A fresh TrainState for tiles shaped (T, H, W, C) (the views' shape fixes the model's);
+  with the latent objective's predictor, a teacher starting as a copy of the backbone."""
   t, s, _, c = augment.view_shape(aug_cfg, tile_shape)
-  return TrainState.create(models.init_params(model, key, (1, t, s, s, c), with_valid=True), tx)
+  params = models.init_params(model, key, (1, t, s, s, c), with_valid=True)
+  teacher = None
+  if getattr(model, "latent_hidden", -1) >= 0:
+    teacher = jax.tree_util.tree_map(jnp.array, params[models.BACKBONE])
+  return TrainState.create(params, tx, teacher=teacher)

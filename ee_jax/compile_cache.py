@@ -1,0 +1,47 @@
+"""JAX's persistent compilation cache for launch.py commands.
+
+A study compiles the same fine-tuning step for every seed of a fraction (the seed is an
+argument, not a constant of the program), and a repeated command compiles everything
+again: with the cache on, XLA's executables are kept on disk and loaded instead of
+recompiled, in the same process (a new step closure with the same program) and across
+commands. Where: $EE_JAX_COMPILATION_CACHE, else $XDG_CACHE_HOME/ee_jax/xla, else
+~/.cache/ee_jax/xla; `EE_JAX_COMPILATION_CACHE=off` turns it off. Entries are keyed by the
+program, the JAX/XLA version and the device, so a stale entry is never used; the folder
+is capped at `MAX_BYTES` (least recently used entries go first).
+"""
+
+import os
+
+import jax
+
+ENV = "EE_JAX_COMPILATION_CACHE"
+MAX_BYTES = 4 * 2 ** 30
+MIN_COMPILE_SECONDS = 0.5   # cheaper programs are not worth a disk entry
+
+
+def cache_dir() -> str | None:
+  """The folder the cache uses, or None when it is off."""
+  value = os.environ.get(ENV, "").strip()
+  if value.lower() in ("off", "0", "false", "none"):
+    return None
+  if value:
+    return os.path.abspath(os.path.expanduser(value))
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "ee_jax", "xla")
+
+
+def enable() -> str | None:
+  """Turns the cache on (unless switched off); returns its folder. A folder that cannot
+  be created leaves the cache off: it only saves time, it must never stop a run."""
+  path = cache_dir()
+  if path is None:
+    return None
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  return path

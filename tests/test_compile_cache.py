@@ -1,0 +1,65 @@
+"""The persistent compilation cache of launch.py commands: where it lives, that it can be
+switched off, and that a second closure of the same program (a study's next seed) and a
+second process (a repeated command) load the executable instead of compiling it."""
+
+import json
+import os
+import subprocess
+import sys
+
+from ee_jax import compile_cache
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Two fresh closures of one program, as a study builds one step per run; prints how many
+# compilations missed and hit the persistent cache.
+_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp
+from ee_jax import compile_cache
+print(json.dumps({"dir": compile_cache.enable()}))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # tiny programs too
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+def make_step(scale):
+  return jax.jit(lambda x: jnp.tanh(x @ x.T) * scale)
+for _ in range(2):
+  make_step(3.0)(jnp.ones((32, 32))).block_until_ready()
+count = lambda what: sum(e.endswith("/compilation_cache/" + what) for e in events)
+print(json.dumps({"misses": count("cache_misses"), "hits": count("cache_hits")}))
+"""
+
+
+def _run(env):
+  out = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, check=True,
+                       capture_output=True, text=True, timeout=300).stdout.splitlines()
+  return json.loads(out[0])["dir"], json.loads(out[-1])
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+  monkeypatch.delenv(compile_cache.ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert compile_cache.cache_dir() == str(tmp_path / "ee_jax" / "xla")
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "mine"))
+  assert compile_cache.cache_dir() == str(tmp_path / "mine")
+  monkeypatch.setenv(compile_cache.ENV, "off")
+  assert compile_cache.cache_dir() is None
+
+
+def test_same_program_compiles_once_across_closures_and_processes(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO, **{compile_cache.ENV: str(tmp_path / "cache")})
+  where, first = _run(env)
+  assert where == str(tmp_path / "cache")
+  # The first closure misses and writes the entry, the second closure loads it.
+  assert first["misses"] >= 1 and first["hits"] >= 1, first
+  assert os.listdir(tmp_path / "cache")
+  _, second = _run(env)
+  assert second["misses"] == 0 and second["hits"] >= 2, second   # a repeated command
+
+
+def test_switched_off_writes_nothing(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO, XDG_CACHE_HOME=str(tmp_path),
+             **{compile_cache.ENV: "off"})
+  where, counts = _run(env)
+  assert where is None and counts["hits"] == 0
+  assert not (tmp_path / "ee_jax").exists()
