@@ -64,7 +64,7 @@ def benchmark_config(*, path: str, dataset: str, config_name: str, builder: dict
         pretrain_arg="pretrain_smoke" if smoke else "pretrain",
         pretrain_workdir="",
         recipes=defaults.study_recipes(),
-        candidates=("full",),
+        candidates=defaults.STUDY_CANDIDATES,
         select_split="validation",
     )
   if smoke:  # a tiny model and a few steps (the tests' fixtures)
@@ -76,4 +76,5 @@ def benchmark_config(*, path: str, dataset: str, config_name: str, builder: dict
       c.train.eval_every = 0
       c.study.fractions = (1.0, 1 / 2)
       c.study.seeds = (0,)
+      defaults.smoke_study(c)
   return c

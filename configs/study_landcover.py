@@ -22,7 +22,7 @@ import glob
 import json
 import os
 
-from configs import finetune_landcover
+from configs import defaults, finetune_landcover
 from tfds_builders.s2_tiles.builder import S2Tiles
 
 SMOKE_TILE = 32
@@ -50,14 +50,15 @@ def get_config(arg: str | None = None):
       # s2_tiles build of other, unlabelled imagery.
       pretrain_data=dict(name="s2_tiles", config_name="my_study_unlabelled", data_dir="",
                          builder=p),
-      recipes={"full": {}},
-      candidates=("full",),
+      recipes=defaults.study_recipes(),
+      candidates=defaults.STUDY_CANDIDATES,
       select_split="validation",
   )
   c.train.eval_every = 0  # no validation passes inside study runs: only the final test
   if smoke:
     c.study.fractions = (1.0, 1 / 2)
     c.study.seeds = (0,)
+    defaults.smoke_study(c)
     for b in (c.data.builder, c.study.pretrain_data.builder):
       b.tile_size = b.stride = SMOKE_TILE
       b.block_tiles = 1

@@ -26,13 +26,13 @@ def get_config(arg: str | None = None):
       # Fine-tuning recipes: name -> overrides {section: {key: value}} of this config.
       recipes=defaults.study_recipes(),
       # Recipes tried per run; with several, each run keeps the best on `select_split`.
-      candidates=("full",),
+      candidates=defaults.STUDY_CANDIDATES,
       select_split="validation",
   )
   c.train.eval_every = 0  # no validation passes inside study runs: only the final test
   if arg == "smoke":
     c.study.fractions = (1.0, 1 / 4)
-    c.study.recipes.lp_ft.finetune.linear_probe_steps = 2  # of 6 steps
+    defaults.smoke_study(c)
     c.study.seeds = (0,)
   if arg == "demo":  # 2 fractions, 1 seed, shorter runs: part of `make demo`
     c.study.fractions = (1.0, 1 / 16)

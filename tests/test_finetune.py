@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import finetune_synthetic, study_synthetic
+from configs import defaults, finetune_synthetic, study_synthetic
 from ee_jax import checkpoints, metrics, models, parallel
 from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
@@ -288,6 +288,7 @@ def _tiny_study_config(data_dir):
   c.data.builder.update(TINY)
   c.data.per_device_batch = 4
   c.train.steps = 2
+  defaults.smoke_study(c)   # the default recipe, LP-FT: 1 head step of the 2
   return c
 
 

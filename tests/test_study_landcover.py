@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import study_landcover
+from configs import defaults, study_landcover
 from ee_jax import checkpoints
 from ee_jax.errors import DataError
 from ee_jax.study import run_study
@@ -47,6 +47,7 @@ def _config(area, tmp_path):
   c = study_landcover.get_config(f"{area},smoke")
   c.data.data_dir = c.study.pretrain_data.data_dir = str(tmp_path / "tfds")
   c.train.steps = 2
+  defaults.smoke_study(c)   # the default recipe, LP-FT: 1 head step of the 2
   return c
 
 

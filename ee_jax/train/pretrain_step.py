@@ -110,7 +110,8 @@ def make_pretrain_step(model, tx, schedule, mean, std, aug_cfg: augment.AugmentC
   """Per-device `step(state, batch, base_key) -> (state, metrics)`.
 
   metrics (pmean'd): loss (the weighted total), each objective's own (infonce, pos_cos,
-  neg_cos, top1, anchors; masked; vicreg_*; proto*), grad_norm, lr (of this step).
+  neg_cos, top1, anchors; masked; vicreg_*; proto*; latent*), grad_norm, lr (of this step).
+  With the latent objective the step also moves the EMA teacher (state.teacher).
   """
   def loss_fn(params, batch, base_key, step, teacher):
     return _objectives(model, params, batch, base_key, step, mean, std, aug_cfg, loss_cfg,
