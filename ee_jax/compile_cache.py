@@ -7,7 +7,8 @@ recompiled, in the same process (a new step closure with the same program) and a
 commands. Where: $EE_JAX_COMPILATION_CACHE, else $XDG_CACHE_HOME/ee_jax/xla, else
 ~/.cache/ee_jax/xla; `EE_JAX_COMPILATION_CACHE=off` turns it off. Entries are keyed by the
 program, the JAX/XLA version and the device, so a stale entry is never used; the folder
-is capped at `MAX_BYTES` (least recently used entries go first).
+is capped at `MAX_BYTES` (least recently used entries go first; the cap needs the
+`filelock` package, a dependency: without it the folder is not capped).
 """
 
 import os
@@ -43,5 +44,9 @@ def enable() -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  try:  # JAX enforces the cap with file locks; without the package every entry read fails
+    import filelock  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  except ImportError:
+    pass
   return path
