@@ -1,5 +1,6 @@
-"""Where the CPU step's time goes: each 3x3 convolution of the default UNet, forward, input
-gradient and weight gradient, in XLA (JAX) and in eager PyTorch, side by side.
+"""Where the CPU step's time goes: each convolution of the default UNet and heads, forward,
+input gradient and weight gradient, in XLA (JAX: `lax.conv_general_dilated` as is, and
+ee_jax/models/conv.py's 'auto', what the model runs) and in eager PyTorch, side by side.
 
 The shapes are the default pre-training step's (two views of a batch of tiles in one pass:
 64 images at 64 x 64 by default). Each figure is the median of `--repeats` timed calls
@@ -24,6 +25,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ee_jax.models import conv as ee_conv  # noqa: E402
+
 try:
   import torch  # noqa: E402
   import torch.nn.functional as F  # noqa: E402
@@ -32,7 +35,7 @@ except ImportError:
 
 
 def unet_convs(widths=(32, 64, 128, 256), bands=13, tile=64):
-  """(name, size, c_in, c_out) of every 3x3 conv of the default UNet."""
+  """(name, size, c_in, c_out) of every 3x3 conv of the default UNet (the row order)."""
   out, prev, size = [], bands, tile
   for i, w in enumerate(widths):
     if i:
@@ -47,6 +50,13 @@ def unet_convs(widths=(32, 64, 128, 256), bands=13, tile=64):
   return out
 
 
+def head_convs(widths=(32, 64, 128, 256), features=64, proj_dim=128, bands=13, tile=64):
+  """(name, size, c_in, c_out) of the 1x1 convs: the UNet's output, the projection head and
+  the masked objective's reconstruction head."""
+  return [("out", tile, widths[0], features), ("proj.0", tile, features, features),
+          ("proj.1", tile, features, proj_dim), ("recon", tile, features, bands)]
+
+
 def _median_ms(fn, repeats):
   fn()
   times = []
@@ -57,12 +67,13 @@ def _median_ms(fn, repeats):
   return 1e3 * statistics.median(times)
 
 
-def jax_times(n, size, cin, cout, repeats):
+def jax_times(n, size, cin, cout, k, repeats, impl):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(n, size, size, cin)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.05, jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.05, jnp.float32)
   g = jnp.asarray(rng.normal(size=(n, size, size, cout)), jnp.float32)
-  conv = lambda w, x: jax.lax.conv_general_dilated(   # noqa: E731
+  conv_fn = ee_conv.make_conv_general_dilated(impl)
+  conv = lambda w, x: conv_fn(   # noqa: E731
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   fwd = jax.jit(conv)
   dx = jax.jit(lambda w, x, g: jax.vjp(lambda x: conv(w, x), x)[1](g)[0])
@@ -72,17 +83,17 @@ def jax_times(n, size, cin, cout, repeats):
           _median_ms(lambda: dw(w, x, g).block_until_ready(), repeats))
 
 
-def torch_times(n, size, cin, cout, repeats, channels_last):
+def torch_times(n, size, cin, cout, k, repeats, channels_last):
   fmt = torch.channels_last if channels_last else torch.contiguous_format
   x = torch.randn(n, cin, size, size).contiguous(memory_format=fmt).requires_grad_(True)
-  w = (0.05 * torch.randn(cout, cin, 3, 3)).contiguous(memory_format=fmt).requires_grad_(True)
+  w = (0.05 * torch.randn(cout, cin, k, k)).contiguous(memory_format=fmt).requires_grad_(True)
   g = torch.randn(n, cout, size, size).contiguous(memory_format=fmt)
 
   def fwd():
     with torch.no_grad():
-      F.conv2d(x, w, padding=1)
+      F.conv2d(x, w, padding=k // 2)
 
-  y = F.conv2d(x, w, padding=1)
+  y = F.conv2d(x, w, padding=k // 2)
 
   def grad(of):
     torch.autograd.grad(y, of, g, retain_graph=True)
@@ -101,7 +112,8 @@ def main():
   args = p.parse_args()
   if torch is not None:
     torch.set_num_threads(args.threads or os.cpu_count())
-  cols = ["conv", "HxW", "cin->cout", "JAX fwd", "JAX dx", "JAX dw"]
+  cols = ["conv", "HxW", "cin->cout", "XLA fwd", "XLA dx", "XLA dw",
+          "conv.py fwd", "conv.py dx", "conv.py dw"]
   if torch is not None:
     cols += ["torch fwd", "torch dx", "torch dw", "torch-CL fwd", "torch-CL dx", "torch-CL dw"]
   print(f"ms per call, {args.images} images, {os.cpu_count()} CPUs, jax {jax.__version__}"
@@ -110,13 +122,17 @@ def main():
   print(" | ".join(cols))
   print(" | ".join("---" for _ in cols))
   totals = np.zeros(len(cols) - 3)
-  for name, size, cin, cout in unet_convs(bands=args.bands, tile=args.tile):
-    row = list(jax_times(args.images, size, cin, cout, args.repeats))
+  convs = ([c + (3,) for c in unet_convs(bands=args.bands, tile=args.tile)]
+           + [c + (1,) for c in head_convs(bands=args.bands, tile=args.tile)])
+  for name, size, cin, cout, k in convs:
+    row = list(jax_times(args.images, size, cin, cout, k, args.repeats, "xla"))
+    row += jax_times(args.images, size, cin, cout, k, args.repeats, "auto")
     if torch is not None:
-      row += torch_times(args.images, size, cin, cout, args.repeats, False)
-      row += torch_times(args.images, size, cin, cout, args.repeats, True)
+      row += torch_times(args.images, size, cin, cout, k, args.repeats, False)
+      row += torch_times(args.images, size, cin, cout, k, args.repeats, True)
     totals += row
-    print(" | ".join([name, f"{size}x{size}", f"{cin}->{cout}"] + [f"{t:.1f}" for t in row]))
+    print(" | ".join([name, f"{size}x{size}", f"{cin}->{cout}"] + [f"{t:.1f}" for t in row]),
+          flush=True)
   print(" | ".join(["total", "", ""] + [f"{t:.0f}" for t in totals]))
 
 

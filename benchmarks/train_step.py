@@ -17,6 +17,7 @@ take GFLOP/step from a CPU run of the same configuration there (docs/scaling.md)
   python benchmarks/train_step.py --peak_tflops bfloat16=989,float32=495   # H100 SXM dense
   python benchmarks/train_step.py --per_device_batch 2 --tile 32 --steps 2   # a quick check
   python benchmarks/train_step.py --vs_torch    # + the same step in eager PyTorch, and ratios
+  python benchmarks/train_step.py --conv_impl xla  # XLA's own convolutions (before conv.py)
 
 `--vs_torch` (needs `pip install '.[torch_peer]'`): after the JAX rows, the pre-training
 step of benchmarks/torch_peer.py (same network, InfoNCE, AdamW; NCHW and channels_last) at
@@ -84,6 +85,7 @@ def _step_and_state(task, dtype, args, total_steps=1000):
   """(per-device step fn, host TrainState) for `task` with the default model in `dtype`."""
   c = defaults.get_base_config()
   c.model.dtype = dtype
+  c.model.conv_impl = args.conv_impl or c.model.conv_impl
   mean, std = np.full(args.bands, 1000.0), np.full(args.bands, 500.0)
   tile = (args.dates, args.tile, args.tile, args.bands)
   key = jax.random.PRNGKey(0)
@@ -214,6 +216,8 @@ def main():
                  help="start no further configuration once this many seconds have passed "
                       "or the last one's time would overrun them (0: no limit); what was "
                       "not run is listed")
+  p.add_argument("--conv_impl", default=None, choices=models.conv.CONV_IMPLS,
+                 help="config.model.conv_impl (default: the config's, 'auto')")
   p.add_argument("--vs_torch", action="store_true",
                  help="pre-training fp32 only: also time benchmarks/torch_peer.py (NCHW and "
                       "channels_last) at the same batch and tile, and print the ratios")

@@ -47,9 +47,10 @@ def load_config_file(path: str, arg: str | None = None,
 
 
 def pretrain_config_for(config) -> ml_collections.ConfigDict:
-  """The pre-training config with the study's compute dtype (`model.dtype`), on the study's
-  own dataset, or on `study.pretrain_data` (name, config_name, data_dir, builder) where
-  the study names one (e.g. an s2_tiles build of other, unlabelled imagery)."""
+  """The pre-training config with the study's compute choices (`model.dtype`,
+  `model.conv_impl`), on the study's own dataset, or on `study.pretrain_data` (name,
+  config_name, data_dir, builder) where the study names one (e.g. an s2_tiles build of
+  other, unlabelled imagery)."""
   st = config.study
   p = load_config_file(st.pretrain_config, st.pretrain_arg)
   data = st.get("pretrain_data") or config.data
@@ -57,6 +58,7 @@ def pretrain_config_for(config) -> ml_collections.ConfigDict:
     p.data[key] = data[key]
   p.data.builder = ml_collections.ConfigDict(data.builder.to_dict())
   p.model.dtype = config.model.dtype  # one compute-dtype switch for the whole study
+  p.model.conv_impl = config.model.get("conv_impl", "auto")   # and one for the convolutions
   return p
 
 
@@ -87,6 +89,7 @@ def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str,
   if model is not None:
     c.model = ml_collections.ConfigDict(model)
     c.model.dtype = config.model.dtype  # the study's compute dtype, not the pre-training's
+    c.model.conv_impl = config.model.get("conv_impl", "auto")
   c.seed = seed
   c.finetune.label_fraction = fraction
   c.finetune.fraction_seed = seed

@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 
 from ee_jax.errors import ConfigError
+from ee_jax.models.conv import CONV_IMPLS
 from ee_jax.models.heads import ProjectionHead, SegmentationHead
 from ee_jax.models.temporal_attention import TemporalAttentionUNet
 from ee_jax.models.unet import TEMPORAL_MODES, UNet
@@ -36,6 +37,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.proj_hidden = 0               # projection head hidden width; 0 -> D
   c.proj_dim = 128                # embedding width of the contrastive loss
   c.dtype = "float32"             # compute dtype: 'float32' | 'bfloat16' (params stay fp32)
+  # how convolutions are computed, same maths (ee_jax/models/conv.py): 'auto' (matrix-product
+  # forms on CPU, where XLA's convolution gradients are slow; XLA's own on GPU/TPU) | 'xla'
+  # | 'matmul'
+  c.conv_impl = "auto"
   return c
 
 
@@ -43,6 +48,13 @@ def _dtype(cfg):
   if cfg.dtype not in DTYPES:
     raise ConfigError(f"config.model.dtype: unknown '{cfg.dtype}'; known: {sorted(DTYPES)}")
   return DTYPES[cfg.dtype]
+
+
+def _conv_impl(cfg):
+  impl = cfg.get("conv_impl", "auto")
+  if impl not in CONV_IMPLS:
+    raise ConfigError(f"config.model.conv_impl: unknown '{impl}'; known: {CONV_IMPLS}")
+  return impl
 
 
 def build_backbone(cfg):
@@ -57,7 +69,7 @@ def build_backbone(cfg):
   common = dict(widths=tuple(cfg.widths), features=cfg.features,
                 convs_per_block=cfg.convs_per_block, num_groups=cfg.num_groups,
                 norm_stats=cfg.get("norm_stats", "tile"), temporal_pool=cfg.temporal_pool,
-                resize_method=cfg.resize_method, dtype=_dtype(cfg))
+                resize_method=cfg.resize_method, dtype=_dtype(cfg), conv_impl=_conv_impl(cfg))
   if cfg.temporal == "conv3d":
     return UNet3D(**common)
   if cfg.temporal == "attention":
@@ -75,14 +87,16 @@ def build_pretrain_model(cfg, loss_cfg=None) -> PretrainModel:
   projection head always, a reconstruction head for 'masked', prototypes for 'prototypes',
   a predictor of the teacher's features for 'latent'."""
   from ee_jax import objectives  # objectives import models: import here, not at the top
-  head = ProjectionHead(hidden=cfg.proj_hidden or None, out=cfg.proj_dim, dtype=_dtype(cfg))
+  head = ProjectionHead(hidden=cfg.proj_hidden or None, out=cfg.proj_dim, dtype=_dtype(cfg),
+                        conv_impl=_conv_impl(cfg))
   recon_hidden, num_prototypes, latent_hidden = objectives.head_sizes(loss_cfg)
   return PretrainModel(backbone=build_backbone(cfg), head=head, recon_hidden=recon_hidden,
                        num_prototypes=num_prototypes, latent_hidden=latent_hidden)
 
 
 def build_segmentation_model(cfg, num_classes: int) -> SegmentationModel:
-  head = SegmentationHead(num_classes=num_classes, dtype=_dtype(cfg))
+  head = SegmentationHead(num_classes=num_classes, dtype=_dtype(cfg),
+                          conv_impl=_conv_impl(cfg))
   return SegmentationModel(backbone=build_backbone(cfg), head=head)
 
 

@@ -6,6 +6,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ee_jax.models.conv import conv
+
 
 class ProjectionHead(nn.Module):
   """1x1 convs D -> hidden -> out, L2-normalised (fp32), for the dense contrastive loss.
@@ -17,13 +19,14 @@ class ProjectionHead(nn.Module):
   out: int = 128
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, f, normalize: bool = True):
     hidden = self.hidden or f.shape[-1]
-    z = nn.Conv(hidden, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(f)
+    z = conv(hidden, (1, 1), self.conv_impl, self.dtype, self.param_dtype)(f)
     z = nn.relu(z)
-    z = nn.Conv(self.out, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(z)
+    z = conv(self.out, (1, 1), self.conv_impl, self.dtype, self.param_dtype)(z)
     z = z.astype(jnp.float32)  # the loss divides by tau: normalise and compare in fp32
     if not normalize:  # `PretrainModel` normalises itself and also uses the raw projection
       return z
@@ -35,11 +38,12 @@ class SegmentationHead(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, f):
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                     param_dtype=self.param_dtype)(f)
+    logits = conv(self.num_classes, (1, 1), self.conv_impl, self.dtype,
+                  self.param_dtype)(f)
     return logits.astype(jnp.float32)
 
 
@@ -51,12 +55,13 @@ class ReconstructionHead(nn.Module):
   hidden: int = 0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, f):
     if self.hidden:
-      f = nn.relu(nn.Conv(self.hidden, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(f))
-    y = nn.Conv(self.out, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype)(f)
+      f = nn.relu(conv(self.hidden, (1, 1), self.conv_impl, self.dtype, self.param_dtype)(f))
+    y = conv(self.out, (1, 1), self.conv_impl, self.dtype, self.param_dtype)(f)
     return y.astype(jnp.float32)
 
 

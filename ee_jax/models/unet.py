@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ee_jax.models.conv import conv
+
 TEMPORAL_MODES = ("stack", "shared", "conv3d", "attention")
 TEMPORAL_POOLS = ("masked_mean", "mean", "max")
 
@@ -59,12 +61,12 @@ class ConvBlock(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel: Sequence[int] = (3, 3)
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     for _ in range(self.convs):
-      x = nn.Conv(self.features, tuple(self.kernel), dtype=self.dtype,
-                  param_dtype=self.param_dtype)(x)
+      x = conv(self.features, self.kernel, self.conv_impl, self.dtype, self.param_dtype)(x)
       x = group_norm(self.features, self.num_groups, self.norm_stats, self.dtype,
                      self.param_dtype)(x)
       x = nn.relu(x)
@@ -127,10 +129,11 @@ class UNetBase(nn.Module):
   resize_method: str = "bilinear"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = "auto"         # how convolutions are computed (ee_jax/models/conv.py)
 
   def _block(self, width, name, kernel=(3, 3)):
     return ConvBlock(width, self.convs_per_block, self.num_groups, self.norm_stats,
-                     self.dtype, self.param_dtype, kernel, name=name)
+                     self.dtype, self.param_dtype, kernel, self.conv_impl, name=name)
 
   def _decode(self, skips):
     """skips[i] [B, h_i, w_i, widths[i]] (the last one is the bottleneck) -> features
@@ -140,13 +143,13 @@ class UNetBase(nn.Module):
     for i in reversed(range(len(self.widths) - 1)):
       skip = skips[i]
       y = jax.image.resize(y, y.shape[:1] + skip.shape[1:3] + y.shape[3:], self.resize_method)
-      y = nn.Conv(self.widths[i], (3, 3), dtype=self.dtype, param_dtype=self.param_dtype,
-                  name=f"up{i}")(y)
+      y = conv(self.widths[i], (3, 3), self.conv_impl, self.dtype, self.param_dtype,
+               name=f"up{i}")(y)
       y = jnp.concatenate([y, skip.astype(y.dtype)], axis=-1)
       y = self._block(self.widths[i], f"dec{i}")(y)
 
-    y = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                name="out")(y)
+    y = conv(self.features, (1, 1), self.conv_impl, self.dtype, self.param_dtype,
+             name="out")(y)
     y = group_norm(self.features, self.num_groups, self.norm_stats, self.dtype,
                    self.param_dtype, name="out_norm")(y)
     return nn.relu(y)

@@ -39,10 +39,12 @@ class PretrainModel(nn.Module):
     out = dict(features=features, proj=proj, z=z)
     if self.recon_hidden >= 0:
       out["recon"] = ReconstructionHead(out=x.shape[1] * x.shape[4], hidden=self.recon_hidden,
-                                        dtype=self.head.dtype, name="recon")(features)
+                                        dtype=self.head.dtype, conv_impl=self.head.conv_impl,
+                                        name="recon")(features)
     if self.latent_hidden >= 0:
       out["latent"] = ReconstructionHead(out=features.shape[-1], hidden=self.latent_hidden,
-                                         dtype=self.head.dtype, name="latent")(features)
+                                         dtype=self.head.dtype, conv_impl=self.head.conv_impl,
+                                         name="latent")(features)
     if self.num_prototypes > 0:
       out["scores"] = Prototypes(self.num_prototypes, name="prototypes")(z)
     return out if all_outputs else z

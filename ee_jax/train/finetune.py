@@ -116,7 +116,8 @@ def finetune(config, workdir: str) -> dict:
     if not config.init.allow_stats_mismatch:
       check_normalisation(src_meta, data_meta, source, data_meta["dataset"])
     model_cfg = ml_collections.ConfigDict(src_meta["model"])
-    model_cfg.dtype = config.model.dtype
+    model_cfg.dtype = config.model.dtype         # compute choices are this run's own
+    model_cfg.conv_impl = config.model.get("conv_impl", "auto")
     norm = src_meta
     backbone = src_params["backbone"]
 

@@ -1,0 +1,145 @@
+"""2D convolution with the maths of `lax.conv_general_dilated` in a form XLA CPU computes
+several times faster: 1x1 convolutions as matrix products, and the kernel gradient of the
+others as one matrix product per kernel tap.
+
+Why: XLA CPU computes a convolution's kernel gradient as a convolution whose window is the
+whole image, with the batch as the contraction; on the default UNet's shapes that takes
+4-13x as long as the forward pass (benchmarks/conv_grads.py, docs/scaling.md) and is most
+of the CPU training step. The same sum, dW[i, j] = sum over (n, h, w) of
+x_padded[n, h + i, w + j] (outer) dy[n, h, w], is one batched matrix product per kernel
+tap (batch = image, contraction = the image's pixels), summed over images: XLA's GEMM does
+that well. A 1x1 convolution is a matrix product over channels, and XLA CPU's convolution
+kernels run it (forward and both gradients) 4-20x slower than its GEMM does. The maths is
+unchanged (same sums in another order: fp32 rounding only).
+
+`impl` (config.model.conv_impl) picks: 'xla' (lax.conv_general_dilated as is), 'matmul'
+(the products above wherever the convolution is the plain stride-1 NHWC/HWIO case; the
+forward and input gradient of kernels larger than 1x1 stay XLA's), or 'auto' ('matmul' on
+the CPU backend, with XLA's kernel gradient kept for outputs under MIN_PIXELS pixels where
+that measured faster; 'xla' on GPU and TPU, which run cuDNN's or their own convolutions).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "matmul")
+# 'auto' on CPU: below 16 x 16 output pixels XLA's own kernel gradient was faster on the
+# default UNet's 8 x 8 levels (benchmarks/conv_grads.py; from 16 x 16 up the tap products win).
+MIN_PIXELS = 256
+_NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _lax_conv(x, w, pads):
+  return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC)
+
+
+def shifted_matmul_kernel_grad(x, dy, kernel_hw, pads):
+  """dW [kh, kw, C_in, C_out] of a stride-1 NHWC convolution with padding `pads`, from its
+  input x [N, H, W, C_in] and output cotangent dy [N, Ho, Wo, C_out].
+
+  Per tap (i, j): dW[i, j] = sum over n of x_tap[n]^T @ dy[n] (pixels as the contraction,
+  images as the batch of one batched matrix product, at least fp32 accumulation), where x_tap is
+  the padded input shifted by (i, j). Shifting copies; so the side with fewer channels is
+  the one shifted: x's window cropped to dy's frame, or dy placed (zero-padded) in x's
+  padded frame at offset (i, j), which gives the same sum."""
+  (kh, kw), (n, ho, wo, c_out), c_in = kernel_hw, dy.shape, x.shape[-1]
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  hp, wp = xp.shape[1:3]
+  contract_pixels = (((1,), (1,)), ((0,), (0,)))
+  acc = jnp.promote_types(dy.dtype, jnp.float32)   # bf16 sums in fp32, fp64 stays fp64
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      if c_out < c_in:
+        lhs = xp.reshape(n, hp * wp, c_in)
+        rhs = jnp.pad(dy, ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
+        rhs = rhs.reshape(n, hp * wp, c_out)
+      else:
+        lhs = lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c_in)).reshape(n, ho * wo, c_in)
+        rhs = dy.reshape(n, ho * wo, c_out)
+      per_image = lax.dot_general(lhs, rhs, contract_pixels, preferred_element_type=acc)
+      taps.append(per_image.sum(axis=0))
+  return jnp.stack(taps).reshape(kh, kw, c_in, c_out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_shifted_matmul_grad(x, w, pads):
+  """Stride-1 NHWC/HWIO convolution (padding `pads`, ((top, bottom), (left, right))) whose
+  kernel gradient is `shifted_matmul_kernel_grad`; forward and input gradient are XLA's."""
+  return _lax_conv(x, w, pads)
+
+
+def _fwd(x, w, pads):
+  return _lax_conv(x, w, pads), (x, w)
+
+
+def _bwd(pads, residuals, dy):
+  x, w = residuals
+  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, w, pads), x)
+  (dx,) = input_vjp(dy)
+  dw = shifted_matmul_kernel_grad(x, dy, w.shape[:2], pads).astype(w.dtype)
+  return dx, dw
+
+
+conv_shifted_matmul_grad.defvjp(_fwd, _bwd)
+
+
+def _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                dimension_numbers, feature_group_count):
+  """The explicit non-negative pads when this is the plain stride-1 2D NHWC/HWIO case the
+  tap products handle, else None."""
+  if lhs.ndim != 4 or feature_group_count != 1 or tuple(window_strides) != (1, 1):
+    return None
+  if any(d not in (None, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
+    return None
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if dn != _NHWC:
+    return None
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+  pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+  return pads if all(p >= 0 for pair in pads for p in pair) else None
+
+
+def make_conv_general_dilated(impl: str):
+  """A drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`)
+  computed the way `impl` names (module docstring)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl: unknown '{impl}'; known: {CONV_IMPLS}")
+
+  def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                           rhs_dilation=None,
+                           dimension_numbers=None, feature_group_count=1, precision=None,
+                           **kwargs):
+    pads = None
+    if impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu"):
+      if precision is None and not kwargs:
+        pads = _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                           dimension_numbers, feature_group_count)
+    if pads is not None and rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
+      return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())))
+    if pads is not None and impl == "auto":
+      out_pixels = ((lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1)
+                    * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1))
+      if out_pixels < MIN_PIXELS:
+        pads = None
+    if pads is None:
+      return lax.conv_general_dilated(
+          lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+          rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+          feature_group_count=feature_group_count, precision=precision, **kwargs)
+    return conv_shifted_matmul_grad(lhs, rhs, pads)
+
+  return conv_general_dilated
+
+
+def conv(features: int, kernel, impl: str, dtype: Any, param_dtype: Any,
+         name=None) -> nn.Conv:
+  """`nn.Conv` (same params, same maths) computed the way `impl` names."""
+  return nn.Conv(features, tuple(kernel), dtype=dtype, param_dtype=param_dtype, name=name,
+                 conv_general_dilated=make_conv_general_dilated(impl))

@@ -1,0 +1,120 @@
+"""ee_jax/models/conv.py: the matrix-product forms compute the same convolution (values and
+gradients) as lax.conv_general_dilated, and 'auto' picks them where it says it does."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from ee_jax import models
+from ee_jax.errors import ConfigError
+from ee_jax.models import conv
+from ee_jax.models.unet import UNet
+
+U32 = 2.0 ** -24   # unit roundoff of float32
+
+
+def _exact_kernel_grad(x, dy, kernel_hw, pads):
+  """dW by its definition, in float64 numpy (the reference both fp32 forms are held to)."""
+  xp = np.pad(x.astype(np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+  n, ho, wo, _ = dy.shape
+  return np.stack([[np.einsum("nhwc,nhwd->cd", xp[:, i:i + ho, j:j + wo], dy)
+                    for j in range(kernel_hw[1])] for i in range(kernel_hw[0])])
+
+
+@pytest.mark.parametrize("shape,kernel_hw,pads,c_out", [
+    ((2, 9, 7, 5), (3, 3), ((1, 1), (1, 1)), 6),     # SAME, the input side shifted
+    ((2, 9, 7, 6), (3, 3), ((1, 1), (1, 1)), 4),     # SAME, dy shifted (fewer out channels)
+    ((3, 8, 8, 4), (5, 3), ((0, 2), (1, 0)), 3),     # uneven kernel and padding, smaller out
+    ((2, 6, 5, 3), (1, 1), ((0, 0), (0, 0)), 7),     # 1x1
+])
+def test_kernel_grad_matches_definition_and_xla(shape, kernel_hw, pads, c_out):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  ho = shape[1] + sum(pads[0]) - kernel_hw[0] + 1
+  wo = shape[2] + sum(pads[1]) - kernel_hw[1] + 1
+  dy = rng.normal(size=(shape[0], ho, wo, c_out)).astype(np.float32)
+  exact = _exact_kernel_grad(x, dy.astype(np.float64), kernel_hw, pads)
+  # Each entry is a sum of K = N*Ho*Wo products: any fp32 summation order is within
+  # gamma_(K+1) * sum|x||dy| of the exact value (Higham, ch. 3), XLA's as well as ours.
+  k = shape[0] * ho * wo
+  gamma = (k + 1) * U32 / (1 - (k + 1) * U32)
+  bound = gamma * _exact_kernel_grad(np.abs(x), np.abs(dy).astype(np.float64), kernel_hw, pads)
+
+  ours = np.asarray(conv.shifted_matmul_kernel_grad(jnp.asarray(x), jnp.asarray(dy),
+                                                    kernel_hw, pads))
+  w = jnp.zeros(kernel_hw + (shape[-1], c_out))
+  _, vjp = jax.vjp(lambda w_: conv._lax_conv(jnp.asarray(x), w_, pads), w)
+  xla = np.asarray(vjp(jnp.asarray(dy))[0])
+  assert ours.shape == xla.shape == exact.shape
+  assert np.all(np.abs(ours - exact) <= bound), np.max(np.abs(ours - exact) / bound)
+  assert np.all(np.abs(xla - exact) <= bound)
+
+
+def _unet_loss_and_grads(impl, x):
+  net = UNet(widths=(4, 8), features=6, num_groups=2, conv_impl=impl,
+             dtype=jnp.float64, param_dtype=jnp.float64)
+  params = net.init(jax.random.PRNGKey(0), x)["params"]
+  target = jnp.cos(jnp.arange(6.0))
+
+  def loss(p):
+    return jnp.mean((net.apply({"params": p}, x) - target) ** 2)
+
+  return jax.value_and_grad(loss)(params)
+
+
+def test_unet_same_values_and_gradients_in_every_impl():
+  """In float64 the two forms of the same maths agree to ~1e-14 relative (every sum has at
+  most 2*16*12 = 384 terms, u = 1.1e-16; 1e-10 leaves room for cancellation); a wrong
+  tap, flip or transpose would be O(1) off."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 1, 16, 12, 3), jnp.float64)
+    ref_loss, ref_grads = _unet_loss_and_grads("xla", x)
+    loss, grads = _unet_loss_and_grads("matmul", x)
+    ref_grads, grads = jax.device_get((ref_grads, grads))     # float64 numpy from here
+  assert abs(float(loss) - float(ref_loss)) <= 1e-12 * abs(float(ref_loss))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads),
+                          jax.tree_util.tree_leaves(ref_grads)):
+    assert a.dtype == b.dtype == np.float64
+    assert np.max(np.abs(a - b)) <= 1e-10 * (np.max(np.abs(b)) + 1e-300), path
+
+
+def _primitives(fn, *args):
+  return {str(e.primitive) for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' routes on the CPU backend")
+def test_auto_routes_by_kernel_and_map_size():
+  pick = conv.make_conv_general_dilated("auto")
+  dn = ("NHWC", "HWIO", "NHWC")
+  big, small = jnp.zeros((1, 16, 16, 2)), jnp.zeros((1, 8, 8, 2))
+  w3, w1 = jnp.zeros((3, 3, 2, 2)), jnp.zeros((1, 1, 2, 2))
+  call = lambda x, w: pick(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
+  assert "custom_vjp_call" in _primitives(call, big, w3)       # 16 x 16 = MIN_PIXELS
+  assert "conv_general_dilated" in _primitives(call, small, w3)  # 8 x 8: XLA's own
+  one_by_one = _primitives(call, big, w1)                        # 1x1: a matrix product
+  assert "dot_general" in one_by_one and "conv_general_dilated" not in one_by_one
+  strided = lambda x, w: pick(x, w, (2, 2), "SAME", dimension_numbers=dn)  # noqa: E731
+  assert "conv_general_dilated" in _primitives(strided, big, w3)   # not the plain case
+  xla = conv.make_conv_general_dilated("xla")
+  assert "dot_general" not in _primitives(
+      lambda x, w: xla(x, w, (1, 1), "SAME", dimension_numbers=dn), big, w1)
+
+
+def test_unknown_conv_impl_is_a_config_error():
+  c = models.default_config()
+  c.conv_impl = "fast"
+  with pytest.raises(ConfigError, match="config.model.conv_impl: unknown 'fast'"):
+    models.build_backbone(c)
+
+
+def test_matmul_impl_falls_back_where_it_does_not_apply():
+  """Grouped or dilated convolutions are left to lax (same result as lax itself)."""
+  pick = conv.make_conv_general_dilated("matmul")
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 10, 10, 4))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 4))
+  kw = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2,
+            rhs_dilation=(2, 2))
+  np.testing.assert_array_equal(pick(x, w, (1, 1), "SAME", **kw),
+                                lax.conv_general_dilated(x, w, (1, 1), "SAME", **kw))
