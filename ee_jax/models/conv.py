@@ -9,7 +9,9 @@ of the CPU training step. The same sum, dW[i, j] = sum over (n, h, w) of
 x_padded[n, h + i, w + j] (outer) dy[n, h, w], is one batched matrix product per kernel
 tap (batch = image, contraction = the image's pixels), summed over images: XLA's GEMM does
 that well. A 1x1 convolution is a matrix product over channels, and XLA CPU's convolution
-kernels run it (forward and both gradients) 4-20x slower than its GEMM does. The maths is
+kernels run it (forward and both gradients) 2-10x slower than its GEMM does; its kernel
+gradient is batched over images like the others (one GEMM over all pixels at once has too
+few output blocks to keep the cores busy). The maths is
 unchanged (same sums in another order: fp32 rounding only).
 
 `impl` (config.model.conv_impl) picks: 'xla' (lax.conv_general_dilated as is), 'matmul'
@@ -31,6 +33,10 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 # 'auto' on CPU: below 16 x 16 output pixels XLA's own kernel gradient was faster on the
 # default UNet's 8 x 8 levels (benchmarks/conv_grads.py; from 16 x 16 up the tap products win).
 MIN_PIXELS = 256
+# Kernel gradients of layers this wide (C_in * C_out) are one product over all images'
+# pixels; narrower ones a batched product per image, then a sum (measured on the default
+# UNet's layers: the joint product won for 256->128 and lost for 128->128 and narrower).
+JOINT_MIN_CHANNELS = 256 * 128
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
@@ -38,19 +44,30 @@ def _lax_conv(x, w, pads):
   return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC)
 
 
+def _forward(x, w, pads):
+  """The convolution's value: a matrix product over channels for an unpadded 1x1 kernel,
+  XLA's convolution otherwise."""
+  if w.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
+    return lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())))
+  return _lax_conv(x, w, pads)
+
+
 def shifted_matmul_kernel_grad(x, dy, kernel_hw, pads):
   """dW [kh, kw, C_in, C_out] of a stride-1 NHWC convolution with padding `pads`, from its
   input x [N, H, W, C_in] and output cotangent dy [N, Ho, Wo, C_out].
 
   Per tap (i, j): dW[i, j] = sum over n of x_tap[n]^T @ dy[n] (pixels as the contraction,
-  images as the batch of one batched matrix product, at least fp32 accumulation), where x_tap is
-  the padded input shifted by (i, j). Shifting copies; so the side with fewer channels is
-  the one shifted: x's window cropped to dy's frame, or dy placed (zero-padded) in x's
-  padded frame at offset (i, j), which gives the same sum."""
+  at least fp32 accumulation), where x_tap is the padded input shifted by (i, j). Narrow
+  layers make it a batched product over images, then a sum (one product over all images'
+  pixels would have too few output blocks to keep the cores busy); layers with
+  C_in * C_out >= JOINT_MIN_CHANNELS contract images and pixels in one product. Shifting
+  copies, so the side with fewer channels is shifted: x's window cropped to dy's frame, or
+  dy placed (zero-padded) in x's padded frame at offset (i, j), which gives the same sum."""
   (kh, kw), (n, ho, wo, c_out), c_in = kernel_hw, dy.shape, x.shape[-1]
   xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
   hp, wp = xp.shape[1:3]
-  contract_pixels = (((1,), (1,)), ((0,), (0,)))
+  joint = c_in * c_out >= JOINT_MIN_CHANNELS
+  contract = (((0, 1), (0, 1)), ((), ())) if joint else (((1,), (1,)), ((0,), (0,)))
   acc = jnp.promote_types(dy.dtype, jnp.float32)   # bf16 sums in fp32, fp64 stays fp64
   taps = []
   for i in range(kh):
@@ -62,25 +79,26 @@ def shifted_matmul_kernel_grad(x, dy, kernel_hw, pads):
       else:
         lhs = lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c_in)).reshape(n, ho * wo, c_in)
         rhs = dy.reshape(n, ho * wo, c_out)
-      per_image = lax.dot_general(lhs, rhs, contract_pixels, preferred_element_type=acc)
-      taps.append(per_image.sum(axis=0))
+      product = lax.dot_general(lhs, rhs, contract, preferred_element_type=acc)
+      taps.append(product if joint else product.sum(axis=0))
   return jnp.stack(taps).reshape(kh, kw, c_in, c_out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_shifted_matmul_grad(x, w, pads):
   """Stride-1 NHWC/HWIO convolution (padding `pads`, ((top, bottom), (left, right))) whose
-  kernel gradient is `shifted_matmul_kernel_grad`; forward and input gradient are XLA's."""
-  return _lax_conv(x, w, pads)
+  kernel gradient is `shifted_matmul_kernel_grad`; value and input gradient are
+  `_forward`'s (a matrix product for 1x1, XLA's convolution otherwise)."""
+  return _forward(x, w, pads)
 
 
 def _fwd(x, w, pads):
-  return _lax_conv(x, w, pads), (x, w)
+  return _forward(x, w, pads), (x, w)
 
 
 def _bwd(pads, residuals, dy):
   x, w = residuals
-  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, w, pads), x)
+  _, input_vjp = jax.vjp(lambda x_: _forward(x_, w, pads), x)
   (dx,) = input_vjp(dy)
   dw = shifted_matmul_kernel_grad(x, dy, w.shape[:2], pads).astype(w.dtype)
   return dx, dw
@@ -121,9 +139,8 @@ def make_conv_general_dilated(impl: str):
       if precision is None and not kwargs:
         pads = _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                            dimension_numbers, feature_group_count)
-    if pads is not None and rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
-      return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())))
-    if pads is not None and impl == "auto":
+    one_by_one = rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0))
+    if pads is not None and impl == "auto" and not one_by_one:
       out_pixels = ((lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1)
                     * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1))
       if out_pixels < MIN_PIXELS:

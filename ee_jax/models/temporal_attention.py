@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ee_jax.models.unet import UNetBase, level_weights, temporal_pool
+from ee_jax.models.unet import UNetBase, level_weights, max_pool_2x2, temporal_pool
 
 
 def sinusoid_encoding(positions, dim: int, base: float = 1000.0):
@@ -105,7 +105,7 @@ class TemporalAttentionUNet(UNetBase):
     levels = []
     for i, width in enumerate(self.widths):
       if i > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = max_pool_2x2(x)
       x = self._block(width, f"enc{i}")(x)
       levels.append(x.reshape((b, t) + x.shape[1:]))
 

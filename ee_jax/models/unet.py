@@ -36,6 +36,50 @@ def _groups(num_groups: int, channels: int) -> int:
 NORM_STATS = ("tile", "pixel")
 
 
+def max_pool_2x2(x):
+  """2x2, stride-2, SAME max-pooling over the two axes before channels ([..., H, W, C]).
+
+  The same values and gradient as `nn.max_pool`, ties included (the first maximum of a
+  window in row-major order takes the gradient). Even sizes pool as a reshape and a max
+  with that gradient written out, which XLA CPU computes 3-8x faster than `nn.max_pool`'s
+  select-and-scatter (docs/scaling.md); odd sizes (ceil) take `nn.max_pool`.
+  """
+  *_, h, w, _ = x.shape
+  if h % 2 or w % 2:
+    window = (1,) * (x.ndim - 4) + (2, 2)
+    return nn.max_pool(x, window, strides=window, padding="SAME")
+  return _even_max_pool(x)
+
+
+def _windows(x):
+  *lead, h, w, c = x.shape
+  return x.reshape(*lead, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def _even_max_pool(x):
+  return _windows(x).max(axis=(-4, -2))
+
+
+def _even_max_pool_fwd(x):
+  y = _even_max_pool(x)
+  return y, (x, y)
+
+
+def _even_max_pool_bwd(residuals, dy):
+  x, y = residuals
+  hit = _windows(x) == y[..., :, None, :, None, :]
+  e00, e01, e10, e11 = (hit[..., i, :, j, :] for i in (0, 1) for j in (0, 1))
+  first = (e00, e01 & ~e00, e10 & ~(e00 | e01), e11 & ~(e00 | e01 | e10))
+  rows = [jnp.stack(first[2 * i:2 * i + 2], axis=-2) for i in (0, 1)]
+  take = jnp.stack(rows, axis=-4)                           # [..., H/2, 2, W/2, 2, C]
+  dx = jnp.where(take, dy[..., :, None, :, None, :], jnp.zeros((), dy.dtype))
+  return (dx.reshape(x.shape),)
+
+
+_even_max_pool.defvjp(_even_max_pool_fwd, _even_max_pool_bwd)
+
+
 def group_norm(channels: int, num_groups: int, stats: str, dtype, param_dtype, name=None):
   """GroupNorm whose statistics are taken over the tile (H, W and the group's channels) or
   per pixel (the group's channels only).
@@ -199,7 +243,7 @@ class UNet(UNetBase):
     skips = []
     for i, width in enumerate(self.widths):
       if i > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = max_pool_2x2(x)
       x = self._block(width, f"enc{i}")(x)
       skips.append(pool(x))
     return self._decode(skips)

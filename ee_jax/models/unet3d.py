@@ -17,7 +17,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from ee_jax.models.unet import UNetBase, level_weights, temporal_pool
+from ee_jax.models.unet import UNetBase, level_weights, max_pool_2x2, temporal_pool
 
 
 class UNet3D(UNetBase):
@@ -34,7 +34,7 @@ class UNet3D(UNetBase):
     skips = []
     for i, width in enumerate(self.widths):
       if i > 0:                                   # halve H, W; keep T
-        x = nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2), padding="SAME")
+        x = max_pool_2x2(x)
       x = self._block(width, f"enc{i}", kernel=(3, 3, 3))(x)
       skips.append(temporal_pool(x, level_weights(valid, x.shape[2:4]), self.temporal_pool))
     return self._decode(skips)
