@@ -97,12 +97,17 @@ def _primitives(fn, *args):
 def test_auto_routes_by_kernel_and_map_size():
   pick = conv.make_conv_general_dilated("auto")
   dn = ("NHWC", "HWIO", "NHWC")
-  big, small = jnp.zeros((1, 16, 16, 2)), jnp.zeros((1, 8, 8, 2))
-  w3, w1 = jnp.zeros((3, 3, 2, 2)), jnp.zeros((1, 1, 2, 2))
+  c = 128
+  big = jnp.zeros((4, 16, 16, c))          # 16 x 16 = MIN_PIXELS, 4*256*c*c = MIN_WORK
+  few = jnp.zeros((3, 16, 16, c))          # under MIN_WORK
+  small = jnp.zeros((256, 8, 8, c))        # plenty of work, but 8 x 8 < MIN_PIXELS
+  w3, w1 = jnp.zeros((3, 3, c, c)), jnp.zeros((1, 1, c, c))
   call = lambda x, w: pick(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
-  assert "custom_vjp_call" in _primitives(call, big, w3)       # 16 x 16 = MIN_PIXELS
-  assert "conv_general_dilated" in _primitives(call, small, w3)  # 8 x 8: XLA's own
-  one_by_one = _primitives(call, big, w1)                        # 1x1: a matrix product
+  assert conv.MIN_WORK == 4 * 256 * c * c and conv.MIN_PIXELS == 256
+  assert "custom_vjp_call" in _primitives(call, big, w3)
+  assert "custom_vjp_call" not in _primitives(call, few, w3)     # XLA's own
+  assert "custom_vjp_call" not in _primitives(call, small, w3)
+  one_by_one = _primitives(call, few, w1)                        # 1x1: a matrix product
   assert {"custom_vjp_call", "dot_general"} <= one_by_one
   assert "conv_general_dilated" not in one_by_one
   strided = lambda x, w: pick(x, w, (2, 2), "SAME", dimension_numbers=dn)  # noqa: E731

@@ -17,8 +17,9 @@ unchanged (same sums in another order: fp32 rounding only).
 `impl` (config.model.conv_impl) picks: 'xla' (lax.conv_general_dilated as is), 'matmul'
 (the products above wherever the convolution is the plain stride-1 NHWC/HWIO case; the
 forward and input gradient of kernels larger than 1x1 stay XLA's), or 'auto' ('matmul' on
-the CPU backend, with XLA's kernel gradient kept for outputs under MIN_PIXELS pixels where
-that measured faster; 'xla' on GPU and TPU, which run cuDNN's or their own convolutions).
+the CPU backend, with XLA's kernel gradient kept for outputs under MIN_PIXELS pixels or
+problems under MIN_WORK multiply-adds per tap, where that measured faster; 'xla' on GPU
+and TPU, which run cuDNN's or their own convolutions).
 """
 
 import functools
@@ -30,9 +31,13 @@ import jax.numpy as jnp
 from jax import lax
 
 CONV_IMPLS = ("auto", "xla", "matmul")
-# 'auto' on CPU: below 16 x 16 output pixels XLA's own kernel gradient was faster on the
-# default UNet's 8 x 8 levels (benchmarks/conv_grads.py; from 16 x 16 up the tap products win).
+# 'auto' on CPU keeps XLA's own kernel gradient for small maps (below 16 x 16 output pixels:
+# the default UNet's 8 x 8 levels) and for small problems (under MIN_WORK multiply-adds per
+# tap, N * Ho * Wo * C_in * C_out: e.g. 16 tiles of 32 x 32 at 13-32 channels), where it
+# measured faster; the tap products win from there up (benchmarks/conv_grads.py,
+# docs/scaling.md).
 MIN_PIXELS = 256
+MIN_WORK = 2 ** 24
 # Kernel gradients of layers this wide (C_in * C_out) are one product over all images'
 # pixels; narrower ones a batched product per image, then a sum (measured on the default
 # UNet's layers: the joint product won for 256->128 and lost for 128->128 and narrower).
@@ -143,7 +148,8 @@ def make_conv_general_dilated(impl: str):
     if pads is not None and impl == "auto" and not one_by_one:
       out_pixels = ((lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1)
                     * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1))
-      if out_pixels < MIN_PIXELS:
+      work = lhs.shape[0] * out_pixels * rhs.shape[2] * rhs.shape[3]
+      if out_pixels < MIN_PIXELS or work < MIN_WORK:
         pads = None
     if pads is None:
       return lax.conv_general_dilated(
