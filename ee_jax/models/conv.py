@@ -129,6 +129,17 @@ def _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
   return pads if all(p >= 0 for pair in pads for p in pair) else None
 
 
+def _xla_is_faster(lhs, rhs, pads) -> bool:
+  """'auto': whether XLA's own kernel gradient measured faster for this convolution (small
+  maps or small problems; module constants). 1x1 kernels always take the matrix product."""
+  if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
+    return False
+  out_pixels = ((lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1)
+                * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1))
+  work = lhs.shape[0] * out_pixels * rhs.shape[2] * rhs.shape[3]
+  return out_pixels < MIN_PIXELS or work < MIN_WORK
+
+
 def make_conv_general_dilated(impl: str):
   """A drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`)
   computed the way `impl` names (module docstring)."""
@@ -136,22 +147,14 @@ def make_conv_general_dilated(impl: str):
     raise ValueError(f"conv_impl: unknown '{impl}'; known: {CONV_IMPLS}")
 
   def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                           rhs_dilation=None,
-                           dimension_numbers=None, feature_group_count=1, precision=None,
-                           **kwargs):
+                           rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                           precision=None, **kwargs):
+    use_products = impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu")
     pads = None
-    if impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu"):
-      if precision is None and not kwargs:
-        pads = _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                           dimension_numbers, feature_group_count)
-    one_by_one = rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0))
-    if pads is not None and impl == "auto" and not one_by_one:
-      out_pixels = ((lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1)
-                    * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1))
-      work = lhs.shape[0] * out_pixels * rhs.shape[2] * rhs.shape[3]
-      if out_pixels < MIN_PIXELS or work < MIN_WORK:
-        pads = None
-    if pads is None:
+    if use_products and precision is None and not kwargs:
+      pads = _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                         dimension_numbers, feature_group_count)
+    if pads is None or (impl == "auto" and _xla_is_faster(lhs, rhs, pads)):
       return lax.conv_general_dilated(
           lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
           rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
