@@ -13,6 +13,11 @@ with the best mIoU on `study.select_split` (never the test split) gives the run'
 result. Each initialisation thus gets the recipe that suits it: a good pre-trained backbone
 is spent by training every weight at full rate on a few tiles, while a random one needs
 exactly that.
+
+With `study.train_together` (default), the unfinished runs of one fraction and recipe (every
+init and seed) fine-tune as one compiled step over their stacked states
+(ee_jax/train/together.py; `study.vmap_width` runs vectorised at a time), each with its own
+tiles, keys and result, as if done alone.
 """
 
 import importlib.util
@@ -25,7 +30,7 @@ from ee_jax import checkpoints, distributed, report
 from ee_jax.data import datasets
 from ee_jax.errors import ConfigError
 from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train import finetune_best, finetune_step
+from ee_jax.train import finetune_best, finetune_step, together
 from ee_jax.train.finetune import check_selection, finetune
 from ee_jax.train.pretrain import pretrain
 
@@ -108,6 +113,9 @@ def run_study(config, workdir: str) -> dict:
     raise ConfigError(f"config.study.inits: unknown {unknown}; known: {list(INITS)}")
   if any(not 0 < f <= 1 for f in st.fractions):
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
+  if int(st.get("vmap_width", 0)) < 0:
+    raise ConfigError(f"config.study.vmap_width must be >= 0 (0 = automatic); "
+                      f"got {st.vmap_width}")
   recipes = list(st.candidates)
   for recipe in recipes:  # every candidate must apply before any work starts
     if recipe not in st.recipes:
@@ -140,6 +148,8 @@ def run_study(config, workdir: str) -> dict:
 
   runs = []
   for fraction in st.fractions:
+    if st.get("train_together", True):
+      _train_fraction_together(config, workdir, fraction, recipes, pretrain_dir, model)
     for init in st.inits:
       for seed in st.seeds:
         name = run_name(fraction, init, seed)
@@ -165,6 +175,25 @@ def run_study(config, workdir: str) -> dict:
     print(report.table(summary))
     print(f"Report: {paths['report']}\nPlot: {paths['plot']}\nResults: {paths['json']}")
   return summary
+
+
+def _train_fraction_together(config, workdir: str, fraction: float, recipes: list,
+                             pretrain_dir: str, model) -> None:
+  """Fine-tunes the fraction's unfinished runs (every init and seed) of each recipe as one
+  step (ee_jax/train/together.py); the study's loop then finds their eval.json."""
+  st = config.study
+  for recipe in recipes or [None]:
+    configs, rundirs = [], []
+    for init in st.inits:
+      for seed in st.seeds:
+        name = run_name(fraction, init, seed)
+        rundir = os.path.join(workdir, "runs", name if len(recipes) <= 1 else f"{name}_{recipe}")
+        if not os.path.exists(os.path.join(rundir, "eval.json")):
+          configs.append(run_config(config, fraction, init, seed, pretrain_dir, model, recipe))
+          rundirs.append(rundir)
+    if len(configs) > 1:
+      together.finetune_together(configs, rundirs,
+                                 vmap_width=int(st.get("vmap_width", 0)) or None)
 
 
 def _finished(run_cfg, rundir: str, label: str) -> dict:

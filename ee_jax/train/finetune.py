@@ -9,8 +9,10 @@ Options: LP-FT (`finetune.linear_probe_steps`, finetune_step.make_optimizer) and
 the best-on-validation params instead of the last (`finetune.select_best`, finetune_best).
 """
 
+import dataclasses
 import json
 import os
+from typing import Any
 
 import jax
 import ml_collections
@@ -85,9 +87,36 @@ def check_selection(config) -> None:
                       f"would tune the reported score on the test set")
 
 
-def finetune(config, workdir: str) -> dict:
-  """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json):
-  the last params, or with `finetune.select_best` those of the best validation mIoU."""
+@dataclasses.dataclass
+class Run:
+  """One fine-tuning run set up to train from `start`: what `finetune` and
+  `finetune_together` (several runs as one program) both need."""
+  config: Any
+  workdir: str
+  builder: Any
+  model: Any
+  model_cfg: Any
+  tx: Any
+  schedule: Any
+  state: TrainState        # host state at `start` (fresh, restored or resumed)
+  start: int
+  ckpt: checkpoints.Checkpointer
+  ckpt_meta: dict
+  indices: Any             # the label fraction's tiles, None = all
+  mean: np.ndarray
+  std: np.ndarray
+  class_weights: Any
+  class_names: list
+  ignore_index: int
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def prepare_run(config, workdir: str) -> Run:
+  """Checks the config, writes config.json, and sets the run up: the model from the
+  pre-training checkpoint (or the one being resumed), its state, its tiles."""
   check_selection(config)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
@@ -154,26 +183,36 @@ def finetune(config, workdir: str) -> dict:
                "label_fraction": config.finetune.label_fraction,
                "config": json.loads(config.to_json_best_effort()),
                "code_version": checkpoints.code_version()}
-  p_step = parallel.pmap_step(finetune_step.make_finetune_step(
-      model, tx, schedule, mean, std, k, ignore_index, weights, config.finetune.dihedral),
-      donate_argnums=(0,))
-  p_eval = evaluate_lib.make_evaluator(model, ckpt_meta, k, ignore_index)
+  return Run(config, workdir, builder, model, model_cfg, tx, schedule, state, start, ckpt,
+             ckpt_meta, indices, mean, std, weights, class_names, ignore_index)
 
-  best = (finetune_best.BestKeeper(workdir, ckpt_meta, config.data.eval_split)
+
+def finetune(config, workdir: str) -> dict:
+  """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json):
+  the last params, or with `finetune.select_best` those of the best validation mIoU."""
+  run = prepare_run(config, workdir)
+  p_step = parallel.pmap_step(finetune_step.make_finetune_step(
+      run.model, run.tx, run.schedule, run.mean, run.std, run.num_classes, run.ignore_index,
+      run.class_weights, config.finetune.dihedral), donate_argnums=(0,))
+  p_eval = evaluate_lib.make_evaluator(run.model, run.ckpt_meta, run.num_classes,
+                                       run.ignore_index)
+
+  best = (finetune_best.BestKeeper(workdir, run.ckpt_meta, config.data.eval_split)
           if config.finetune.select_best else None)
 
   def validation(p_state):
-    scores = evaluate_lib.scores_for(p_eval, p_state.params, config, builder,
-                                     config.data.eval_split, class_names)
+    scores = evaluate_lib.scores_for(p_eval, p_state.params, config, run.builder,
+                                     config.data.eval_split, run.class_names)
     if best is not None:
       host = jax.device_get(parallel.unreplicate(p_state))
       best.offer(int(host.step), scores["miou"], host.params)
     return {"miou": scores["miou"], "oa": scores["oa"]}
 
-  last, _ = loop.run(config, workdir, builder, state, start=start, p_step=p_step,
-                     step_keys=STEP_KEYS, evaluate=validation, ckpt=ckpt, ckpt_meta=ckpt_meta,
-                     indices=indices, pixels_per_tile=s * s)
-  ckpt.close()
+  s = run.ckpt_meta["tile_size"]
+  last, _ = loop.run(config, workdir, run.builder, run.state, start=run.start, p_step=p_step,
+                     step_keys=STEP_KEYS, evaluate=validation, ckpt=run.ckpt,
+                     ckpt_meta=run.ckpt_meta, indices=run.indices, pixels_per_tile=s * s)
+  run.ckpt.close()
   source_dir = workdir
   if best is not None:
     best.close()
@@ -183,10 +222,15 @@ def finetune(config, workdir: str) -> dict:
     distributed.log(f"Best {config.data.eval_split} mIoU {_fmt(best.miou)} at step "
                     f"{best.step}: its params are evaluated")
     source_dir = finetune_best.best_dir(workdir)
+  return {**last, **write_test_result(config, workdir, source_dir)}
+
+
+def write_test_result(config, workdir: str, source_dir: str) -> dict:
+  """Evaluates `source_dir`'s params on the test split into <workdir>/eval.json."""
   result = evaluate_lib.evaluate(config, workdir, checkpoint=source_dir)
   distributed.log(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, "
                   f"OA {_fmt(result['oa'])} -> {os.path.join(workdir, 'eval.json')}")
-  return {**last, "test_miou": result["miou"], "test_oa": result["oa"]}
+  return {"test_miou": result["miou"], "test_oa": result["oa"]}
 
 
 def _fmt(x):

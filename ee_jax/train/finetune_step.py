@@ -53,8 +53,18 @@ def make_finetune_step(model, tx, schedule, mean, std, num_classes: int, ignore_
                        class_weights=None, dihedral: bool = True, axis_name: str = AXIS):
   """Per-device `step(state, batch, base_key) -> (state, metrics)`; batch holds image,
   valid, label, index. metrics: loss, pixel accuracy on the batch, grad_norm, lr."""
+  step = make_normalising_step(model, tx, schedule, num_classes, ignore_index, class_weights,
+                               dihedral, axis_name)
+  return lambda state, batch, base_key: step(state, batch, base_key, mean, std)
 
-  def loss_fn(params, batch):
+
+def make_normalising_step(model, tx, schedule, num_classes: int, ignore_index: int,
+                          class_weights=None, dihedral: bool = True, axis_name: str = AXIS):
+  """`step(state, batch, base_key, mean, std)`: make_finetune_step's step with the
+  per-band normalisation as arguments, for runs that differ in it but train as one
+  program (the pretrained arm of a study normalises as its checkpoint did)."""
+
+  def loss_fn(params, batch, mean, std):
     x, date_valid = prepare_inputs(batch["image"], batch["valid"], mean, std)
     logits = model.apply({"params": params}, x, date_valid).astype(jnp.float32)
     label = batch["label"].astype(jnp.int32)
@@ -67,11 +77,11 @@ def make_finetune_step(model, tx, schedule, mean, std, num_classes: int, ignore_
     counted = (w > 0).sum()
     return loss, (correct, counted)
 
-  def step_fn(state: TrainState, batch, base_key):
+  def step_fn(state: TrainState, batch, base_key, mean, std):
     if dihedral:
       batch = random_dihedral(batch, base_key, state.step)
     (loss, (correct, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch)
+        state.params, batch, mean, std)
     grads = jax.lax.psum(grads, axis_name)   # each device holds its share of the global loss
     out = {
         "loss": jax.lax.psum(loss, axis_name),
