@@ -68,8 +68,9 @@ def finetune_together(configs, workdirs, vmap_width: int | None = None) -> list[
     return [finetune_lib.finetune(c, w) for c, w in zip(configs, workdirs)]
 
   width = stacked.default_vmap_width() if vmap_width is None else int(vmap_width)
-  distributed.log(f"Fine-tuning {len(runs)} runs together as one step "
-                  f"({'all vectorised' if width == 0 or width >= len(runs) else f'{width} vectorised at a time'}): "
+  how = ("all vectorised" if width == 0 or width >= len(runs)
+         else f"{width} vectorised at a time")
+  distributed.log(f"Fine-tuning {len(runs)} runs together as one step ({how}): "
                   + ", ".join(os.path.basename(r.workdir) for r in runs))
   lasts = _train(runs, width)
   for run in runs:
