@@ -28,9 +28,10 @@ def get_config(arg: str | None = None):
       # Recipes tried per run; with several, each run keeps the best on `select_split`.
       candidates=defaults.STUDY_CANDIDATES,
       select_split="validation",
-      # The runs of one fraction and recipe train together as one compiled step;
-      # vmap_width: runs vectorised at a time (0 = all on GPU/TPU, 1 on CPU).
-      train_together=True,
+      # The runs of one fraction and recipe train as one compiled step ('auto': on
+      # GPU/TPU, run by run on CPU where it measured slower; 'always'; 'never');
+      # vmap_width: runs vectorised at a time (0 = all).
+      train_together="auto",
       vmap_width=0,
   )
   c.train.eval_every = 0  # no validation passes inside study runs: only the final test

@@ -11,6 +11,7 @@ is capped at `MAX_BYTES` (least recently used entries go first; the cap needs th
 `filelock` package, a dependency: without it the folder is not capped).
 """
 
+import gc
 import os
 
 import jax
@@ -50,3 +51,18 @@ def enable() -> str | None:
   except ImportError:
     pass
   return path
+
+
+def release_compiled_programs() -> None:
+  """Frees every compiled program this process holds (JAX's in-memory caches).
+
+  Why: JAX keeps each executable it compiled or loaded for the life of the process, even
+  once the function it came from is gone, and XLA CPU maps every executable's code into
+  memory in dozens of separate mappings. A study's runs each build new step closures, so
+  one process running many of them (or the test suite) climbs towards Linux's limit of
+  65,530 mappings per process (vm.max_map_count), where the next compile aborts or
+  segfaults inside XLA. Called between runs; the next run's programs come back from the
+  persistent cache above.
+  """
+  jax.clear_caches()
+  gc.collect()   # drop executables held only by dead step closures now, not at some later GC

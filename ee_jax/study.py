@@ -14,19 +14,22 @@ result. Each initialisation thus gets the recipe that suits it: a good pre-train
 is spent by training every weight at full rate on a few tiles, while a random one needs
 exactly that.
 
-With `study.train_together` (default), the unfinished runs of one fraction and recipe (every
-init and seed) fine-tune as one compiled step over their stacked states
-(ee_jax/train/together.py; `study.vmap_width` runs vectorised at a time), each with its own
-tiles, keys and result, as if done alone.
+With `study.train_together` ('auto': on GPU and TPU; 'always'; 'never'), the unfinished runs
+of one fraction and recipe (every init and seed) fine-tune as one compiled step over their
+stacked states (ee_jax/train/together.py; `study.vmap_width` runs vectorised at a time),
+each with its own tiles, keys and result, as if done alone. 'auto' leaves CPU studies run
+by run: on XLA CPU both stacked forms measured slower than the runs one by one
+(docs/scaling.md).
 """
 
 import importlib.util
 import json
 import os
 
+import jax
 import ml_collections
 
-from ee_jax import checkpoints, distributed, report
+from ee_jax import checkpoints, compile_cache, distributed, report
 from ee_jax.data import datasets
 from ee_jax.errors import ConfigError
 from ee_jax.train import evaluate as evaluate_lib
@@ -35,6 +38,7 @@ from ee_jax.train.finetune import check_selection, finetune
 from ee_jax.train.pretrain import pretrain
 
 INITS = ("pretrained", "random")
+TRAIN_TOGETHER = ("auto", "always", "never")
 
 
 def load_config_file(path: str, arg: str | None = None,
@@ -114,8 +118,9 @@ def run_study(config, workdir: str) -> dict:
   if any(not 0 < f <= 1 for f in st.fractions):
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
   if int(st.get("vmap_width", 0)) < 0:
-    raise ConfigError(f"config.study.vmap_width must be >= 0 (0 = automatic); "
+    raise ConfigError(f"config.study.vmap_width must be >= 0 (0 = every run at once); "
                       f"got {st.vmap_width}")
+  together_runs = trains_together(st)
   recipes = list(st.candidates)
   for recipe in recipes:  # every candidate must apply before any work starts
     if recipe not in st.recipes:
@@ -141,6 +146,7 @@ def run_study(config, workdir: str) -> dict:
     if not st.pretrain_workdir:
       distributed.log(f"== pre-training: {pretrain_dir}")
       pretrain(pretrain_config_for(config), pretrain_dir)
+      compile_cache.release_compiled_programs()
     meta = checkpoints.load_params(pretrain_dir)[1]
     builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
     checkpoints.check_bands(meta, builder.info.metadata, pretrain_dir, str(builder.data_dir))
@@ -148,7 +154,7 @@ def run_study(config, workdir: str) -> dict:
 
   runs = []
   for fraction in st.fractions:
-    if st.get("train_together", True):
+    if together_runs:
       _train_fraction_together(config, workdir, fraction, recipes, pretrain_dir, model)
     for init in st.inits:
       for seed in st.seeds:
@@ -177,6 +183,15 @@ def run_study(config, workdir: str) -> dict:
   return summary
 
 
+def trains_together(st, backend: str | None = None) -> bool:
+  """Whether config.study trains each fraction's runs as one step ('auto': on GPU/TPU)."""
+  how = st.get("train_together", "auto")
+  if how not in TRAIN_TOGETHER:
+    raise ConfigError(f"config.study.train_together must be one of {list(TRAIN_TOGETHER)}; "
+                      f"got {how!r}")
+  return how == "always" or (how == "auto" and (backend or jax.default_backend()) != "cpu")
+
+
 def _train_fraction_together(config, workdir: str, fraction: float, recipes: list,
                              pretrain_dir: str, model) -> None:
   """Fine-tunes the fraction's unfinished runs (every init and seed) of each recipe as one
@@ -192,8 +207,8 @@ def _train_fraction_together(config, workdir: str, fraction: float, recipes: lis
           configs.append(run_config(config, fraction, init, seed, pretrain_dir, model, recipe))
           rundirs.append(rundir)
     if len(configs) > 1:
-      together.finetune_together(configs, rundirs,
-                                 vmap_width=int(st.get("vmap_width", 0)) or None)
+      together.finetune_together(configs, rundirs, vmap_width=int(st.get("vmap_width", 0)))
+      compile_cache.release_compiled_programs()
 
 
 def _finished(run_cfg, rundir: str, label: str) -> dict:
@@ -202,6 +217,7 @@ def _finished(run_cfg, rundir: str, label: str) -> dict:
   if not os.path.exists(eval_path):
     distributed.log(f"== {label}")
     finetune(run_cfg, rundir)
+    compile_cache.release_compiled_programs()   # a long study must not pile up programs
   with open(eval_path) as f:
     return json.load(f)
 
@@ -223,6 +239,7 @@ def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple
       selected = evaluate_lib.evaluate(run_cfg, rundir, split=split,
                                        filename=f"eval_{split}.json",
                                        checkpoint=finetune_best.params_source(rundir))
+      compile_cache.release_compiled_programs()
     scores[recipe] = selected["miou"]
   best = max(recipes, key=lambda r: -1.0 if scores[r] is None else scores[r])
   record = {"recipe": best, "select_split": split,

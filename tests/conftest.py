@@ -21,6 +21,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Each test module's compiled programs are freed when it ends: a process that keeps
+  every program of the whole suite passes Linux's 65,530 memory mappings and aborts inside
+  XLA's next compile (ee_jax/compile_cache.release_compiled_programs)."""
+  yield
+  from ee_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  compile_cache.release_compiled_programs()
+
+
 @pytest.fixture
 def shared_data() -> pathlib.Path:
   """The real samples in ../shared/data; skips where a clone has no ../shared."""

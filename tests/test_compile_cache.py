@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ee_jax import compile_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,3 +65,39 @@ def test_switched_off_writes_nothing(tmp_path):
   where, counts = _run(env)
   assert where is None and counts["hits"] == 0
   assert not (tmp_path / "ee_jax").exists()
+
+
+# Six fresh closures (one pmapped program each, as a study's runs build them), then a release.
+_MAPS_SCRIPT = """
+import gc, json
+import jax, jax.numpy as jnp
+from ee_jax import compile_cache
+maps = lambda: sum(1 for _ in open("/proc/self/maps"))
+jnp.ones(1).block_until_ready()
+before = maps()
+def loss(x, c):
+  y = jnp.tanh(x @ x.T + c)
+  z = jnp.sin(y).sum(0) * jnp.cos(y).mean(1)
+  return (jnp.exp(z) / (1 + z * z)).sum()
+for i in range(6):
+  step = jax.pmap(jax.grad(lambda x, c=float(i): loss(x, c)))   # as the training steps
+  step(jnp.ones((jax.local_device_count(), 64, 64))).block_until_ready()
+  del step
+gc.collect()
+held = maps()
+compile_cache.release_compiled_programs()
+print(json.dumps({"before": before, "held": held, "released": maps()}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts Linux memory maps")
+def test_released_programs_give_back_their_memory_mappings():
+  """JAX keeps dead closures' executables (each in several code mappings) until released:
+  without the release a long study climbs to the 65,530-mapping limit."""
+  env = dict(os.environ, PYTHONPATH=REPO, **{compile_cache.ENV: "off"})
+  out = subprocess.run([sys.executable, "-c", _MAPS_SCRIPT], cwd=REPO, env=env, check=True,
+                       capture_output=True, text=True, timeout=300).stdout.splitlines()
+  n = json.loads(out[-1])
+  grown = n["held"] - n["before"]
+  assert grown >= 6, n   # at least one mapping per executable that is still held
+  assert n["released"] - n["before"] < grown / 2, n

@@ -13,7 +13,7 @@ import pytest
 
 from ee_jax import checkpoints, parallel
 from ee_jax.errors import ConfigError
-from ee_jax.study import run_study
+from ee_jax.study import run_study, trains_together
 from ee_jax.train import loop, metrics_log, stacked, together
 from ee_jax.train.finetune import finetune
 from tests.test_finetune import _tiny_study_config, data_dir, pretrained  # noqa: F401
@@ -167,20 +167,33 @@ def test_runs_that_cannot_share_a_step_are_trained_one_after_the_other(
 def test_study_together_gives_the_results_of_the_study_run_by_run(
     data_dir, pretrained, tmp_path):  # noqa: F811
   results = {}
-  for flag in (True, False):
+  for how in ("always", "never"):
     c = _tiny_study_config(data_dir)
     c.study.fractions = (0.25,)
     c.study.seeds = (0, 1)
     c.study.pretrain_workdir = pretrained
-    c.study.train_together = flag
-    run_study(c, str(tmp_path / str(flag)))
-    results[flag] = json.load(open(tmp_path / str(flag) / "study.json"))["runs"]
-  assert len(results[True]) == 4
-  for a, b in zip(results[True], results[False]):
+    c.study.train_together = how
+    run_study(c, str(tmp_path / how))
+    results[how] = json.load(open(tmp_path / how / "study.json"))["runs"]
+  assert len(results["always"]) == 4
+  for a, b in zip(results["always"], results["never"]):
     assert a["name"] == b["name"]
     assert abs(a["miou"] - b["miou"]) < 1e-3
-  c.study.vmap_width = -1
-  with pytest.raises(ConfigError, match="vmap_width"):
-    run_study(c, str(tmp_path / "bad"))
-  assert not os.path.exists(tmp_path / "bad")
-  shutil.rmtree(tmp_path / "True")
+  for key, value in (("vmap_width", -1), ("train_together", "yes")):
+    bad = c.copy_and_resolve_references()
+    bad.study[key] = value
+    with pytest.raises(ConfigError, match=f"config.study.{key}"):
+      run_study(bad, str(tmp_path / "bad"))
+    assert not os.path.exists(tmp_path / "bad")
+  shutil.rmtree(tmp_path / "always")
+
+
+def test_auto_trains_together_on_accelerators_only():
+  """'auto' keeps CPU studies run by run: both stacked forms measured slower there."""
+  st = ml_collections.ConfigDict({"train_together": "auto"})
+  assert not trains_together(st, "cpu")
+  assert trains_together(st, "gpu") and trains_together(st, "tpu")
+  st.train_together = "always"
+  assert trains_together(st, "cpu")
+  st.train_together = "never"
+  assert not trains_together(st, "gpu")

@@ -50,10 +50,10 @@ def why_not_together(configs) -> str | None:
   return None
 
 
-def finetune_together(configs, workdirs, vmap_width: int | None = None) -> list[dict]:
+def finetune_together(configs, workdirs, vmap_width: int = 0) -> list[dict]:
   """Fine-tunes every (config, workdir) and evaluates each on its test split (eval.json);
   as one program where they can share it (module doc). `vmap_width`: see
-  stacked.over_runs (None = stacked.default_vmap_width())."""
+  stacked.over_runs (0 = every run vectorised at once)."""
   why = why_not_together(configs) if len(configs) > 1 else "a single run"
   runs = []
   if why is None:
@@ -67,7 +67,7 @@ def finetune_together(configs, workdirs, vmap_width: int | None = None) -> list[
       distributed.log(f"Fine-tuning {len(configs)} runs one after the other: {why}")
     return [finetune_lib.finetune(c, w) for c, w in zip(configs, workdirs)]
 
-  width = stacked.default_vmap_width() if vmap_width is None else int(vmap_width)
+  width = int(vmap_width)
   how = ("all vectorised" if width == 0 or width >= len(runs)
          else f"{width} vectorised at a time")
   distributed.log(f"Fine-tuning {len(runs)} runs together as one step ({how}): "
