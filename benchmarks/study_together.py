@@ -2,7 +2,7 @@
 
 The group is what `study.train_together` stacks: the runs of one label fraction and recipe
 (here the random arm of configs/study_synthetic.py, `--seeds` seeds, so no pre-training is
-needed). Each arm is one `launch.py --mode=study` command in a fresh workdir with the
+needed; its LP-FT recipe trains the head alone for the first third of `--steps`). Each arm is one `launch.py --mode=study` command in a fresh workdir with the
 persistent compilation cache off (each arm pays its own compiles, as a first study does),
 alternated `--repeats` times; it prints each arm's wall time, the ratio, and each run's
 test mIoU under both (they must agree within float32 rounding).
@@ -33,6 +33,7 @@ def _study(workdir: str, args, together: str, width: int) -> float:
          f"--workdir={workdir}", f"--config.data.data_dir={args.data_dir}",
          f"--config.study.fractions=({args.fraction},)", "--config.study.inits=('random',)",
          f"--config.study.seeds=({args.seeds},)", f"--config.train.steps={args.steps}",
+         f"--config.study.recipes.lp_ft.finetune.linear_probe_steps={args.steps // 3}",
          f"--config.study.train_together={together}", f"--config.study.vmap_width={width}"]
   env = dict(os.environ, EE_JAX_COMPILATION_CACHE="off")
   t0 = time.time()
@@ -72,8 +73,8 @@ def main():
   finally:
     shutil.rmtree(root, ignore_errors=True)
   base = min(walls[arms[0]])
-  print(f"\nfraction {args.fraction:g}, random init, seeds {args.seeds}, "
-        f"{args.steps} steps, {os.cpu_count()} CPUs, best of {args.repeats}")
+  print(f"\nfraction {args.fraction:g}, random init, seeds {args.seeds}, {args.steps} steps "
+        f"(LP-FT head {args.steps // 3}), {os.cpu_count()} CPUs, best of {args.repeats}")
   print("| train_together | vmap_width | wall s | vs run by run | test mIoU per run |")
   print("|---|---|---|---|---|")
   for arm in arms:

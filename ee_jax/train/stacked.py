@@ -28,8 +28,9 @@ def over_runs(step: Callable, vmap_width: int) -> Callable:
   TPU wants); groups of that many follow one another inside the same program
   (`jax.lax.map`), which bounds the memory of a wide group. 0 = every run at once.
   On XLA CPU neither form pays (docs/scaling.md): a vectorised convolution over per-run
-  kernels becomes a grouped convolution, about 3x slower per run than the runs alone, and
-  runs looped with `lax.map` measured 4.6x slower than the same runs trained one by one.
+  kernels becomes a grouped convolution, about 3x slower per run than the runs alone (a
+  study group of 3 runs took as long as the runs one by one), and runs looped with
+  `lax.map` took 2.6x as long.
   """
   if vmap_width < 0:
     raise ValueError(f"vmap_width must be >= 0; got {vmap_width}")
