@@ -2,10 +2,11 @@
 
 The group is what `study.train_together` stacks: the runs of one label fraction and recipe
 (here the random arm of configs/study_synthetic.py, `--seeds` seeds, so no pre-training is
-needed; its LP-FT recipe trains the head alone for the first third of `--steps`). Each arm is one `launch.py --mode=study` command in a fresh workdir with the
-persistent compilation cache off (each arm pays its own compiles, as a first study does),
-alternated `--repeats` times; it prints each arm's wall time, the ratio, and each run's
-test mIoU under both (they must agree within float32 rounding).
+needed; its LP-FT recipe trains the head alone for the first third of `--steps`). Each arm
+is one `launch.py --mode=study` command in a fresh workdir with the persistent compilation
+cache off (each arm pays its own compiles, as a first study does), alternated `--repeats`
+times; it prints each arm's best wall time, the ratio, and each run's test mIoU under every
+arm (they must agree within float32 rounding).
 
   python benchmarks/study_together.py        # run by run vs together at widths 0 and 1
   python benchmarks/study_together.py --widths 0 --steps 200 --seeds 0,1,2,3,4,5
