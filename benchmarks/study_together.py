@@ -10,7 +10,7 @@ arm (they must agree within float32 rounding).
 
   python benchmarks/study_together.py        # run by run vs together at widths 0 and 1
   python benchmarks/study_together.py --widths 0 --steps 200 --seeds 0,1,2,3,4,5
-  python benchmarks/study_together.py --data_dir .data/tfds  # where the dataset is (built if absent)
+  python benchmarks/study_together.py --data_dir DIR   # the dataset there (built if absent)
 
 Run it alone on the machine: two CPU-bound commands side by side measure each other.
 """
