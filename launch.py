@@ -38,6 +38,10 @@ flags.DEFINE_string("coordinator_address", None, "--distributed: HOST:PORT of pr
                     "(else $JAX_COORDINATOR_ADDRESS, else auto-detected: TPU VM, SLURM, MPI).")
 flags.DEFINE_integer("num_processes", None, "--distributed: number of processes "
                      "(else $JAX_NUM_PROCESSES, else auto-detected).")
+flags.DEFINE_integer("cpu_devices", 0, "On a CPU: XLA devices that share each step's batch "
+                     "(data-parallel, same global batch and maths); 0 = one per usable core "
+                     "that divides config.data.per_device_batch, 1 = one device. Ignored on "
+                     "GPU/TPU, with --distributed, and when XLA_FLAGS sets a device count.")
 flags.DEFINE_integer("process_id", None, "--distributed: this process, 0 .. num_processes-1 "
                      "(else $JAX_PROCESS_ID, else auto-detected).")
 
@@ -100,6 +104,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if not FLAGS.distributed:  # before JAX's CPU client exists: one CPU device per core
+    batch = int(FLAGS.config.get("data", {}).get("per_device_batch", 1))
+    try:
+      host_devices.split_cpu(batch, FLAGS.cpu_devices)
+    except ValueError as e:
+      sys.exit(f"error: --cpu_devices={FLAGS.cpu_devices}: {e}")
   compile_cache.enable()   # compiled steps kept on disk: seeds and repeated commands reuse them
   if FLAGS.distributed:
     from ee_jax import distributed  # pylint: disable=import-outside-toplevel

@@ -19,6 +19,11 @@ take GFLOP/step from a CPU run of the same configuration there (docs/scaling.md)
   python benchmarks/train_step.py --vs_torch    # + the same step in eager PyTorch, and ratios
   python benchmarks/train_step.py --conv_impl xla  # XLA's own convolutions (before conv.py)
 
+On a CPU the step runs as launch.py runs it: one XLA device per usable core
+(`--cpu_devices`, default 0 = one per core that divides every --per_device_batch), the
+configured per-device batch shared among them, so `global` is the batch one device would
+take; `--cpu_devices 1` times the single device.
+
 `--vs_torch` (needs `pip install '.[torch_peer]'`): after the JAX rows, the pre-training
 step of benchmarks/torch_peer.py (same network, InfoNCE, AdamW; NCHW and channels_last) at
 the same global batch and tile, each in its own process with as many threads as CPUs, one
@@ -29,6 +34,7 @@ ratio printed is PyTorch's step time over JAX's: above 1, JAX is faster.
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -43,7 +49,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import defaults  # noqa: E402
-from ee_jax import augment, models, parallel  # noqa: E402
+from ee_jax import augment, host_devices, models, parallel  # noqa: E402
 from ee_jax.train import finetune_step, optim  # noqa: E402
 from ee_jax.train.pretrain_step import init_state, make_pretrain_step  # noqa: E402
 from ee_jax.train.state import TrainState  # noqa: E402
@@ -135,7 +141,7 @@ def bench(task, dtype, b, args, peaks) -> dict:
   fn, state = _step_and_state(task, dtype, args)
   step = parallel.pmap_step(fn, donate_argnums=(0,))
   p_state, keys = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(1))
-  batch = _batch(task, n_dev, b, args)
+  batch = _batch(task, n_dev, parallel.device_batch(b), args)
 
   t0 = time.perf_counter()
   compiled = step.lower(p_state, batch, keys).compile()
@@ -153,11 +159,12 @@ def bench(task, dtype, b, args, peaks) -> dict:
   dt = (time.perf_counter() - t0) / args.steps
   loss = float(np.asarray(jax.device_get(parallel.unreplicate(m))["loss"]))
 
-  tiles = n_dev * b
+  tiles = n_dev * parallel.device_batch(b)
   achieved = flops_per_device * n_dev / dt / 1e12
   peak = peaks.get(dtype)
   return {
       "task": task, "dtype": dtype, "per_device_batch": b, "devices": n_dev,
+      "cpu_split": parallel.batch_split(),
       "global_batch": tiles, "tile": [args.dates, args.tile, args.tile, args.bands],
       "params": models.count_params(state.params),
       "compile_s": round(compile_s, 3), "step_ms": round(dt * 1e3, 3),
@@ -173,13 +180,17 @@ def bench(task, dtype, b, args, peaks) -> dict:
 def environment() -> dict:
   d = jax.local_devices()[0]
   return {"backend": jax.default_backend(), "device_kind": d.device_kind,
-          "local_devices": jax.local_device_count(), "jax": jax.__version__,
+          "local_devices": jax.local_device_count(), "cpu_split": parallel.batch_split(),
+          "jax": jax.__version__,
           "host": platform.node(), "cpus": os.cpu_count(),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def table(env, rows, skipped=(), skipped_why="") -> str:
-  head = (f"{env['device_kind']} x{env['local_devices']} ({env['backend']}, jax {env['jax']}); "
+  split = (f", one per core sharing each batch/dev (--cpu_devices)"
+           if env.get("cpu_split", 1) > 1 else "")
+  head = (f"{env['device_kind']} x{env['local_devices']}{split} ({env['backend']}, "
+          f"jax {env['jax']}); "
           f"default model, tiles {'x'.join(map(str, rows[0]['tile'][1:]))} T={rows[0]['tile'][0]}"
           if rows else env["device_kind"])
   cols = ["task", "dtype", "batch/dev", "global", "compile s", "step ms", "tiles/s", "Mpx/s",
@@ -221,6 +232,10 @@ def main():
   p.add_argument("--vs_torch", action="store_true",
                  help="pre-training fp32 only: also time benchmarks/torch_peer.py (NCHW and "
                       "channels_last) at the same batch and tile, and print the ratios")
+  p.add_argument("--cpu_devices", type=int, default=0,
+                 help="on a CPU: XLA devices sharing each configured device's batch, as "
+                      "launch.py --cpu_devices (0: one per usable core that divides every "
+                      "--per_device_batch; 1: one device)")
   p.add_argument("--json", action="store_true", help="print JSON instead of the table")
   p.add_argument("--json_out", default=None, help="also write the JSON to this file")
   args = p.parse_args()
@@ -236,6 +251,11 @@ def main():
   if args.steps < 1 or args.warmup < 0:
     raise SystemExit("--steps must be >= 1 and --warmup >= 0")
   peaks = parse_peaks(args.peak_tflops)
+  batches = [int(b) for b in args.per_device_batch.split(",") if b]
+  try:  # before JAX's CPU client exists, as launch.py does
+    host_devices.split_cpu(math.gcd(*batches), args.cpu_devices)
+  except ValueError as e:
+    raise SystemExit(f"--cpu_devices={args.cpu_devices}: {e}") from None
   env = environment()
   if args.vs_torch:
     b = int(args.per_device_batch.split(",")[0])

@@ -10,6 +10,9 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from ee_jax import host_devices
+from ee_jax.errors import ConfigError
+
 AXIS = "batch"
 
 
@@ -25,6 +28,34 @@ def pmap_step(fn: Callable, axis_name: str = AXIS, donate_argnums: Sequence[int]
 
 def local_device_count() -> int:
   return jax.local_device_count()
+
+
+def batch_split() -> int:
+  """How many XLA devices share one configured device's batch: the CPU devices launch.py
+  makes, one per core (`host_devices.split_cpu`); 1 on GPU/TPU and without a split."""
+  return host_devices.cpu_split() if jax.default_backend() == "cpu" else 1
+
+
+def split_note() -> str:
+  """What a log line adds to its device count when the CPU is split; '' when not."""
+  k = batch_split()
+  return " (one per CPU core, sharing one device's batch)" if k > 1 else ""
+
+
+def device_batch(per_device_batch: int) -> int:
+  """Examples each XLA device takes of `config.data.per_device_batch`."""
+  k = batch_split()
+  if per_device_batch % k:
+    raise ConfigError(f"config.data.per_device_batch={per_device_batch} cannot be split over "
+                      f"the {k} CPU devices (one per core); use a multiple of {k}, or "
+                      f"--cpu_devices=1")
+  return per_device_batch // k
+
+
+def global_batch(per_device_batch: int) -> int:
+  """Examples per step over every process: the configured per-device batch times the
+  configured devices (a split CPU counts as one device)."""
+  return device_batch(per_device_batch) * jax.device_count()
 
 
 def replicate(tree, devices=None):

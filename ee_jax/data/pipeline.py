@@ -681,7 +681,8 @@ def read_examples(dataset, split: str, indices, keys: Sequence[str],
 
 
 def _data_options(data_cfg) -> dict:
-  return dict(per_device_batch=int(data_cfg.per_device_batch),
+  from ee_jax import parallel  # pylint: disable=import-outside-toplevel  # imports JAX
+  return dict(per_device_batch=parallel.device_batch(int(data_cfg.per_device_batch)),
               keys=data_cfg.get("batch_keys") or None,
               prefetch=int(data_cfg.get("prefetch", 2)),
               num_threads=int(data_cfg.get("read_threads", DEFAULT_NUM_THREADS)))

@@ -96,7 +96,8 @@ class TileRunner:
     self.devices = parallel.local_device_count()
     if not per_device_batch:
       per_device_batch = CPU_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_BATCH
-    self.batch = per_device_batch * self.devices
+    # A CPU split into one device per core shares one device's tiles (at least one each).
+    self.batch = max(1, per_device_batch // parallel.batch_split()) * self.devices
     mean = np.asarray(loaded.meta["mean"], np.float32)
     std = np.asarray(loaded.meta["std"], np.float32)
     win = jnp.asarray(window)

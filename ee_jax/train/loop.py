@@ -117,7 +117,7 @@ def run(config, workdir: str, builder, state, *, start: int,
     say_what_resumes(workdir, ckpt, start, total, ckpt_meta.get("config"))
   base_keys = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   p_state = parallel.replicate(state)
-  global_batch = config.data.per_device_batch * jax.device_count()
+  global_batch = parallel.global_batch(config.data.per_device_batch)
   keys = (*step_keys, "index")
   last, step, stop = {}, start, False
   subset = {} if indices is None else {"indices": indices}

@@ -51,7 +51,7 @@ def evaluate(p_eval, p_state, base_keys, config, builder) -> dict:
   totals, weight = {}, 0.0
   limit = config.train.eval_batches
   num = builder.info.splits[config.data.eval_split].num_examples
-  global_batch = config.data.per_device_batch * jax.device_count()
+  global_batch = parallel.global_batch(config.data.per_device_batch)
   with pipeline.eval_iterator_from_config(config, builder, keys=STEP_KEYS) as it:
     for i, batch in enumerate(it):
       if limit and i >= limit:
@@ -83,8 +83,8 @@ def pretrain(config, workdir: str) -> dict:
   distributed.log(f"Model: {models.count_params(state.params):,} parameters "
                   f"(widths {tuple(config.model.widths)}, D={config.model.features}, "
                   f"temporal={config.model.temporal}, dtype={config.model.dtype}); "
-                  f"{jax.device_count()} devices, global batch "
-                  f"{config.data.per_device_batch * jax.device_count()}")
+                  f"{jax.device_count()} devices{parallel.split_note()}, global batch "
+                  f"{parallel.global_batch(config.data.per_device_batch)}")
 
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
   ckpt_meta = {"kind": "pretrain", **data_meta, "model": config.model.to_dict(),

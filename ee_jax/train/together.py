@@ -113,7 +113,7 @@ def _train(runs, width: int) -> list[dict]:
   means = replicate([r.mean.astype(np.float32) for r in runs])
   stds = replicate([r.std.astype(np.float32) for r in runs])
   p_state = replicate([r.state for r in runs])
-  global_batch = config.data.per_device_batch * jax.device_count()
+  global_batch = parallel.global_batch(config.data.per_device_batch)
   keys = (*finetune_lib.STEP_KEYS, "index")
   lasts = [{} for _ in runs]
   step_no, stop = start, False
