@@ -141,7 +141,8 @@ def bench(task, dtype, b, args, peaks) -> dict:
   fn, state = _step_and_state(task, dtype, args)
   step = parallel.pmap_step(fn, donate_argnums=(0,))
   p_state, keys = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(1))
-  batch = _batch(task, n_dev, parallel.device_batch(b), args)
+  per_xla_device = parallel.device_batch(b)  # b shared by a split CPU's devices
+  batch = _batch(task, n_dev, per_xla_device, args)
 
   t0 = time.perf_counter()
   compiled = step.lower(p_state, batch, keys).compile()
@@ -159,7 +160,7 @@ def bench(task, dtype, b, args, peaks) -> dict:
   dt = (time.perf_counter() - t0) / args.steps
   loss = float(np.asarray(jax.device_get(parallel.unreplicate(m))["loss"]))
 
-  tiles = n_dev * parallel.device_batch(b)
+  tiles = n_dev * per_xla_device
   achieved = flops_per_device * n_dev / dt / 1e12
   peak = peaks.get(dtype)
   return {

@@ -68,23 +68,28 @@ def test_split_devices_share_the_configured_batch(monkeypatch):
     parallel.device_batch(3)
 
 
-def _pretrain(tmp_path, name, cpu_devices):
-  """One pre-training step of the smoke model through launch.py, without the test's fake
-  devices: the CPU as a user's process sees it."""
+def _user_env() -> dict:
+  """The environment without the test's fake devices: the CPU as a user's process sees it."""
   env = {k: v for k, v in os.environ.items()
          if k not in ("XLA_FLAGS", "PJRT_NPROC", host_devices.SPLIT_ENV)}
   env["JAX_PLATFORMS"] = "cpu"
-  common = ["--config=configs/pretrain_synthetic.py:smoke",
-            f"--config.data.data_dir={tmp_path / 'tfds'}"]
-  if name == "one":
-    build = subprocess.run([sys.executable, "launch.py", "--mode=build", *common], cwd=REPO,
-                           env=env, capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, build.stderr[-2000:]
-  out = subprocess.run(
-      [sys.executable, "launch.py", "--mode=pretrain", *common, f"--workdir={tmp_path / name}",
-       "--config.train.steps=1", "--config.train.log_every=1", "--config.train.eval_every=0",
-       f"--cpu_devices={cpu_devices}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  return env
+
+
+def _launch(tmp_path, mode, *flags):
+  """launch.py with the smoke pre-training config and its data under tmp_path."""
+  return subprocess.run(
+      [sys.executable, "launch.py", f"--mode={mode}",
+       "--config=configs/pretrain_synthetic.py:smoke",
+       f"--config.data.data_dir={tmp_path / 'tfds'}", *flags],
+      cwd=REPO, env=_user_env(), capture_output=True, text=True, timeout=600)
+
+
+def _pretrain(tmp_path, name, cpu_devices):
+  """One pre-training step of the smoke model through launch.py on `cpu_devices`."""
+  out = _launch(tmp_path, "pretrain", f"--workdir={tmp_path / name}", "--config.train.steps=1",
+                "--config.train.log_every=1", "--config.train.eval_every=0",
+                f"--cpu_devices={cpu_devices}")
   assert out.returncode == 0, out.stderr[-2000:]
   said = re.search(r"(\d+) devices.*?, global batch (\d+)", out.stdout + out.stderr)
   assert said, (out.stdout + out.stderr)[-2000:]
@@ -92,6 +97,8 @@ def _pretrain(tmp_path, name, cpu_devices):
 
 
 def test_two_cpu_devices_train_as_one(tmp_path):
+  build = _launch(tmp_path, "build")
+  assert build.returncode == 0, build.stderr[-2000:]
   (devices1, batch1), m1 = _pretrain(tmp_path, "one", 1)
   (devices2, batch2), m2 = _pretrain(tmp_path, "two", 2)
   assert (devices1, batch1) == (1, 4) and (devices2, batch2) == (2, 4)  # same global batch
@@ -110,13 +117,7 @@ def test_two_cpu_devices_train_as_one(tmp_path):
 
 
 def test_a_count_that_does_not_divide_the_batch_is_one_error_line(tmp_path):
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("XLA_FLAGS", "PJRT_NPROC", host_devices.SPLIT_ENV)}
-  out = subprocess.run(
-      [sys.executable, "launch.py", "--mode=pretrain",
-       "--config=configs/pretrain_synthetic.py:smoke", f"--workdir={tmp_path / 'w'}",
-       "--cpu_devices=3"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  out = _launch(tmp_path, "pretrain", f"--workdir={tmp_path / 'w'}", "--cpu_devices=3")
   assert out.returncode == 1
   assert out.stderr.strip() == ("error: --cpu_devices=3: a batch of 4 tiles cannot be split "
                                 "evenly over 3 CPU devices; use a per-device batch that is a "
