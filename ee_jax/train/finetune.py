@@ -191,9 +191,16 @@ def finetune(config, workdir: str) -> dict:
   """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json):
   the last params, or with `finetune.select_best` those of the best validation mIoU."""
   run = prepare_run(config, workdir)
-  p_step = parallel.pmap_step(finetune_step.make_finetune_step(
-      run.model, run.tx, run.schedule, run.mean, run.std, run.num_classes, run.ignore_index,
-      run.class_weights, config.finetune.dihedral), donate_argnums=(0,))
+
+  def compiled_step(head_only: bool):
+    return parallel.pmap_step(finetune_step.make_finetune_step(
+        run.model, run.tx, run.schedule, run.mean, run.std, run.num_classes,
+        run.ignore_index, run.class_weights, config.finetune.dihedral,
+        head_only=head_only), donate_argnums=(0,))
+
+  head_steps = finetune_step.head_only_steps(config.finetune, int(config.train.steps))
+  p_head_step = compiled_step(True) if head_steps > run.start else None
+  p_step = compiled_step(False)
   p_eval = evaluate_lib.make_evaluator(run.model, run.ckpt_meta, run.num_classes,
                                        run.ignore_index)
 
@@ -211,7 +218,8 @@ def finetune(config, workdir: str) -> dict:
   s = run.ckpt_meta["tile_size"]
   last, _ = loop.run(config, workdir, run.builder, run.state, start=run.start, p_step=p_step,
                      step_keys=STEP_KEYS, evaluate=validation, ckpt=run.ckpt,
-                     ckpt_meta=run.ckpt_meta, indices=run.indices, pixels_per_tile=s * s)
+                     ckpt_meta=run.ckpt_meta, indices=run.indices, pixels_per_tile=s * s,
+                     head_steps=head_steps, p_head_step=p_head_step)
   run.ckpt.close()
   source_dir = workdir
   if best is not None:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ee_jax import augment, metrics
+from ee_jax import augment, metrics, models
 from ee_jax.errors import ConfigError
 from ee_jax.parallel import AXIS
 from ee_jax.train import optim
@@ -50,19 +50,28 @@ def pixel_weights(label, valid, num_classes, ignore_index, class_weights=None):
 
 
 def make_finetune_step(model, tx, schedule, mean, std, num_classes: int, ignore_index: int,
-                       class_weights=None, dihedral: bool = True, axis_name: str = AXIS):
+                       class_weights=None, dihedral: bool = True, axis_name: str = AXIS,
+                       head_only: bool = False):
   """Per-device `step(state, batch, base_key) -> (state, metrics)`; batch holds image,
-  valid, label, index. metrics: loss, pixel accuracy on the batch, grad_norm, lr."""
+  valid, label, index. metrics: loss, pixel accuracy on the batch, grad_norm (of the
+  gradients the step applies), lr. `head_only`: see make_normalising_step."""
   step = make_normalising_step(model, tx, schedule, num_classes, ignore_index, class_weights,
-                               dihedral, axis_name)
+                               dihedral, axis_name, head_only)
   return lambda state, batch, base_key: step(state, batch, base_key, mean, std)
 
 
 def make_normalising_step(model, tx, schedule, num_classes: int, ignore_index: int,
-                          class_weights=None, dihedral: bool = True, axis_name: str = AXIS):
+                          class_weights=None, dihedral: bool = True, axis_name: str = AXIS,
+                          head_only: bool = False):
   """`step(state, batch, base_key, mean, std)`: make_finetune_step's step with the
   per-band normalisation as arguments, for runs that differ in it but train as one
-  program (the pretrained arm of a study normalises as its checkpoint did)."""
+  program (the pretrained arm of a study normalises as its checkpoint did).
+
+  `head_only`: differentiate the loss with respect to everything but the backbone, whose
+  gradient is passed on as zeros. For the steps where `tx` leaves the backbone as it is
+  (LP-FT's linear probe, `freeze_backbone`: `head_only_steps`) this is the same update
+  without the backward pass through the backbone, most of a step's cost.
+  """
 
   def loss_fn(params, batch, mean, std):
     x, date_valid = prepare_inputs(batch["image"], batch["valid"], mean, std)
@@ -77,12 +86,23 @@ def make_normalising_step(model, tx, schedule, num_classes: int, ignore_index: i
     counted = (w > 0).sum()
     return loss, (correct, counted)
 
+  def summed_grads(params, batch, mean, std):
+    """(loss, aux), gradients summed over devices (each holds its share of the loss)."""
+    if not head_only:
+      out, grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, mean, std)
+      return out, jax.lax.psum(grads, axis_name)
+    backbone = params[models.BACKBONE]
+    rest = {k: v for k, v in params.items() if k != models.BACKBONE}
+    out, grads = jax.value_and_grad(
+        lambda r: loss_fn({**r, models.BACKBONE: backbone}, batch, mean, std),
+        has_aux=True)(rest)
+    grads = jax.lax.psum(grads, axis_name)
+    return out, {**grads, models.BACKBONE: jax.tree.map(jnp.zeros_like, backbone)}
+
   def step_fn(state: TrainState, batch, base_key, mean, std):
     if dihedral:
       batch = random_dihedral(batch, base_key, state.step)
-    (loss, (correct, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, mean, std)
-    grads = jax.lax.psum(grads, axis_name)   # each device holds its share of the global loss
+    (loss, (correct, counted)), grads = summed_grads(state.params, batch, mean, std)
     out = {
         "loss": jax.lax.psum(loss, axis_name),
         "pixel_acc": jax.lax.psum(correct, axis_name) / jnp.maximum(
@@ -109,6 +129,15 @@ def make_eval_step(model, mean, std, num_classes: int, ignore_index: int,
     return jax.lax.psum(cm, axis_name)
 
   return eval_fn
+
+
+def head_only_steps(finetune_cfg, total_steps: int) -> int:
+  """How many first steps leave the backbone unchanged (make_optimizer): all of them with
+  `freeze_backbone`, LP-FT's `linear_probe_steps`, else 0. Those steps can skip the
+  backbone's gradient (make_normalising_step's `head_only`)."""
+  if finetune_cfg.freeze_backbone:
+    return int(total_steps)
+  return int(finetune_cfg.linear_probe_steps)
 
 
 def make_optimizer(optim_cfg, finetune_cfg, total_steps: int):

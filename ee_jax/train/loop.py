@@ -105,10 +105,13 @@ def host_metrics(metrics) -> dict:
 def run(config, workdir: str, builder, state, *, start: int,
         p_step: Callable, step_keys: Sequence[str], evaluate: Callable | None,
         ckpt: checkpoints.Checkpointer, ckpt_meta: dict, indices=None,
-        pixels_per_tile: int = 0) -> tuple[dict, object]:
+        pixels_per_tile: int = 0, head_steps: int = 0,
+        p_head_step: Callable | None = None) -> tuple[dict, object]:
   """Trains from step `start`; returns (last logged metrics, final replicated state).
 
   p_step(p_state, batch, base_keys) -> (p_state, metrics); evaluate(p_state) -> metrics.
+  Steps 1..`head_steps` use `p_head_step` instead, where given (fine-tuning's steps that
+  leave the backbone unchanged, compiled without its gradient).
   """
   total = int(config.train.steps)
   log = metrics_log.MetricsLog(workdir, total)
@@ -126,7 +129,8 @@ def run(config, workdir: str, builder, state, *, start: int,
     t0, since = time.time(), start
     for step in range(start + 1, total + 1):
       batch = next(batches)
-      p_state, metrics = p_step(p_state, {k: batch[k] for k in keys}, base_keys)
+      take = p_head_step if p_head_step is not None and step <= head_steps else p_step
+      p_state, metrics = take(p_state, {k: batch[k] for k in keys}, base_keys)
       log.advance(step)
       if step % config.train.log_every == 0 or step == total:
         m = host_metrics(metrics)

@@ -96,11 +96,16 @@ def _train(runs, width: int) -> list[dict]:
   """loop.run for stacked runs: every run logs, checkpoints and stops as it would alone."""
   first = runs[0]
   config = first.config
-  step = finetune_step.make_normalising_step(
-      first.model, first.tx, first.schedule, first.num_classes, first.ignore_index,
-      first.class_weights, config.finetune.dihedral)
-  p_step = parallel.pmap_step(stacked.over_runs(step, width), donate_argnums=(0,))
+  def compiled_step(head_only: bool):
+    step = finetune_step.make_normalising_step(
+        first.model, first.tx, first.schedule, first.num_classes, first.ignore_index,
+        first.class_weights, config.finetune.dihedral, head_only=head_only)
+    return parallel.pmap_step(stacked.over_runs(step, width), donate_argnums=(0,))
+
   start, total = first.start, int(config.train.steps)
+  head_steps = finetune_step.head_only_steps(config.finetune, total)
+  p_head_step = compiled_step(True) if head_steps > start else None
+  p_step = compiled_step(False)
   devnull = open(os.devnull, "w")  # pylint: disable=consider-using-with
   logs = [metrics_log.MetricsLog(r.workdir, total, stream=devnull) for r in runs]
   for run, log in zip(runs, logs):
@@ -125,7 +130,8 @@ def _train(runs, width: int) -> list[dict]:
     for step_no in range(start + 1, total + 1):
       batches = [next(s) for s in streams]
       batch = {k: np.stack([b[k] for b in batches], axis=1) for k in keys}
-      p_state, metrics = p_step(p_state, batch, base_keys, means, stds)
+      take = p_head_step if p_head_step is not None and step_no <= head_steps else p_step
+      p_state, metrics = take(p_state, batch, base_keys, means, stds)
       if step_no % config.train.log_every == 0 or step_no == total:
         per_run = jax.device_get(parallel.unreplicate(metrics))
         tiles_per_s = (step_no - since) * global_batch / max(time.time() - t0, 1e-9)
