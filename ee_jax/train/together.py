@@ -96,6 +96,7 @@ def _train(runs, width: int) -> list[dict]:
   """loop.run for stacked runs: every run logs, checkpoints and stops as it would alone."""
   first = runs[0]
   config = first.config
+
   def compiled_step(head_only: bool):
     step = finetune_step.make_normalising_step(
         first.model, first.tx, first.schedule, first.num_classes, first.ignore_index,
