@@ -8,9 +8,10 @@ import os
 import re
 import sys
 
-from ee_jax import host_devices
+from ee_jax import host_devices, host_memory
 
 host_devices.configure()  # before JAX: fake CPU devices (XLA_FLAGS) that cannot deadlock
+host_memory.tune_malloc()  # freed step buffers kept for the next step (no page faults)
 
 from absl import app  # noqa: E402  pylint: disable=wrong-import-position
 from absl import flags  # noqa: E402

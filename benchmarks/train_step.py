@@ -49,7 +49,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import defaults  # noqa: E402
-from ee_jax import augment, host_devices, models, parallel  # noqa: E402
+from ee_jax import augment, host_devices, host_memory, models, parallel  # noqa: E402
 from ee_jax.train import finetune_step, optim  # noqa: E402
 from ee_jax.train.pretrain_step import init_state, make_pretrain_step  # noqa: E402
 from ee_jax.train.state import TrainState  # noqa: E402
@@ -253,6 +253,7 @@ def main():
     raise SystemExit("--steps must be >= 1 and --warmup >= 0")
   peaks = parse_peaks(args.peak_tflops)
   batches = [int(b) for b in args.per_device_batch.split(",") if b]
+  host_memory.tune_malloc()  # as launch.py does
   try:  # before JAX's CPU client exists, as launch.py does
     host_devices.split_cpu(math.gcd(*batches), args.cpu_devices)
   except ValueError as e:

@@ -1,6 +1,9 @@
 """ee_jax/models/conv.py: the matrix-product forms compute the same convolution (values and
-gradients) as lax.conv_general_dilated, and 'auto' picks them where it says it does; the
-UNet's reshape max-pooling equals nn.max_pool."""
+gradients) as lax.conv_general_dilated, and 'auto' picks them where it says it does (the
+kernel gradient measured faster: ee_jax/models/conv_choice.py); the UNet's reshape
+max-pooling equals nn.max_pool."""
+
+import json
 
 import flax.linen as nn
 import jax
@@ -11,7 +14,7 @@ from jax import lax
 
 from ee_jax import models
 from ee_jax.errors import ConfigError
-from ee_jax.models import conv
+from ee_jax.models import conv, conv_choice
 from ee_jax.models.unet import UNet, max_pool_2x2
 
 U32 = 2.0 ** -24   # unit roundoff of float32
@@ -93,8 +96,25 @@ def _primitives(fn, *args):
   return names
 
 
+@pytest.fixture
+def timed(monkeypatch):
+  """conv_choice with scripted timings {'xla': ms, 'taps': ms}; records the shapes timed."""
+  calls, ms = [], {"xla": 1.0, "taps": 0.5}
+
+  def fake_time_forms(x_shape, w_shape, pads, dtype, forms):
+    assert set(forms) == {"xla", "taps"}
+    calls.append((x_shape, w_shape))
+    return ms["xla"], ms["taps"]
+
+  monkeypatch.setattr(conv_choice, "_time_forms", fake_time_forms)
+  monkeypatch.setattr(conv_choice, "_decided", {})
+  monkeypatch.setattr(conv_choice, "_record_path", lambda: None)
+  return calls, ms
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' routes on the CPU backend")
-def test_auto_routes_by_kernel_and_map_size():
+def test_auto_takes_the_kernel_gradient_measured_faster(timed):
+  calls, ms = timed
   pick = conv.make_conv_general_dilated("auto")
   dn = ("NHWC", "HWIO", "NHWC")
   c = 128
@@ -103,18 +123,68 @@ def test_auto_routes_by_kernel_and_map_size():
   small = jnp.zeros((256, 8, 8, c))        # plenty of work, but 8 x 8 < MIN_PIXELS
   w3, w1 = jnp.zeros((3, 3, c, c)), jnp.zeros((1, 1, c, c))
   call = lambda x, w: pick(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
-  assert conv.MIN_WORK == 4 * 256 * c * c and conv.MIN_PIXELS == 256
-  assert "custom_vjp_call" in _primitives(call, big, w3)
-  assert "custom_vjp_call" not in _primitives(call, few, w3)     # XLA's own
+  assert conv_choice.MIN_WORK == 4 * 256 * c * c and conv_choice.MIN_PIXELS == 256
+  assert "custom_vjp_call" in _primitives(call, big, w3)             # taps timed faster
+  assert calls == [(big.shape, w3.shape)]
+  assert "custom_vjp_call" in _primitives(call, big, w3)             # decided once
+  assert len(calls) == 1
+  assert "custom_vjp_call" not in _primitives(call, few, w3)     # small: XLA's, untimed
   assert "custom_vjp_call" not in _primitives(call, small, w3)
   one_by_one = _primitives(call, few, w1)                        # 1x1: a matrix product
   assert {"custom_vjp_call", "dot_general"} <= one_by_one
   assert "conv_general_dilated" not in one_by_one
+  assert len(calls) == 1
   strided = lambda x, w: pick(x, w, (2, 2), "SAME", dimension_numbers=dn)  # noqa: E731
   assert "conv_general_dilated" in _primitives(strided, big, w3)   # not the plain case
+  ms["taps"] = 0.95                        # faster, but within the margin: XLA's stays
+  wide = jnp.zeros((4, 16, 16, 2 * c))
+  assert "custom_vjp_call" not in _primitives(call, wide, jnp.zeros((3, 3, 2 * c, c)))
+  assert len(calls) == 2
   xla = conv.make_conv_general_dilated("xla")
   assert "dot_general" not in _primitives(
       lambda x, w: xla(x, w, (1, 1), "SAME", dimension_numbers=dn), big, w1)
+
+
+def test_measured_choices_are_recorded_per_machine_and_reused(timed, tmp_path, monkeypatch):
+  """The record survives the process (a new one reads it instead of timing) and is only
+  used for the machine it was measured on."""
+  calls, _ = timed
+  path = tmp_path / conv_choice.RECORD
+  monkeypatch.setattr(conv_choice, "_record_path", lambda: str(path))
+  args = ((4, 16, 16, 128), (3, 3, 128, 128), ((1, 1), (1, 1)), jnp.float32,
+          conv._kernel_grad_forms(((1, 1), (1, 1))))
+  assert conv_choice.use_taps(*args)
+  assert len(calls) == 1 and path.exists()
+  entry = json.loads(path.read_text())[conv_choice.machine()]
+  assert [v["form"] for v in entry.values()] == ["taps"]
+  conv_choice._decided.clear()                  # a new process: read, not timed
+  assert conv_choice.use_taps(*args) and len(calls) == 1
+  conv_choice._decided.clear()
+  here = conv_choice.machine()
+  monkeypatch.setattr(conv_choice, "machine", lambda: "another CPU")
+  assert conv_choice.use_taps(*args) and len(calls) == 2   # timed again for that machine
+  assert set(json.loads(path.read_text())) == {here, "another CPU"}
+  path.write_text("{not json")                  # unreadable: timed again, then rewritten
+  conv_choice._decided.clear()
+  assert conv_choice.use_taps(*args) and len(calls) == 3
+  json.loads(path.read_text())
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' times on the CPU backend")
+def test_timing_runs_both_forms_while_a_step_is_traced():
+  """The real measurement: two positive times, taken while an outer jit is being traced
+  (as when a training step is)."""
+  x_shape, w_shape, pads = (2, 16, 16, 8), (3, 3, 8, 4), ((1, 1), (1, 1))
+  forms = conv._kernel_grad_forms(pads)
+  seen = []
+
+  def traced(v):
+    seen.append(conv_choice._time_forms(x_shape, w_shape, pads, jnp.float32, forms))
+    return v + 1
+
+  jax.jit(traced)(jnp.zeros(()))
+  (xla_ms, taps_ms), = seen
+  assert 0 < xla_ms < 60e3 and 0 < taps_ms < 60e3
 
 
 def test_unknown_conv_impl_is_a_config_error():

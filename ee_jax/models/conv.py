@@ -16,10 +16,10 @@ order: fp32 rounding only).
 
 `impl` (config.model.conv_impl) picks: 'xla' (lax.conv_general_dilated as is), 'matmul'
 (the products above wherever the convolution is the plain stride-1 NHWC/HWIO case; the
-forward and input gradient of kernels larger than 1x1 stay XLA's), or 'auto' ('matmul' on
-the CPU backend, with XLA's kernel gradient kept for outputs under MIN_PIXELS pixels or
-problems under MIN_WORK multiply-adds per tap, where that measured faster; 'xla' on GPU
-and TPU, which run cuDNN's or their own convolutions).
+forward and input gradient of kernels larger than 1x1 stay XLA's), or 'auto' (on the CPU
+backend 1x1 convolutions as matrix products and, for larger kernels, whichever kernel
+gradient ee_jax/models/conv_choice.py measured faster for the layer's shape on this
+machine; 'xla' on GPU and TPU, which run cuDNN's or their own convolutions).
 """
 
 import functools
@@ -30,14 +30,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ee_jax.models import conv_choice
+
 CONV_IMPLS = ("auto", "xla", "matmul")
-# 'auto' on CPU keeps XLA's own kernel gradient for small maps (below 16 x 16 output pixels:
-# the default UNet's 8 x 8 levels) and for small problems (under MIN_WORK multiply-adds per
-# tap, N * Ho * Wo * C_in * C_out: e.g. 16 tiles of 32 x 32 at 13-32 channels), where it
-# measured faster; the tap products win from there up (benchmarks/conv_grads.py,
-# docs/scaling.md).
-MIN_PIXELS = 256
-MIN_WORK = 2 ** 24
 # Kernel gradients of layers this wide (C_in * C_out) are one product over all images'
 # pixels; narrower ones a batched product per image, then a sum (measured on the default
 # UNet's layers: the joint product won for 256->128 and lost for 128->128 and narrower).
@@ -129,15 +124,25 @@ def _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
   return pads if all(p >= 0 for pair in pads for p in pair) else None
 
 
+def _kernel_grad_forms(pads):
+  """The two kernel gradients 'auto' chooses between, as functions of (x, w, dy)."""
+  def xla(x, w, dy):
+    return jax.vjp(lambda w_: _lax_conv(x, w_, pads), w)[1](dy)[0]
+
+  def taps(x, w, dy):
+    return shifted_matmul_kernel_grad(x, dy, w.shape[:2], pads).astype(w.dtype)
+
+  return {"xla": xla, "taps": taps}
+
+
 def _xla_is_faster(lhs, rhs, pads) -> bool:
-  """'auto': whether XLA's own kernel gradient measured faster for this convolution (small
-  maps or small problems; module constants). 1x1 kernels always take the matrix product."""
+  """'auto': whether XLA's own kernel gradient is the one to use for this convolution
+  (conv_choice: small problems, else measured on this machine). 1x1 kernels always take
+  the matrix product."""
   if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
     return False
-  out_pixels = ((lhs.shape[1] + sum(pads[0]) - rhs.shape[0] + 1)
-                * (lhs.shape[2] + sum(pads[1]) - rhs.shape[1] + 1))
-  work = lhs.shape[0] * out_pixels * rhs.shape[2] * rhs.shape[3]
-  return out_pixels < MIN_PIXELS or work < MIN_WORK
+  return not conv_choice.use_taps(tuple(lhs.shape), tuple(rhs.shape), pads, lhs.dtype,
+                                  _kernel_grad_forms(pads))
 
 
 def make_conv_general_dilated(impl: str):
