@@ -10,6 +10,8 @@ FLOPs) of the whole step: forward, backward, all-reduce and optimizer update, no
 rematerialisation; so it is the hardware FLOP utilisation of this step too. On GPU, XLA's
 count leaves out the convolutions (cuDNN calls), about 26x too few for the default model:
 take GFLOP/step from a CPU run of the same configuration there (docs/scaling.md).
+`faults/step` is the process's minor page faults per timed step: memory the kernel mapped
+afresh because a freed buffer was not reused (ee_jax/host_memory.py).
 
   python benchmarks/train_step.py                        # the table
   python benchmarks/train_step.py --json                 # JSON on stdout instead
@@ -37,6 +39,7 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -153,11 +156,14 @@ def bench(task, dtype, b, args, peaks) -> dict:
   for _ in range(args.warmup):
     p_state, _ = compiled(p_state, batch, keys)
   jax.block_until_ready(p_state)
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   t0 = time.perf_counter()
   for _ in range(args.steps):
     p_state, m = compiled(p_state, batch, keys)
   jax.block_until_ready((p_state, m))
   dt = (time.perf_counter() - t0) / args.steps
+  # Pages the kernel had to map afresh (host_memory.py): buffers not reused between steps.
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
   loss = float(np.asarray(jax.device_get(parallel.unreplicate(m))["loss"]))
 
   tiles = n_dev * per_xla_device
@@ -174,7 +180,7 @@ def bench(task, dtype, b, args, peaks) -> dict:
       "achieved_tflops": round(achieved, 4),
       "peak_tflops_per_device": peak,
       "mfu": None if not peak else round(achieved / (peak * n_dev), 5),
-      "step_memory_gb": memory_gb, "loss": loss,
+      "step_memory_gb": memory_gb, "page_faults_per_step": round(faults), "loss": loss,
   }
 
 
@@ -195,7 +201,7 @@ def table(env, rows, skipped=(), skipped_why="") -> str:
           f"default model, tiles {'x'.join(map(str, rows[0]['tile'][1:]))} T={rows[0]['tile'][0]}"
           if rows else env["device_kind"])
   cols = ["task", "dtype", "batch/dev", "global", "compile s", "step ms", "tiles/s", "Mpx/s",
-          "GFLOP/step", "TFLOP/s", "MFU", "GiB/dev"]
+          "GFLOP/step", "TFLOP/s", "MFU", "GiB/dev", "faults/step"]
   lines = [head, " | ".join(cols), " | ".join("-" * len(c) for c in cols)]
   for r in rows:
     cells = [r["task"], r["dtype"], r["per_device_batch"], r["global_batch"],
@@ -203,7 +209,8 @@ def table(env, rows, skipped=(), skipped_why="") -> str:
              f"{r['pixels_per_s'] / 1e6:.2f}", f"{r['gflop_per_step']:.1f}",
              f"{r['achieved_tflops']:.3f}",
              "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
-             "n/a" if r["step_memory_gb"] is None else f"{r['step_memory_gb']:.2f}"]
+             "n/a" if r["step_memory_gb"] is None else f"{r['step_memory_gb']:.2f}",
+             r["page_faults_per_step"]]
     lines.append(" | ".join(str(c) for c in cells))
   if skipped:
     lines.append(f"not run ({skipped_why}): " + ", ".join(skipped))

@@ -1,18 +1,19 @@
-"""2D convolution with the maths of `lax.conv_general_dilated` in a form XLA CPU computes
-several times faster: 1x1 convolutions as matrix products, and the kernel gradient of the
-others as one matrix product per kernel tap.
+"""2D convolution with the maths of `lax.conv_general_dilated` in forms XLA CPU can compute
+faster: 1x1 convolutions as matrix products, and the kernel gradient of the others as one
+matrix product per kernel tap.
 
 Why: XLA CPU computes a convolution's kernel gradient as a convolution whose window is the
-whole image, with the batch as the contraction; on the default UNet's shapes that takes
-4-40x as long as the forward pass (benchmarks/conv_grads.py, docs/scaling.md) and is most
-of the CPU training step. The same sum, dW[i, j] = sum over (n, h, w) of
-x_padded[n, h + i, w + j] (outer) dy[n, h, w], is one batched matrix product per kernel
-tap (batch = image, contraction = the image's pixels), summed over images: 3-10x faster
-there. A 1x1 convolution is a matrix product over channels, and XLA CPU's convolution
-kernels run it (forward and both gradients) 2-10x slower than its GEMM does; its kernel
-gradient is batched over images like the others (one GEMM over all pixels at once has too
-few output blocks to keep the cores busy). The maths is unchanged (same sums in another
-order: fp32 rounding only).
+whole image, with the batch as the contraction; on a 2-core AMD EPYC (AVX2) that took 4-40x
+as long as the forward pass on the default UNet's shapes and most of the CPU training step
+(on a 2-core AVX-512 Xeon, where XLA runs it through YNNPACK, 2-4x: which form wins depends
+on the CPU, hence 'auto' measures; benchmarks/conv_grads.py, docs/scaling.md). The same
+sum, dW[i, j] = sum over (n, h, w) of x_padded[n, h + i, w + j] (outer) dy[n, h, w], is one
+batched matrix product per kernel tap (batch = image, contraction = the image's pixels),
+summed over images: 3-10x faster on that EPYC. A 1x1 convolution is a matrix product over
+channels, and XLA CPU's convolution kernels run it (forward and both gradients) 2-10x
+slower than its GEMM does (on both CPUs); its kernel gradient is batched over images like
+the others (one GEMM over all pixels at once has too few output blocks to keep the cores
+busy). The maths is unchanged (same sums in another order: fp32 rounding only).
 
 `impl` (config.model.conv_impl) picks: 'xla' (lax.conv_general_dilated as is), 'matmul'
 (the products above wherever the convolution is the plain stride-1 NHWC/HWIO case; the
