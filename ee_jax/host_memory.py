@@ -14,11 +14,16 @@ given back) and M_TOP_PAD = 256 MiB (heaps grow in large steps). Measured (docs/
 page faults per fine-tuning step 28,400 -> under 200, the step 1.15x faster.
 
 Costs and limits: memory freed during a run is not returned to the system until the process
-ends (a training process reuses it at every step). A block over 64 MiB asked for by a worker
-thread is still mapped and unmapped by glibc whatever the settings (a thread's own heap is
-at most 64 MiB): the default pre-training step's 71 MB temporaries on 2 CPU devices are.
-`EE_JAX_MALLOC_TUNING=0` leaves malloc as it is. Elsewhere than Linux with glibc nothing is
-changed.
+ends (a training process reuses it at every step; the study's pre-training peaked at 1.26
+GB resident against 1.23 untuned). A block over 64 MiB asked for by a worker thread is
+still mapped and unmapped by glibc whatever the settings (a thread's own heap is at most 64
+MiB), and XLA CPU allocates a step's temporaries as one block: the study's pre-training
+step (71 MB a device) still faults about 36,000 pages a step. XLA can cut them into blocks
+a thread's heap holds (`XLA_FLAGS=--xla_multiheap_size_constraint_per_heap=62914560`:
+that step 247 -> 210 ms, the 64 x 64 benchmark step about 7 % faster once warm) but the
+process then holds 1.5-2x the resident memory (1.26 -> 1.92 GB; 4.7 -> 7.5-9.2 GB), so
+it is left to the user (docs/scaling.md). `EE_JAX_MALLOC_TUNING=0` leaves malloc as it is.
+Elsewhere than Linux with glibc nothing is changed.
 """
 
 import ctypes
