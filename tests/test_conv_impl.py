@@ -101,7 +101,7 @@ def timed(monkeypatch):
   """conv_choice with scripted timings {'xla': ms, 'taps': ms}; records the shapes timed."""
   calls, ms = [], {"xla": 1.0, "taps": 0.5}
 
-  def fake_time_forms(x_shape, w_shape, pads, dtype, forms):
+  def fake_time_forms(x_shape, w_shape, dtype, forms):
     assert set(forms) == {"xla", "taps"}
     calls.append((x_shape, w_shape))
     return ms["xla"], ms["taps"]
@@ -179,7 +179,7 @@ def test_timing_runs_both_forms_while_a_step_is_traced():
   seen = []
 
   def traced(v):
-    seen.append(conv_choice._time_forms(x_shape, w_shape, pads, jnp.float32, forms))
+    seen.append(conv_choice._time_forms(x_shape, w_shape, jnp.float32, forms))
     return v + 1
 
   jax.jit(traced)(jnp.zeros(()))

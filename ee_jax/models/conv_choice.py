@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ee_jax import host_devices
+
 MIN_PIXELS = 256      # output maps under 16 x 16: XLA's form (the default UNet's 8 x 8 levels)
 MIN_WORK = 2 ** 24    # N * Ho * Wo * C_in * C_out under this: XLA's form
 MARGIN = 0.9          # tap products chosen when they take under this share of XLA's time
@@ -64,7 +66,7 @@ def use_taps(x_shape, w_shape, pads, dtype, forms) -> bool:
   if key not in _decided:
     _decided.update(_read_record())
     if key not in _decided:
-      xla_ms, taps_ms = _time_forms(x_shape, w_shape, pads, dtype, forms)
+      xla_ms, taps_ms = _time_forms(x_shape, w_shape, dtype, forms)
       _decided[key] = "taps" if taps_ms < MARGIN * xla_ms else "xla"
       _write_record(key, _decided[key], xla_ms, taps_ms)
   return _decided[key] == "taps"
@@ -75,10 +77,9 @@ def _key(x_shape, w_shape, pads, dtype) -> str:
           f"pads{[list(p) for p in pads]} {jnp.dtype(dtype).name}")
 
 
-def _time_forms(x_shape, w_shape, pads, dtype, forms) -> tuple[float, float]:
-  """Best-of-REPEATS milliseconds of each form, calls alternated (a machine that gets
-  busier or quieter meanwhile affects both alike)."""
-  del pads  # inside `forms`
+def _time_forms(x_shape, w_shape, dtype, forms) -> tuple[float, float]:
+  """Best-of-REPEATS milliseconds of each form (the padding is inside `forms`), calls
+  alternated (a machine that gets busier or quieter meanwhile affects both alike)."""
   with jax.ensure_compile_time_eval():   # runs now, even while a step is being traced
     rng = np.random.default_rng(0)
     out_shape = x_shape[:3] + (w_shape[3],)
@@ -107,10 +108,7 @@ def machine() -> str:
                     if line.startswith("model name")), model)
   except OSError:
     pass
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cores = os.cpu_count() or 1
+  cores = host_devices.usable_cores()
   return f"{model} | {cores} cores | jax {jax.__version__} | {jax.local_device_count()} devices"
 
 
