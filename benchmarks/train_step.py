@@ -148,7 +148,8 @@ def bench(task, dtype, b, args, peaks) -> dict:
   batch = _batch(task, n_dev, per_xla_device, args)
 
   t0 = time.perf_counter()
-  compiled = step.lower(p_state, batch, keys).compile()
+  # Bounded like the step itself (parallel.BoundedDispatch): the host may not run far ahead.
+  compiled = parallel.BoundedDispatch(step.lower(p_state, batch, keys).compile())
   compile_s = time.perf_counter() - t0
   flops_per_device = _flops(compiled)
   memory_gb = _step_memory_gb(compiled)

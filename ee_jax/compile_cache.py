@@ -61,8 +61,39 @@ def release_compiled_programs() -> None:
   memory in dozens of separate mappings. A study's runs each build new step closures, so
   one process running many of them (or the test suite) climbs towards Linux's limit of
   65,530 mappings per process (vm.max_map_count), where the next compile aborts or
-  segfaults inside XLA. Called between runs; the next run's programs come back from the
-  persistent cache above.
+  segfaults inside XLA. Called between runs (by a study when the mappings get many:
+  `release_if_crowded`); the next run's programs come back from the persistent cache above.
   """
+  from ee_jax.train import step_cache  # pylint: disable=import-outside-toplevel
+  step_cache.clear()   # its steps' programs go with JAX's caches
   jax.clear_caches()
   gc.collect()   # drop executables held only by dead step closures now, not at some later GC
+
+
+# Share of the process's memory-mapping limit past which `release_if_crowded` frees the
+# compiled programs. A default study's 24 runs add a few thousand mappings in all once their
+# steps are shared (ee_jax/train/step_cache.py), far below a quarter of Linux's default 65,530.
+CROWDED_SHARE = 0.25
+
+
+def memory_mappings() -> tuple[int, int] | None:
+  """(mappings this process holds, the most it may hold), or None where /proc does not say."""
+  try:
+    with open("/proc/sys/vm/max_map_count") as f:
+      limit = int(f.read())
+    with open("/proc/self/maps", "rb") as f:
+      held = sum(1 for _ in f)
+  except (OSError, ValueError):
+    return None
+  return held, limit
+
+
+def release_if_crowded() -> bool:
+  """`release_compiled_programs` once the process holds CROWDED_SHARE of its mapping limit
+  (always where that cannot be read), so that runs in between keep sharing compiled steps.
+  Returns whether it released."""
+  found = memory_mappings()
+  if found is not None and found[0] < CROWDED_SHARE * found[1]:
+    return False
+  release_compiled_programs()
+  return True

@@ -2,16 +2,19 @@
 
 Imports nothing from JAX: call `configure` before JAX creates its CPU client.
 
-Why: XLA's CPU client runs every device's part of a pmapped step on one thread pool of
-max(cores, devices) threads (`PJRT_NPROC` overrides the core count). A device's launch first
-waits, on a pool thread, for a slot among its 32 in-flight computations; the running
-collective step needs one pool thread per device at once. With 2 fake devices on 2 cores,
-as soon as the host has queued 32 computations on a device, one pool thread waits for a slot
-while the other waits in the step's all-gather for the device that has no thread left:
-"Expected 2 threads to join the rendezvous, but only 1 of them arrived on time". Load only
-makes the host run further ahead. 2 x devices threads cover the worst case (every device
-waiting for a slot, plus one thread per device for the collective); the extra threads sleep
-when idle.
+XLA's CPU client runs every device's part of a pmapped step on one thread pool of
+max(cores, devices) threads (`PJRT_NPROC` overrides the core count; cores: those this
+process may run on); a collective step needs one pool thread per device at once. A device's
+launch first waits, on a pool thread, for a slot among its 32 in-flight computations: with
+2 fake devices on 2 cores and a host that has queued 32 computations on a device, one pool
+thread waits for a slot while the other waits in the step's all-gather for the device that
+has no thread left ("Expected 2 threads to join the rendezvous, but only 1 of them arrived
+on time"). Every step here is dispatched through
+`parallel.pmap_step`, which never lets the host queue more than
+`parallel.MAX_CALLS_IN_FLIGHT` calls, so the pool keeps XLA's own size: one thread per core
+(or per device, if more). Twice as many threads (the earlier remedy) also avoid the hang, but
+the threads then share the cores by time slices: the study's fine-tuning step ran 140-143 ms
+with 2 threads against 157-160 ms with 4 on 2 cores (docs/scaling.md).
 """
 
 import os
@@ -21,8 +24,9 @@ _COUNT = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
 
 
 def pool_threads(devices: int) -> int:
-  """Thread-pool size at which `devices` fake devices always make progress."""
-  return max(os.cpu_count() or 1, 2 * devices)
+  """Thread-pool size at which `devices` fake devices make progress, given that the host
+  never runs far ahead of them (`parallel.pmap_step`): a thread per device."""
+  return max(usable_cores(), devices)
 
 
 def configure(devices: int = 0, environ=None) -> int:

@@ -5,6 +5,7 @@ wrapped here, and the train state and host batches are laid out here, so moving 
 `jax.shard_map` later touches this file only.
 """
 
+import collections
 from typing import Callable, Sequence
 
 import jax
@@ -20,10 +21,57 @@ def pmap_step(fn: Callable, axis_name: str = AXIS, donate_argnums: Sequence[int]
               static_broadcasted_argnums: Sequence[int] = ()) -> Callable:
   """`fn` (a per-device step using collectives over `axis_name`) mapped over local devices.
 
-  Every argument carries a leading [local_devices] axis (`replicate`, `shard`).
+  Every argument carries a leading [local_devices] axis (`replicate`, `shard`). A call waits
+  while MAX_CALLS_IN_FLIGHT earlier calls are unfinished (`BoundedDispatch`).
   """
-  return jax.pmap(fn, axis_name=axis_name, donate_argnums=tuple(donate_argnums),
-                  static_broadcasted_argnums=tuple(static_broadcasted_argnums))
+  return BoundedDispatch(jax.pmap(fn, axis_name=axis_name,
+                                  donate_argnums=tuple(donate_argnums),
+                                  static_broadcasted_argnums=tuple(static_broadcasted_argnums)))
+
+
+# Calls of one mapped step that may be queued on the devices at once. Why a bound: XLA's CPU
+# client runs every device's part of a step on one thread pool (`host_devices`), and a launch
+# that finds 32 computations already queued on its device waits for a slot on a pool thread;
+# a collective step needs one pool thread per device at once, so a host far ahead of the
+# devices could hang them with no spare thread. Two queued calls keep the devices busy (the
+# next step is queued while one runs) and stay far below that: each call queues one step and
+# a few small output copies per device.
+MAX_CALLS_IN_FLIGHT = 2
+
+
+class BoundedDispatch:
+  """A mapped function whose calls wait, before dispatching, until fewer than
+  `max_in_flight` earlier calls are unfinished (their outputs ready). Attributes (e.g.
+  `lower`) are the wrapped function's."""
+
+  def __init__(self, fn: Callable, max_in_flight: int = MAX_CALLS_IN_FLIGHT):
+    if max_in_flight < 1:
+      raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    self._fn = fn
+    self._max = max_in_flight
+    self._pending = collections.deque()   # the outputs of earlier calls, oldest first
+
+  def __call__(self, *args, **kwargs):
+    if len(self._pending) >= self._max:
+      # Wait for the oldest call that still has an output to wait on: a call whose outputs
+      # were all donated to a later call is finished once that later call is.
+      while self._pending and not _wait_for(self._pending.popleft()):
+        pass
+    out = self._fn(*args, **kwargs)
+    self._pending.append(out)
+    return out
+
+  def __getattr__(self, name):
+    return getattr(self._fn, name)
+
+
+def _wait_for(outputs) -> bool:
+  """Blocks until the outputs not yet donated are ready; False if every one was donated."""
+  live = [x for x in jax.tree_util.tree_leaves(outputs)
+          if isinstance(x, jax.Array) and not x.is_deleted()]
+  if live:
+    jax.block_until_ready(live)
+  return bool(live)
 
 
 def local_device_count() -> int:

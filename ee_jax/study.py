@@ -217,7 +217,8 @@ def _finished(run_cfg, rundir: str, label: str) -> dict:
   if not os.path.exists(eval_path):
     distributed.log(f"== {label}")
     finetune(run_cfg, rundir)
-    compile_cache.release_compiled_programs()   # a long study must not pile up programs
+    # A long study must not pile up programs; runs in between share their compiled steps.
+    compile_cache.release_if_crowded()
   with open(eval_path) as f:
     return json.load(f)
 
@@ -239,7 +240,7 @@ def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple
       selected = evaluate_lib.evaluate(run_cfg, rundir, split=split,
                                        filename=f"eval_{split}.json",
                                        checkpoint=finetune_best.params_source(rundir))
-      compile_cache.release_compiled_programs()
+      compile_cache.release_if_crowded()
     scores[recipe] = selected["miou"]
   best = max(recipes, key=lambda r: -1.0 if scores[r] is None else scores[r])
   record = {"recipe": best, "select_split": split,

@@ -6,8 +6,8 @@ import pathlib
 from ee_jax import host_devices  # noqa: E402  (imports no JAX)
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Two fake devices, with enough XLA client threads that a pmapped step can never wait for a
-# thread held by another device's launch (the cause of the all-gather hangs on 2 cores).
+# Two fake devices, and a thread per device at least in XLA's client pool: with the bounded
+# dispatch of parallel.pmap_step, a collective step always finds one (ee_jax/host_devices.py).
 host_devices.configure(2)
 # A collective that still waits this long is a real deadlock: fail within minutes (XLA's
 # own limit is 40 s, short for a starved process on a loaded 2-core machine).
@@ -29,6 +29,14 @@ def _release_compiled_programs():
   yield
   from ee_jax import compile_cache  # pylint: disable=import-outside-toplevel
   compile_cache.release_compiled_programs()
+
+
+@pytest.fixture(autouse=True)
+def _no_steps_shared_between_tests():
+  """Each test builds its own steps (ee_jax/train/step_cache.py keeps them per process)."""
+  yield
+  from ee_jax.train import step_cache  # pylint: disable=import-outside-toplevel
+  step_cache.clear()
 
 
 @pytest.fixture

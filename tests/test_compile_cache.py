@@ -101,3 +101,26 @@ def test_released_programs_give_back_their_memory_mappings():
   grown = n["held"] - n["before"]
   assert grown >= 6, n   # at least one mapping per executable that is still held
   assert n["released"] - n["before"] < grown / 2, n
+
+
+def test_release_if_crowded_keeps_shared_steps_until_mappings_get_many(monkeypatch):
+  from ee_jax.train import step_cache  # pylint: disable=import-outside-toplevel
+  kept = step_cache.reuse("probe", {"a": 1}, lambda: object())
+  monkeypatch.setattr(compile_cache, "memory_mappings", lambda: (2000, 65530))
+  assert not compile_cache.release_if_crowded()
+  assert step_cache.reuse("probe", {"a": 1}, lambda: object()) is kept
+  monkeypatch.setattr(compile_cache, "memory_mappings", lambda: (20000, 65530))
+  assert compile_cache.release_if_crowded()
+  assert step_cache.reuse("probe", {"a": 1}, lambda: object()) is not kept
+  kept = step_cache.reuse("probe", {"a": 1}, lambda: object())
+  monkeypatch.setattr(compile_cache, "memory_mappings", lambda: None)   # not Linux: as before
+  assert compile_cache.release_if_crowded()
+  assert step_cache.reuse("probe", {"a": 1}, lambda: object()) is not kept
+  step_cache.clear()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux memory maps")
+def test_memory_mappings_counts_this_process():
+  held, limit = compile_cache.memory_mappings()
+  with open("/proc/self/maps") as f:
+    assert abs(held - sum(1 for _ in f)) < 50 and limit >= 1024

@@ -14,7 +14,7 @@ from ee_jax import checkpoints, metrics, models, parallel
 from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.study import run_study
-from ee_jax.train import finetune_step, metrics_log
+from ee_jax.train import finetune_step, metrics_log, step_cache
 from ee_jax.train import evaluate as evaluate_lib
 from ee_jax.train.finetune import finetune
 from ee_jax.train.pretrain import pretrain
@@ -142,9 +142,7 @@ def test_eval_counts_every_example_once_on_two_devices(data_dir, tmp_path):
   assert np.asarray(result["confusion_matrix"]).sum() == expected == result["num_pixels"]
   # Two devices and one device give the same confusion matrix.
   params, meta = checkpoints.load_params(str(tmp_path))
-  model = models.build_segmentation_model(ml_collections.ConfigDict(meta["model"]),
-                                          meta["num_classes"])
-  p_eval = evaluate_lib.make_evaluator(model, meta, meta["num_classes"], 255)
+  p_eval = evaluate_lib.make_evaluator(meta, meta["num_classes"], 255)
   cm_two = evaluate_lib.confusion_over_split(p_eval, parallel.replicate(params), c, builder,
                                              "test")
   cm_one = evaluate_lib.confusion_over_split(
@@ -153,6 +151,43 @@ def test_eval_counts_every_example_once_on_two_devices(data_dir, tmp_path):
   np.testing.assert_array_equal(cm_two, cm_one)
   np.testing.assert_array_equal(cm_two, result["confusion_matrix"])
   assert metrics.segmentation_scores(cm_one)["miou"] == pytest.approx(result["miou"])
+
+
+def test_runs_in_one_process_share_compiled_steps(data_dir, tmp_path, monkeypatch):
+  """A second run (other seed, other tiles) takes the first run's compiled steps instead of
+  building its own, and ends exactly as it does with steps built afresh; a run whose steps
+  differ (another learning rate) builds its own."""
+  built = []
+  make = finetune_step.make_finetune_step
+
+  def counting(*args, **kwargs):
+    built.append(kwargs["head_only"])
+    return make(*args, **kwargs)
+
+  monkeypatch.setattr(finetune_step, "make_finetune_step", counting)
+  step_cache.clear()
+  finetune(tiny_finetune_config(data_dir, steps=4, linear_probe_steps=2), str(tmp_path / "a"))
+  assert built == [True, False]
+  other = tiny_finetune_config(data_dir, steps=4, linear_probe_steps=2, label_fraction=0.5)
+  other.seed = 1
+  shared = finetune(other, str(tmp_path / "b"))
+  assert built == [True, False]                      # the first run's steps, not built again
+  step_cache.clear()
+  fresh = finetune(other, str(tmp_path / "c"))
+  assert built == [True, False, True, False]
+  timing = ("time", "tiles_per_s", "pixels_per_s")
+  assert ({k: v for k, v in shared.items() if k not in timing}
+          == {k: v for k, v in fresh.items() if k not in timing})
+  a = checkpoints.load_params(str(tmp_path / "b"))[0]
+  b = checkpoints.load_params(str(tmp_path / "c"))[0]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  losses = lambda d: [r["loss"] for r in metrics_log.read_metrics(d) if "loss" in r]  # noqa: E731
+  assert losses(str(tmp_path / "b")) == losses(str(tmp_path / "c"))
+  faster = tiny_finetune_config(data_dir, steps=4, linear_probe_steps=2)
+  faster.optim.learning_rate = 2e-3
+  finetune(faster, str(tmp_path / "d"))
+  assert built == [True, False, True, False, True, False]
+  step_cache.clear()
 
 
 def test_finetune_learns(data_dir, tmp_path):

@@ -151,9 +151,10 @@ def test_optimizer_schedule_decay_mask_and_sharding():
 
 
 def test_host_far_ahead_of_two_devices_never_deadlocks(tmp_path):
-  """200 pmapped all-gather steps queued without waiting (the host runs ahead, as under load)
-  with the XLA client threads `host_devices` sets: with max(cores, devices) threads this
-  hangs in the all-gather (2 cores) and XLA aborts the process after the 15 s timeout."""
+  """200 all-gather steps of `parallel.pmap_step` queued without waiting (the host runs
+  ahead, as under load) on 2 devices with one XLA client thread each, the fewest
+  `host_devices` ever sets. With `jax.pmap` alone this hangs in the all-gather and XLA aborts
+  the process after the 15 s timeout; the step's bounded dispatch keeps it going."""
   script = tmp_path / "ahead.py"
   script.write_text("""
 import os, sys
@@ -162,11 +163,12 @@ host_devices.configure(2)
 os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_timeout_seconds=15"
                             " --xla_cpu_collective_call_terminate_timeout_seconds=15")
 import jax, jax.numpy as jnp
+from ee_jax import parallel
 def f(x):
   for _ in range(4):
     x = jnp.tanh(x @ x) / 8
   return x + jax.lax.all_gather(x, "i").mean(0), {"a": x.sum(), "b": x.mean()}
-step, x, seen = jax.pmap(f, axis_name="i"), jnp.ones((2, 384, 384)), []
+step, x, seen = parallel.pmap_step(f, "i", donate_argnums=(0,)), jnp.ones((2, 384, 384)), []
 for _ in range(200):
   x, m = step(x)
   seen.append({k: v.addressable_shards[0].data[0] for k, v in m.items()})
@@ -175,21 +177,50 @@ print("threads", os.environ["PJRT_NPROC"], "steps", len(seen))
 """)
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
   env["PYTHONPATH"] = str(parallel.__file__).rsplit("/ee_jax/", 1)[0]
+  env["PJRT_NPROC"] = "2"
   out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.split() == ["threads", str(host_devices.pool_threads(2)), "steps", "200"]
+  assert out.stdout.split() == ["threads", "2", "steps", "200"]
+
+
+def test_bounded_dispatch_waits_for_the_oldest_unfinished_call(monkeypatch):
+  """Before a call, the outputs of the call MAX_CALLS_IN_FLIGHT back are waited for; when
+  every output of that call was donated to the next, the next one's are."""
+  waited = []
+  monkeypatch.setattr(parallel.jax, "block_until_ready",
+                      lambda xs: waited.append(sorted(int(x) for x in xs)))
+  calls = []
+
+  def step(i):
+    calls.append(i)
+    return {"state": jax.numpy.asarray(100 + i), "metric": jax.numpy.asarray(i)}
+
+  bounded = parallel.BoundedDispatch(step, max_in_flight=2)
+  outs = [bounded(i) for i in range(4)]
+  assert calls == [0, 1, 2, 3]
+  assert waited == [[0, 100], [1, 101]]          # before calls 2 and 3: calls 0 and 1
+  waited.clear()
+  outs[2]["state"].delete()                       # call 2's outputs all donated to call 3
+  outs[2]["metric"].delete()
+  bounded(4)
+  assert waited == [[3, 103]]                     # so call 3 is the one waited for
+  waited.clear()
+  bounded(5)                                      # one call (4) unfinished: no wait
+  assert waited == []
+  with pytest.raises(ValueError, match="max_in_flight"):
+    parallel.BoundedDispatch(step, max_in_flight=0)
 
 
 def test_host_devices_configure_keeps_what_the_user_set():
   env = {}
   assert host_devices.configure(2, env) == 2
   assert env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                 "PJRT_NPROC": str(max(os.cpu_count(), 4))}
+                 "PJRT_NPROC": str(max(host_devices.usable_cores(), 2))}
   env = {"XLA_FLAGS": "--foo --xla_force_host_platform_device_count=8", "PJRT_NPROC": "3"}
   assert host_devices.configure(2, env) == 8 and env["PJRT_NPROC"] == "3"
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
   host_devices.configure(environ=env)
-  assert env["PJRT_NPROC"] == str(max(os.cpu_count(), 6))
+  assert env["PJRT_NPROC"] == str(max(host_devices.usable_cores(), 3))
   env = {}
   assert host_devices.configure(environ=env) == 0 and env == {}     # one real device: as is

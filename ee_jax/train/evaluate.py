@@ -15,7 +15,7 @@ import numpy as np
 from ee_jax import checkpoints, distributed, metrics, models, parallel
 from ee_jax.data import contract, datasets, pipeline
 from ee_jax.errors import DataError
-from ee_jax.train import finetune_step
+from ee_jax.train import finetune_step, step_cache
 
 EVAL_KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
 
@@ -33,11 +33,19 @@ def confusion_over_split(p_eval, p_params, config, builder, split: str,
   return total
 
 
-def make_evaluator(model, meta: dict, num_classes: int, ignore_index: int):
-  """A pmapped eval step for `model` with the normalisation stored in `meta`."""
-  mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
-  return parallel.pmap_step(finetune_step.make_eval_step(model, mean, std, num_classes,
-                                                         ignore_index))
+def make_evaluator(meta: dict, num_classes: int, ignore_index: int):
+  """A pmapped eval step for the model and normalisation stored in `meta` (a fine-tuning
+  checkpoint's metadata); the one built earlier in this process for equal ones, if any."""
+  def build():
+    model = models.build_segmentation_model(ml_collections.ConfigDict(meta["model"]),
+                                           num_classes)
+    mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+    return parallel.pmap_step(finetune_step.make_eval_step(model, mean, std, num_classes,
+                                                           ignore_index))
+
+  return step_cache.reuse("segmentation_eval", {
+      "model": meta["model"], "mean": meta["mean"], "std": meta["std"],
+      "num_classes": num_classes, "ignore_index": ignore_index}, build)
 
 
 def scores_for(p_eval, p_params, config, builder, split, class_names) -> dict:
@@ -60,9 +68,7 @@ def evaluate(config, workdir: str, split: str | None = None,
   checkpoints.check_bands(meta, builder.info.metadata, checkpoint, os.fspath(builder.data_dir))
   split = split or config.finetune.test_split
   class_names = list(meta["class_names"])
-  model = models.build_segmentation_model(ml_collections.ConfigDict(meta["model"]),
-                                         len(class_names))
-  p_eval = make_evaluator(model, meta, len(class_names), meta["ignore_index"])
+  p_eval = make_evaluator(meta, len(class_names), meta["ignore_index"])
   result = scores_for(p_eval, parallel.replicate(params), config, builder, split, class_names)
   result.update(split=split, checkpoint_step=checkpoints.resolve_checkpoint(checkpoint)[1],
                 num_examples=builder.info.splits[split].num_examples)

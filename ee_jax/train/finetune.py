@@ -22,7 +22,7 @@ from ee_jax import checkpoints, distributed, models, parallel
 from ee_jax.data import contract, datasets, label_fractions
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train import finetune_best, finetune_step, loop
+from ee_jax.train import finetune_best, finetune_step, loop, step_cache
 from ee_jax.train.pretrain import dataset_metadata, write_config
 from ee_jax.train.state import TrainState
 
@@ -187,22 +187,38 @@ def prepare_run(config, workdir: str) -> Run:
              ckpt_meta, indices, mean, std, weights, class_names, ignore_index)
 
 
+# config.finetune keys that choose a run's tiles or its final evaluation, not its steps.
+NOT_IN_STEP = ("label_fraction", "fraction_seed", "class_balanced", "test_split",
+               "select_best")
+
+
+def step_ingredients(config, run: Run) -> dict:
+  """Everything a run's fine-tuning steps are built from (the model and its classes, the
+  optimiser and schedule, normalisation, loss settings): runs with equal ones share
+  compiled steps (ee_jax/train/step_cache.py). Not the seed, tiles or initial weights."""
+  return {"model": run.model_cfg, "num_classes": run.num_classes, "optim": config.optim,
+          "finetune": {k: v for k, v in config.finetune.items() if k not in NOT_IN_STEP},
+          "steps": int(config.train.steps), "mean": run.mean, "std": run.std,
+          "ignore_index": run.ignore_index, "class_weights": run.class_weights}
+
+
 def finetune(config, workdir: str) -> dict:
   """Fine-tunes (or resumes), then evaluates on config.finetune.test_split (eval.json):
   the last params, or with `finetune.select_best` those of the best validation mIoU."""
   run = prepare_run(config, workdir)
 
   def compiled_step(head_only: bool):
-    return parallel.pmap_step(finetune_step.make_finetune_step(
-        run.model, run.tx, run.schedule, run.mean, run.std, run.num_classes,
-        run.ignore_index, run.class_weights, config.finetune.dihedral,
-        head_only=head_only), donate_argnums=(0,))
+    return step_cache.reuse("finetune", dict(step_ingredients(config, run), head_only=head_only),
+                            lambda: parallel.pmap_step(finetune_step.make_finetune_step(
+                                run.model, run.tx, run.schedule, run.mean, run.std,
+                                run.num_classes, run.ignore_index, run.class_weights,
+                                config.finetune.dihedral, head_only=head_only),
+                                donate_argnums=(0,)))
 
   head_steps = finetune_step.head_only_steps(config.finetune, int(config.train.steps))
   p_head_step = compiled_step(True) if head_steps > run.start else None
   p_step = compiled_step(False)
-  p_eval = evaluate_lib.make_evaluator(run.model, run.ckpt_meta, run.num_classes,
-                                       run.ignore_index)
+  p_eval = evaluate_lib.make_evaluator(run.ckpt_meta, run.num_classes, run.ignore_index)
 
   best = (finetune_best.BestKeeper(workdir, run.ckpt_meta, config.data.eval_split)
           if config.finetune.select_best else None)
