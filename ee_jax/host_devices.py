@@ -14,7 +14,8 @@ on time"). Every step here is dispatched through
 `parallel.MAX_CALLS_IN_FLIGHT` calls, so the pool keeps XLA's own size: one thread per core
 (or per device, if more). Twice as many threads (the earlier remedy) also avoid the hang, but
 the threads then share the cores by time slices: the study's fine-tuning step ran 140-143 ms
-with 2 threads against 157-160 ms with 4 on 2 cores (docs/scaling.md).
+with 2 threads against 157-160 ms with 4 on 2 cores (docs/scaling.md). The pool's size
+changes the order of some of XLA's float32 sums, so a run's losses move at rounding level.
 """
 
 import os
