@@ -30,7 +30,7 @@ def _plain(value):
   """JSON form of arrays and ConfigDicts inside the ingredients."""
   if hasattr(value, "to_dict"):
     return value.to_dict()
-  if isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "__array__"):
+  if hasattr(value, "__array__"):   # numpy and JAX arrays and scalars
     return np.asarray(value).tolist()
   raise TypeError(f"step_cache: cannot key a step on a {type(value).__name__}")
 
