@@ -10,6 +10,8 @@ import sys
 
 from ee_jax import host_devices, host_memory
 
+if __name__ == "__main__":  # malloc tunables are read at start: executes itself once more
+  host_memory.restart_with_huge_pages()
 host_devices.configure()  # before JAX: fake CPU devices (XLA_FLAGS) that cannot deadlock
 host_memory.tune_malloc()  # freed step buffers kept for the next step (no page faults)
 

@@ -219,6 +219,7 @@ def table(env, rows, skipped=(), skipped_why="") -> str:
 
 
 def main():
+  host_memory.restart_with_huge_pages()  # as launch.py does (tunables are read at start)
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: pretrain,finetune")
   p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated compute dtypes")

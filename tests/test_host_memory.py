@@ -9,6 +9,9 @@ threshold rises at most to 32 MiB), so untuned it is mapped for itself and unmap
 free(), and the process's resident memory drops by the block; tuned (no mmap, trim
 threshold 2 GiB) it comes from a heap (under the 64 MiB a thread's heap holds) and free()
 keeps its pages.
+
+The restart with huge pages is checked the same way: a fresh process that restarts, maps a
+block with malloc and reads the kernel's flags of that mapping (MADV_HUGEPAGE shows as `hg`).
 """
 
 import os
@@ -89,3 +92,72 @@ def test_switch_and_other_c_libraries_leave_malloc_alone(monkeypatch):
   assert host_memory.tune_malloc({host_memory.ENV: "off"}) is False
   monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
   assert host_memory.tune_malloc({}) is False
+
+
+# Started (and, where it restarts, started again): prints its PID and GLIBC_TUNABLES, then
+# maps a block with malloc and prints the kernel's flags of the mapping that holds it.
+RESTART_PROGRAM = """
+import ctypes, os, sys
+sys.path.insert(0, sys.argv[1])
+print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), flush=True)
+from ee_jax import host_memory
+host_memory.restart_with_huge_pages()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+p = libc.malloc(int(sys.argv[2]))
+ctypes.memset(p, 1, int(sys.argv[2]))
+flags, inside = [], False
+with open("/proc/self/smaps") as f:
+  for line in f:
+    first = line.split()[0]
+    if "-" in first and ":" not in first:   # a mapping's header: start-end perms ...
+      lo, hi = (int(x, 16) for x in first.split("-"))
+      inside = lo <= p < hi
+    elif inside and first == "VmFlags:":
+      flags = line.split()[1:]
+print("flags", *flags)
+"""
+
+
+def _restart(tmp_path, tuning: str) -> tuple[list, list]:
+  script = tmp_path / "restarts.py"
+  script.write_text(RESTART_PROGRAM)
+  env = dict(os.environ, EE_JAX_MALLOC_TUNING=tuning)
+  env.pop("GLIBC_TUNABLES", None)
+  out = subprocess.run([sys.executable, str(script), REPO, str(2 * BLOCK)], env=env,
+                       capture_output=True, text=True, timeout=120, check=True).stdout
+  lines = [line.split() for line in out.splitlines()]
+  return [l[1:] for l in lines if l[0] == "start"], next(l[1:] for l in lines if l[0] == "flags")
+
+
+@pytest.mark.skipif(host_memory.environ_with_huge_pages({}) is None,
+                    reason="needs glibc >= 2.35 and the kernel's THP mode 'madvise'")
+def test_restart_puts_mapped_blocks_on_huge_pages(tmp_path):
+  starts, flags = _restart(tmp_path, "1")
+  # Executed once more, as the same process, with the tunable; no third start.
+  assert len(starts) == 2 and starts[0][0] == starts[1][0], starts
+  assert starts[0][1:] == [] and starts[1][1:] == [host_memory.HUGE_PAGES], starts
+  assert "hg" in flags, flags   # glibc advised the kernel: MADV_HUGEPAGE on the block
+  starts, flags = _restart(tmp_path, "0")
+  assert len(starts) == 1 and "hg" not in flags, (starts, flags)
+
+
+def test_restart_only_where_it_changes_something():
+  on, new = {}, (2, 36)
+  env = host_memory.environ_with_huge_pages(on, "madvise", new)
+  assert env["GLIBC_TUNABLES"] == host_memory.HUGE_PAGES
+  kept = host_memory.environ_with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                             "madvise", new)
+  assert kept["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{host_memory.HUGE_PAGES}"
+  assert host_memory.environ_with_huge_pages(env, "madvise", new) is None      # restarted
+  assert host_memory.environ_with_huge_pages({host_memory.ENV: "0"}, "madvise", new) is None
+  assert host_memory.environ_with_huge_pages(on, "madvise", (2, 34)) is None   # no tunable
+  for mode in ("always", "never", "unreadable"):
+    assert host_memory.environ_with_huge_pages(on, mode, new) is None
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+  f = tmp_path / "enabled"
+  f.write_text("always [madvise] never\n")
+  assert host_memory.thp_mode(str(f)) == "madvise"
+  assert host_memory.thp_mode(str(tmp_path / "missing")) is None
