@@ -29,13 +29,15 @@ Those freshly mapped blocks are put on transparent huge pages instead
 2.35+ advises the kernel to back the blocks it maps with 2 MiB pages when the tunable
 `glibc.malloc.hugetlb=1` is set, and tunables are read only when a program starts, so the
 process executes itself again once (same PID, arguments and interpreter options) with it
-added to GLIBC_TUNABLES. Where the kernel's THP mode is `madvise` (as on this VM) the faults of the study's pre-training step fall from about 36,000 a step to about
-1,000 and the step takes 0.92x the time; the 64 x 64 pre-training step 0.90x, with 5 %
-more resident memory; fine-tuning, whose blocks stay in the heaps, is unchanged
-(docs/scaling.md). Under mode `always` the kernel does this anyway, under `never` it can't.
+added to GLIBC_TUNABLES. Where the kernel's THP mode is `madvise` (as on the 2-core VM of
+docs/scaling.md) the study's pre-training step faults about 1,000 pages a step instead of
+36,000 and takes 0.92x the time, the 64 x 64 pre-training step 0.90x; fine-tuning, whose
+blocks stay in the heaps, is unchanged; the process holds 1-8 % more resident memory.
+Under mode `always` the kernel does this anyway, under `never` it can't.
 
-`EE_JAX_MALLOC_TUNING=0` leaves malloc as it is (no settings, no restart). Elsewhere than
-Linux with glibc nothing is changed.
+`EE_JAX_MALLOC_TUNING=0` leaves malloc as it is (no settings, no restart);
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps the settings without huge pages. Elsewhere
+than Linux with glibc nothing is changed.
 """
 
 import ctypes
