@@ -48,11 +48,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from ee_jax import host_memory  # noqa: E402  (imports nothing from JAX)
+
+if __name__ == "__main__":  # as launch.py: malloc tunables are read at start, so restart first
+  host_memory.restart_with_huge_pages()
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import defaults  # noqa: E402
-from ee_jax import augment, host_devices, host_memory, models, parallel  # noqa: E402
+from ee_jax import augment, host_devices, models, parallel  # noqa: E402
 from ee_jax.train import finetune_step, optim  # noqa: E402
 from ee_jax.train.pretrain_step import init_state, make_pretrain_step  # noqa: E402
 from ee_jax.train.state import TrainState  # noqa: E402
@@ -219,7 +224,6 @@ def table(env, rows, skipped=(), skipped_why="") -> str:
 
 
 def main():
-  host_memory.restart_with_huge_pages()  # as launch.py does (tunables are read at start)
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: pretrain,finetune")
   p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated compute dtypes")
