@@ -122,3 +122,19 @@ def test_head_only_step_has_no_backbone_backward():
   assert forward > 0
   assert full >= 3 * forward - 1, (full, forward)   # the first layer needs no input gradient
   assert head <= forward + 2, (head, forward)       # + the head's kernel gradient
+
+
+@pytest.mark.parametrize("head_only", [False, True])
+def test_devices_meet_once_a_step(head_only):
+  """One all-reduce in the compiled step (gradients, loss sum, counts together): a device
+  that waits mid-step in a collective holds a pool thread the other device needs on CPU
+  (finetune_step's docstring). The step before this had three."""
+  if jax.local_device_count() < 2:
+    pytest.skip("needs 2 devices (tests run with 2 fake CPU devices)")
+  state, make = _setup(_finetune_cfg(linear_probe_steps=2), 4)
+  batch = next(_batches(1))
+  key = parallel.replicate(jax.random.PRNGKey(1))
+  text = make(head_only).lower(parallel.replicate(state), batch, key).compile().as_text()
+  all_reduces = [line for line in text.splitlines()
+                 if " all-reduce(" in line and line.lstrip().startswith(("%", "ROOT %"))]
+  assert len(all_reduces) == 1, all_reduces

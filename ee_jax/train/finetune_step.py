@@ -2,8 +2,15 @@
 
 Loss: cross-entropy over labelled pixels (label != ignore_index) that are observed on at
 least one date, optionally class-weighted. The loss is normalised by the labelled-pixel
-count of the whole global batch (psum), so per-device gradients summed over devices equal
-the gradient of the global-batch loss exactly, whatever the split across devices.
+count of the whole global batch, so per-device gradients summed over devices equal the
+gradient of the global-batch loss, whatever the split across devices.
+
+The devices meet once a step: each differentiates its own unnormalised sum, and one psum
+carries the gradients, the sums and the counts; the division by the global count comes
+after it. Why: on CPU devices that share the cores (launch.py's split), a device waiting in
+a collective holds a pool thread that the other device's parallel operations need, and
+each extra meeting mid-step cost it milliseconds (docs/scaling.md: the fine-tuning step
+0.93x the time with the normaliser's psum moved to the end).
 """
 
 from typing import Any, NamedTuple
@@ -74,39 +81,41 @@ def make_normalising_step(model, tx, schedule, num_classes: int, ignore_index: i
   """
 
   def loss_fn(params, batch, mean, std):
+    """This device's weighted cross-entropy sum, and the sums the metrics need."""
     x, date_valid = prepare_inputs(batch["image"], batch["valid"], mean, std)
     logits = model.apply({"params": params}, x, date_valid).astype(jnp.float32)
     label = batch["label"].astype(jnp.int32)
     w = pixel_weights(label, batch["valid"], num_classes, ignore_index, class_weights)
     ce = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.where(label == ignore_index, 0, label))
-    total_w = jax.lax.psum(w.sum(), axis_name)
-    loss = (ce * w).sum() / jnp.maximum(total_w, 1e-6)
-    correct = ((logits.argmax(-1) == label) * (w > 0)).sum()
-    counted = (w > 0).sum()
-    return loss, (correct, counted)
+    counted = w > 0
+    sums = dict(weight=w.sum(), counted=counted.sum(dtype=jnp.float32),
+                correct=((logits.argmax(-1) == label) & counted).sum(dtype=jnp.float32))
+    return (ce * w).sum(), sums
 
-  def summed_grads(params, batch, mean, std):
-    """(loss, aux), gradients summed over devices (each holds its share of the loss)."""
+  def local_grads(params, batch, mean, std):
+    """((loss sum, sums), gradients of the loss sum): this device's, not yet normalised."""
     if not head_only:
-      out, grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, mean, std)
-      return out, jax.lax.psum(grads, axis_name)
+      return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, mean, std)
     backbone = params[models.BACKBONE]
     rest = {k: v for k, v in params.items() if k != models.BACKBONE}
-    out, grads = jax.value_and_grad(
+    return jax.value_and_grad(
         lambda r: loss_fn({**r, models.BACKBONE: backbone}, batch, mean, std),
         has_aux=True)(rest)
-    grads = jax.lax.psum(grads, axis_name)
-    return out, {**grads, models.BACKBONE: jax.tree.map(jnp.zeros_like, backbone)}
 
   def step_fn(state: TrainState, batch, base_key, mean, std):
     if dihedral:
       batch = random_dihedral(batch, base_key, state.step)
-    (loss, (correct, counted)), grads = summed_grads(state.params, batch, mean, std)
+    (loss_sum, sums), grads = local_grads(state.params, batch, mean, std)
+    loss_sum, sums, grads = jax.lax.psum((loss_sum, sums, grads), axis_name)  # the one meeting
+    total_w = jnp.maximum(sums["weight"], 1e-6)
+    grads = jax.tree.map(lambda g: g / total_w, grads)
+    if head_only:
+      grads = {**grads, models.BACKBONE: jax.tree.map(jnp.zeros_like,
+                                                      state.params[models.BACKBONE])}
     out = {
-        "loss": jax.lax.psum(loss, axis_name),
-        "pixel_acc": jax.lax.psum(correct, axis_name) / jnp.maximum(
-            jax.lax.psum(counted, axis_name), 1),
+        "loss": loss_sum / total_w,
+        "pixel_acc": sums["correct"] / jnp.maximum(sums["counted"], 1),
         "grad_norm": optax.global_norm(grads),
         "lr": schedule(state.step),
     }
