@@ -120,6 +120,27 @@ def test_two_devices_equal_one_device_loss_and_grads():
   np.testing.assert_allclose(grad2, grad, rtol=1e-4, atol=1e-6)
 
 
+def test_similarities_gradients_are_the_einsums():
+  """losses.similarities' own backward (no transposed cotangent) gives einsum's gradients:
+  the same sums, so equal in float64 to rounding, and the keys' gradient equals the
+  hand-written contraction sum_bn g[b, n, k] a[b, n, e]."""
+  rng = np.random.default_rng(5)
+  a, k, g = rng.normal(size=(3, 5, 4)), rng.normal(size=(7, 4)), rng.normal(size=(3, 5, 7))
+  with jax.enable_x64(True):
+    weighted = lambda fn: lambda a, k: jnp.sum(fn(a, k) * g)  # noqa: E731
+    einsum = lambda a, k: jnp.einsum("bne,ke->bnk", a, k)     # noqa: E731
+    expected = jax.grad(weighted(einsum), argnums=(0, 1))(a, k)
+    got = jax.grad(weighted(losses.similarities), argnums=(0, 1))(a, k)
+    np.testing.assert_allclose(losses.similarities(a, k), np.einsum("bne,ke->bnk", a, k),
+                               rtol=1e-12)
+  for e, o in zip(expected, got):
+    assert o.dtype == np.float64
+    np.testing.assert_allclose(o, e, rtol=1e-12, atol=1e-12)
+  # Sums of at most 15 float64 products: rounding ~1e-15 of their O(1) size.
+  np.testing.assert_allclose(got[0], np.einsum("bnk,ke->bne", g, k), rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(got[1], np.einsum("bnk,bne->ke", g, a), rtol=1e-12, atol=1e-12)
+
+
 def test_positive_jitter_moves_the_positive_within_the_radius():
   idx = np.array([[0, 5, 15], [10, 12, 3]], np.int32)             # 4x4 images
   moved = np.asarray(losses.jitter_positions(jax.random.key(0), jnp.asarray(idx), 4, 4, 1))
