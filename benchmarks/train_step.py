@@ -95,22 +95,25 @@ def _batch(task, n_dev, b, args, seed=0):
   return jax.device_put(parallel.shard(batch, n_dev))
 
 
-def _step_and_state(task, dtype, args, total_steps=1000):
-  """(per-device step fn, host TrainState) for `task` with the default model in `dtype`."""
-  c = defaults.get_base_config()
+def _step_and_state(task, dtype, args, total_steps=1000, config=None):
+  """(per-device step fn, host TrainState) for `task` with the default model in `dtype`, or
+  with `config`'s model, objective, views and optimiser (benchmarks/step_profile.py)."""
+  c = defaults.get_base_config() if config is None else config.copy_and_resolve_references()
   c.model.dtype = dtype
   c.model.conv_impl = args.conv_impl or c.model.conv_impl
   mean, std = np.full(args.bands, 1000.0), np.full(args.bands, 500.0)
   tile = (args.dates, args.tile, args.tile, args.bands)
   key = jax.random.PRNGKey(0)
   if task == "pretrain":
-    c.augment.crop_size = args.tile
+    if config is None:
+      c.augment.crop_size = args.tile
     model = models.build_pretrain_model(c.model, c.loss)
     aug = augment.AugmentConfig.from_config(c.augment)
     tx, schedule = optim.make_optimizer(c.optim, total_steps)
     state = init_state(model, tx, key, aug, tile)
     return make_pretrain_step(model, tx, schedule, mean, std, aug, c.loss), state
-  defaults.add_finetune(c)
+  if "finetune" not in c:
+    defaults.add_finetune(c)
   model = models.build_segmentation_model(c.model, args.num_classes)
   tx, schedule = finetune_step.make_optimizer(c.optim, c.finetune, total_steps)
   params = models.init_params(model, key, (1,) + tile, with_valid=True)
