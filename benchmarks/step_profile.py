@@ -50,6 +50,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ee_jax import host_memory  # noqa: E402  (imports nothing from JAX)
+from ee_jax.errors import ConfigError  # noqa: E402
 
 if __name__ == "__main__":  # as launch.py: malloc tunables are read at start, so restart first
   host_memory.restart_with_huge_pages()
@@ -166,23 +167,6 @@ def tables(times: dict, instructions: dict, per: float, top: int) -> str:
   return "\n".join(lines)
 
 
-def load_config(spec: str):
-  """The ConfigDict of 'configs/file.py' or 'configs/file.py:arg'."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise SystemExit(f"--config: no file {path}")
-  module_spec = importlib.util.spec_from_file_location("profiled_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise SystemExit(f"--config: {path} defines no get_config()")
-  try:
-    return module.get_config(arg or None)
-  except ValueError as e:
-    raise SystemExit(f"--config: {e}") from None
-
-
 def read_trace(directory: str) -> list:
   files = glob.glob(os.path.join(directory, "**", "*perfetto_trace.json.gz"), recursive=True)
   if not files:
@@ -212,7 +196,14 @@ def main():
   p.add_argument("--keep_trace", default=None,
                  help="keep the trace in this folder, with the step's HLO (step.hlo.txt)")
   args = p.parse_args()
-  config = load_config(args.config) if args.config else None
+  config = None
+  if args.config:
+    from ee_jax.study import load_config_file  # pylint: disable=import-outside-toplevel
+    path, _, arg = args.config.partition(":")
+    try:
+      config = load_config_file(path, arg or None, what="--config")
+    except (ConfigError, ValueError) as e:   # no such file; an argument the config rejects
+      raise SystemExit(str(e)) from None
   if args.per_device_batch is None:
     args.per_device_batch = config.data.per_device_batch if config is not None else 32
   if args.steps < 1 or args.warmup < 0 or args.per_device_batch < 1:
@@ -228,7 +219,6 @@ def main():
   import train_step  # pylint: disable=import-outside-toplevel
   from ee_jax import parallel  # pylint: disable=import-outside-toplevel
 
-  from ee_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   try:
     fn, state = train_step._step_and_state(args.task, args.dtype, args, config=config)  # pylint: disable=protected-access
     b = parallel.device_batch(args.per_device_batch)
