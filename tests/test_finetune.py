@@ -274,6 +274,42 @@ def test_lp_ft_resumed_mid_way_equals_an_uninterrupted_run(data_dir, pretrained,
   assert not _same(a["backbone"], checkpoints.load_params(pretrained)[0]["backbone"])
 
 
+def test_probe_on_cached_features_ends_as_the_probe_that_runs_the_backbone(
+    data_dir, pretrained, tmp_path, capsys):
+  """LP-FT whose probe steps take the tiles' backbone features computed once
+  (`finetune.probe_feature_cache`) ends as the run whose probe steps run the backbone, and
+  resumed inside the probe as uninterrupted."""
+  def config(mode):
+    c = tiny_finetune_config(data_dir, steps=5, linear_probe_steps=3, label_fraction=0.25,
+                             probe_feature_cache=mode)
+    c.init.checkpoint = pretrained
+    c.train.checkpoint_every, c.train.keep_checkpoints, c.train.log_every = 1, 10, 1
+    return c
+
+  finetune(config("never"), str(tmp_path / "never"))
+  assert "Probe features" not in capsys.readouterr().out
+  finetune(config("always"), str(tmp_path / "always"))
+  assert "Probe features: 8 tiles x 8 flips/rotations" in capsys.readouterr().out
+  losses = lambda d: [r["loss"] for r in metrics_log.read_metrics(str(d)) if "loss" in r]  # noqa: E731
+  # The same steps; the backbone's features come from another program (float32 rounding,
+  # about 1e-6 relative), then 2 steps of every weight.
+  np.testing.assert_allclose(losses(tmp_path / "always"), losses(tmp_path / "never"),
+                             rtol=1e-4)
+  for step in (3, 5):
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+                           _params_at(tmp_path / "always", step),
+                           _params_at(tmp_path / "never", step))
+  assert _same(_params_at(tmp_path / "always", 3)["backbone"],
+               checkpoints.load_params(pretrained)[0]["backbone"])
+  shutil.copytree(tmp_path / "always", tmp_path / "cut")
+  for s in range(3, 6):   # as if killed after the save of step 2, inside the probe
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / str(s))
+  os.remove(tmp_path / "cut" / "eval.json")
+  finetune(config("always"), str(tmp_path / "cut"))
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+                         _params_at(tmp_path / "always", 5), _params_at(tmp_path / "cut", 5))
+
+
 def test_lp_ft_config_errors():
   c = finetune_synthetic.get_config("smoke")
   c.finetune.linear_probe_steps = 6

@@ -22,7 +22,7 @@ from ee_jax import checkpoints, distributed, models, parallel
 from ee_jax.data import contract, datasets, label_fractions
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train import finetune_best, finetune_step, loop, step_cache
+from ee_jax.train import finetune_best, finetune_step, loop, probe_features, step_cache
 from ee_jax.train.pretrain import dataset_metadata, write_config
 from ee_jax.train.state import TrainState
 
@@ -216,7 +216,9 @@ def finetune(config, workdir: str) -> dict:
                                 donate_argnums=(0,)))
 
   head_steps = finetune_step.head_only_steps(config.finetune, int(config.train.steps))
-  p_head_step = compiled_step(True) if head_steps > run.start else None
+  p_head_step = None
+  if head_steps > run.start:
+    p_head_step = cached_head_step(config, run, head_steps) or compiled_step(True)
   p_step = compiled_step(False)
   p_eval = evaluate_lib.make_evaluator(run.ckpt_meta, run.num_classes, run.ignore_index)
 
@@ -247,6 +249,37 @@ def finetune(config, workdir: str) -> dict:
                     f"{best.step}: its params are evaluated")
     source_dir = finetune_best.best_dir(workdir)
   return {**last, **write_test_result(config, workdir, source_dir)}
+
+
+def cached_head_step(config, run: Run, head_steps: int):
+  """The run's head-alone steps on its tiles' backbone features computed once
+  (ee_jax/train/probe_features.py), as `p_head_step(p_state, batch, base_keys)`; None where
+  `finetune.probe_feature_cache` says not to cache."""
+  ft = config.finetune
+  split = config.data.train_split
+  num_tiles = (run.builder.info.splits[split].num_examples if run.indices is None
+               else len(run.indices))
+  views = probe_features.NUM_DIHEDRAL if ft.dihedral else 1
+  t, s, c = run.ckpt_meta["num_dates"], run.ckpt_meta["tile_size"], len(run.ckpt_meta["bands"])
+  feature = jax.eval_shape(
+      lambda p: run.model.backbone.apply({"params": p}, np.zeros((1, t, s, s, c), np.float32),
+                                         np.ones((1, t, s, s), np.float32)),
+      run.state.params[models.BACKBONE])
+  nbytes = probe_features.cache_bytes(num_tiles, views, feature.shape[1:], feature.dtype)
+  per_device = parallel.device_batch(config.data.per_device_batch)
+  if not probe_features.should_cache(
+      ft.get("probe_feature_cache", "auto"), num_tiles=num_tiles, views=views,
+      steps=head_steps - run.start, global_batch=per_device * jax.device_count(),
+      nbytes=nbytes, processes=jax.process_count()):
+    return None
+  step = step_cache.reuse(
+      "finetune", dict(step_ingredients(config, run), head_only="cached features"),
+      lambda: parallel.pmap_step(probe_features.make_cached_head_step(
+          run.model, run.tx, run.schedule, run.num_classes, run.ignore_index,
+          run.class_weights, ft.dihedral), donate_argnums=(0,)))
+  cache = probe_features.build(run.model, run.state.params[models.BACKBONE], run.builder,
+                               split, run.indices, run.mean, run.std, ft.dihedral, per_device)
+  return lambda p_state, batch, base_keys: step(p_state, batch, base_keys, cache)
 
 
 def write_test_result(config, workdir: str, source_dir: str) -> dict:

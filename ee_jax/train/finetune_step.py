@@ -33,18 +33,26 @@ def prepare_inputs(image, valid, mean, std):
   return x, valid.astype(jnp.float32)
 
 
+def dihedral_choice(base_key, step, index):
+  """int32 [b]: the flip/rotation (dihedral element 0..7) of each example at `step`."""
+  keys = augment.example_keys(base_key, step, index)
+  return jax.vmap(lambda key: jax.random.randint(key, (), 0, 8))(keys)
+
+
+def example_dihedral(x, k):
+  """Dihedral element k of one example's x [T, H, W, ...] (on H, W)."""
+  return jnp.moveaxis(augment.apply_dihedral(jnp.moveaxis(x, 0, 2), k), 2, 0)
+
+
 def random_dihedral(batch, base_key, step):
-  """The same random flip/rotation of image, valid and label per example (square tiles)."""
-  keys = augment.example_keys(base_key, step, batch["index"])
-  k = jax.vmap(lambda key: jax.random.randint(key, (), 0, 8))(keys)
-
-  def one(image, valid, label, k):
-    image = jnp.moveaxis(augment.apply_dihedral(jnp.moveaxis(image, 0, 2), k), 2, 0)
-    valid = jnp.moveaxis(augment.apply_dihedral(jnp.moveaxis(valid, 0, 2), k), 2, 0)
-    return image, valid, augment.apply_dihedral(label, k)
-
-  image, valid, label = jax.vmap(one)(batch["image"], batch["valid"], batch["label"], k)
-  return dict(batch, image=image, valid=valid, label=label)
+  """The same random flip/rotation of image (if present), valid and label per example
+  (square tiles); the batch also gets the elements drawn (`dihedral`)."""
+  k = dihedral_choice(base_key, step, batch["index"])
+  out = dict(batch, dihedral=k, label=jax.vmap(augment.apply_dihedral)(batch["label"], k))
+  for key in ("image", "valid"):
+    if key in batch:
+      out[key] = jax.vmap(example_dihedral)(batch[key], k)
+  return out
 
 
 def pixel_weights(label, valid, num_classes, ignore_index, class_weights=None):
@@ -79,11 +87,25 @@ def make_normalising_step(model, tx, schedule, num_classes: int, ignore_index: i
   (LP-FT's linear probe, `freeze_backbone`: `head_only_steps`) this is the same update
   without the backward pass through the backbone, most of a step's cost.
   """
-
-  def loss_fn(params, batch, mean, std):
-    """This device's weighted cross-entropy sum, and the sums the metrics need."""
+  def logits_fn(params, batch, mean, std):
     x, date_valid = prepare_inputs(batch["image"], batch["valid"], mean, std)
-    logits = model.apply({"params": params}, x, date_valid).astype(jnp.float32)
+    return model.apply({"params": params}, x, date_valid).astype(jnp.float32)
+
+  return make_step(logits_fn, tx, schedule, num_classes, ignore_index, class_weights,
+                   dihedral, axis_name, head_only)
+
+
+def make_step(logits_fn, tx, schedule, num_classes: int, ignore_index: int,
+              class_weights=None, dihedral: bool = True, axis_name: str = AXIS,
+              head_only: bool = False, needs_image: bool = True):
+  """`step(state, batch, base_key, *args)`: one update on the weighted cross-entropy of
+  `logits_fn(params, batch, *args)` (float32 [b, H, W, classes]), its batch flipped and
+  rotated first (with `dihedral`). `head_only`: as in make_normalising_step.
+  `needs_image` False: logits_fn does not read the batch's image (it is dropped)."""
+
+  def loss_fn(params, batch, args):
+    """This device's weighted cross-entropy sum, and the sums the metrics need."""
+    logits = logits_fn(params, batch, *args)
     label = batch["label"].astype(jnp.int32)
     w = pixel_weights(label, batch["valid"], num_classes, ignore_index, class_weights)
     ce = optax.softmax_cross_entropy_with_integer_labels(
@@ -93,20 +115,22 @@ def make_normalising_step(model, tx, schedule, num_classes: int, ignore_index: i
                 correct=((logits.argmax(-1) == label) & counted).sum(dtype=jnp.float32))
     return (ce * w).sum(), sums
 
-  def local_grads(params, batch, mean, std):
+  def local_grads(params, batch, args):
     """((loss sum, sums), gradients of the loss sum): this device's, not yet normalised."""
     if not head_only:
-      return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, mean, std)
+      return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, args)
     backbone = params[models.BACKBONE]
     rest = {k: v for k, v in params.items() if k != models.BACKBONE}
     return jax.value_and_grad(
-        lambda r: loss_fn({**r, models.BACKBONE: backbone}, batch, mean, std),
+        lambda r: loss_fn({**r, models.BACKBONE: backbone}, batch, args),
         has_aux=True)(rest)
 
-  def step_fn(state: TrainState, batch, base_key, mean, std):
+  def step_fn(state: TrainState, batch, base_key, *args):
+    if not needs_image:
+      batch = {k: v for k, v in batch.items() if k != "image"}
     if dihedral:
       batch = random_dihedral(batch, base_key, state.step)
-    (loss_sum, sums), grads = local_grads(state.params, batch, mean, std)
+    (loss_sum, sums), grads = local_grads(state.params, batch, args)
     loss_sum, sums, grads = jax.lax.psum((loss_sum, sums, grads), axis_name)  # the one meeting
     total_w = jnp.maximum(sums["weight"], 1e-6)
     grads = jax.tree.map(lambda g: g / total_w, grads)
