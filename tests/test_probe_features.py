@@ -25,6 +25,10 @@ def _tiles(seed=0):
           "valid": rng.random((NUM_TILES, T, S, S)) > 0.1, "label": label}
 
 
+def _p_feature_fn(model):
+  return parallel.pmap_step(probe_features.make_feature_fn(model))
+
+
 def _batches(tiles, steps, b=2, seed=1):
   """Batches of tiles drawn with repeats, as a small label fraction's epochs draw them; the
   examples' `index` is their tile's."""
@@ -51,8 +55,8 @@ def test_cached_head_step_equals_the_head_step_that_runs_the_backbone(dihedral):
   plain = parallel.pmap_step(finetune_step.make_finetune_step(
       model, tx, schedule, mean, std, K, ignore_index=255, dihedral=dihedral, head_only=True))
   views = probe_features.NUM_DIHEDRAL if dihedral else 1
-  feats = probe_features.compute(model, params["backbone"], tiles["image"], tiles["valid"],
-                                 mean, std, views, per_device=b)
+  feats = probe_features.compute(_p_feature_fn(model), params["backbone"], tiles["image"],
+                                 tiles["valid"], mean, std, views, per_device=b)
   assert feats.shape[:2] == (NUM_TILES, views)
   slot = np.full(NUM_TILES + 3, -1, np.int32)   # the split holds more tiles than are used
   slot[:NUM_TILES] = np.arange(NUM_TILES)
@@ -82,12 +86,13 @@ def test_features_are_each_tile_under_each_flip():
   params = models.init_params(model, jax.random.PRNGKey(0), (1, T, S, S, C), with_valid=True)
   mean, std = np.full(C, 1000.0, np.float32), np.full(C, 300.0, np.float32)
   tiles = _tiles()
-  feats = probe_features.compute(model, params["backbone"], tiles["image"], tiles["valid"],
-                                 mean, std, probe_features.NUM_DIHEDRAL, per_device=3)
-  fn = probe_features.make_feature_fn(model, mean, std)
+  feats = probe_features.compute(_p_feature_fn(model), params["backbone"], tiles["image"],
+                                 tiles["valid"], mean, std, probe_features.NUM_DIHEDRAL,
+                                 per_device=3)
+  fn = probe_features.make_feature_fn(model)
   for i, k in ((0, 0), (3, 5), (4, 7)):
     one = fn(params["backbone"], tiles["image"][i:i + 1], tiles["valid"][i:i + 1],
-             np.array([k], np.int32))[0]
+             np.array([k], np.int32), mean, std)[0]
     np.testing.assert_allclose(feats[i, k], one, rtol=1e-5, atol=1e-5)
   assert not np.allclose(feats[3, 5], feats[3, 0])   # the flips do change the features
 

@@ -277,7 +277,10 @@ def cached_head_step(config, run: Run, head_steps: int):
       lambda: parallel.pmap_step(probe_features.make_cached_head_step(
           run.model, run.tx, run.schedule, run.num_classes, run.ignore_index,
           run.class_weights, ft.dihedral), donate_argnums=(0,)))
-  cache = probe_features.build(run.model, run.state.params[models.BACKBONE], run.builder,
+  features = step_cache.reuse(
+      "probe_features", {"model": run.model_cfg, "num_classes": run.num_classes},
+      lambda: parallel.pmap_step(probe_features.make_feature_fn(run.model)))
+  cache = probe_features.build(features, run.state.params[models.BACKBONE], run.builder,
                                split, run.indices, run.mean, run.std, ft.dihedral, per_device)
   return lambda p_state, batch, base_keys: step(p_state, batch, base_keys, cache)
 

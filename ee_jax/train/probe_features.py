@@ -48,10 +48,11 @@ def should_cache(choice: str, *, num_tiles: int, views: int, steps: int, global_
   return choice == "always" or num_tiles * views < steps * global_batch
 
 
-def make_feature_fn(model, mean, std):
-  """Per-device `fn(backbone_params, image, valid, k) -> features [b, H, W, F]` of each
-  example under its dihedral element k [b]."""
-  def fn(backbone, image, valid, k):
+def make_feature_fn(model):
+  """Per-device `fn(backbone_params, image, valid, k, mean, std) -> features [b, H, W, F]`
+  of each example under its dihedral element k [b] (the normalisation as arguments, so runs
+  that differ in it share the program)."""
+  def fn(backbone, image, valid, k, mean, std):
     image = jax.vmap(finetune_step.example_dihedral)(image, k)
     valid = jax.vmap(finetune_step.example_dihedral)(valid, k)
     x, date_valid = finetune_step.prepare_inputs(image, valid, mean, std)
@@ -59,10 +60,11 @@ def make_feature_fn(model, mean, std):
   return fn
 
 
-def compute(model, backbone, images, valid, mean, std, views: int, per_device: int):
+def compute(p_feature_fn, backbone, images, valid, mean, std, views: int, per_device: int):
   """features [n, views, H, W, F] on host of tiles images [n, T, H, W, C], valid
-  [n, T, H, W], under dihedral elements 0..views-1; computed `per_device` examples a device
-  at a time (the training step's batch: the same batched arithmetic)."""
+  [n, T, H, W], under dihedral elements 0..views-1, by `p_feature_fn` (make_feature_fn's,
+  pmapped); `per_device` examples a device at a time (the training step's batch: the same
+  batched arithmetic)."""
   n = images.shape[0]
   chunk = per_device * jax.local_device_count()
   tile = np.repeat(np.arange(n), views)
@@ -70,14 +72,15 @@ def compute(model, backbone, images, valid, mean, std, views: int, per_device: i
   total = -(-tile.size // chunk) * chunk
   tile = np.concatenate([tile, np.zeros(total - tile.size, tile.dtype)])   # padding: tile 0
   k = np.concatenate([k, np.zeros(total - k.size, np.int32)])
-  fn = parallel.pmap_step(make_feature_fn(model, mean, std))
-  p_backbone = parallel.replicate(backbone)
+  p_args = parallel.replicate((backbone, np.asarray(mean, np.float32),
+                               np.asarray(std, np.float32)))
   feats = None
   for start in range(0, total, chunk):
     sel = slice(start, start + chunk)
     batch = parallel.shard({"image": images[tile[sel]], "valid": valid[tile[sel]],
                             "k": k[sel]})
-    out = np.asarray(fn(p_backbone, batch["image"], batch["valid"], batch["k"]))
+    out = np.asarray(p_feature_fn(p_args[0], batch["image"], batch["valid"], batch["k"],
+                                  p_args[1], p_args[2]))
     out = out.reshape((chunk,) + out.shape[2:])
     if feats is None:   # filled in place: the host holds the features once
       feats = np.empty((total,) + out.shape[1:], out.dtype)
@@ -85,7 +88,7 @@ def compute(model, backbone, images, valid, mean, std, views: int, per_device: i
   return feats[:n * views].reshape((n, views) + feats.shape[1:])
 
 
-def build(model, backbone, builder, split: str, indices, mean, std, dihedral: bool,
+def build(p_feature_fn, backbone, builder, split: str, indices, mean, std, dihedral: bool,
           per_device: int) -> dict:
   """The cache of a run's tiles (`indices` of `split`; None = all), laid out for the cached
   step and replicated on the local devices: features [n, views, H, W, F] and `slot`
@@ -94,8 +97,8 @@ def build(model, backbone, builder, split: str, indices, mean, std, dihedral: bo
   rows = np.arange(size) if indices is None else np.asarray(indices, np.int64)
   tiles = pipeline.read_examples(builder, split, rows, (contract.IMAGE, contract.VALID))
   views = NUM_DIHEDRAL if dihedral else 1
-  feats = compute(model, backbone, tiles[contract.IMAGE], tiles[contract.VALID], mean, std,
-                  views, per_device)
+  feats = compute(p_feature_fn, backbone, tiles[contract.IMAGE], tiles[contract.VALID], mean,
+                  std, views, per_device)
   slot = np.full(size, -1, np.int32)
   slot[rows] = np.arange(rows.size, dtype=np.int32)
   distributed.log(f"Probe features: {rows.size} tiles x {views} flips/rotations "
