@@ -128,6 +128,8 @@ def test_when_to_cache():
       choice, **{**dict(num_tiles=8, views=8, steps=100, global_batch=16, nbytes=1 << 20,
                         processes=1), **kw})
   assert rule()                                   # 64 backbone passes instead of 1600
+  assert rule(num_tiles=50)                       # 400 = a quarter of them
+  assert not rule(num_tiles=128)                  # 1024: too few saved for the cache's cost
   assert not rule(num_tiles=512)                  # 4096 passes: more than the steps take
   assert rule("always", num_tiles=512)
   assert not rule("never")

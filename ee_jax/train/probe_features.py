@@ -11,9 +11,9 @@ step takes the same batches, draws the same dihedral element per example
 backbone: the same update up to the rounding of the backbone's batched arithmetic
 (tests/test_probe_features.py).
 
-`finetune.probe_feature_cache`: 'auto' (when it needs fewer backbone passes than the steps
-and its copy per device fits in MAX_CACHE_BYTES; one process only), 'always' (fits only),
-'never'.
+`finetune.probe_feature_cache`: 'auto' (when the steps would run the backbone on
+PASSES_SAVED times more examples than the cache computes, and its copy per device fits in
+MAX_CACHE_BYTES; one process only), 'always' (fits only), 'never'.
 """
 
 import math
@@ -29,6 +29,12 @@ from ee_jax.train import finetune_step
 
 CHOICES = ("auto", "always", "never")
 MAX_CACHE_BYTES = 1 << 30  # per device: every device holds the whole cache
+# 'auto' caches when the probe steps would run the backbone on at least this many times
+# more examples than the cache computes. Measured on the default study (2 CPU cores,
+# docs/scaling.md): 100 steps of 16 examples from 32 or 8 tiles x 8 flips (6x, 25x) ran
+# 1.3-1.9 s a run faster cached; from 128 tiles (1.6x) 1.8 s slower (the cache's own
+# passes, its memory and a compile for its shape cost more than the 576 passes saved).
+PASSES_SAVED = 4
 NUM_DIHEDRAL = 8
 
 
@@ -45,7 +51,7 @@ def should_cache(choice: str, *, num_tiles: int, views: int, steps: int, global_
                       f"{list(CHOICES)}")
   if choice == "never" or steps <= 0 or processes != 1 or nbytes > MAX_CACHE_BYTES:
     return False
-  return choice == "always" or num_tiles * views < steps * global_batch
+  return choice == "always" or num_tiles * views * PASSES_SAVED <= steps * global_batch
 
 
 def make_feature_fn(model):
