@@ -8,7 +8,7 @@ import os
 import re
 import sys
 
-from ee_jax import host_devices, host_memory
+from ee_jax.runtime import host_devices, host_memory
 
 if __name__ == "__main__":  # malloc tunables are read at start: executes itself once more
   host_memory.restart_with_huge_pages()
@@ -20,7 +20,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ee_jax import compile_cache  # noqa: E402
+from ee_jax.runtime import persistent_cache  # noqa: E402
 from ee_jax import run as run_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -113,9 +113,9 @@ def main(argv):
       host_devices.split_cpu(batch, FLAGS.cpu_devices)
     except ValueError as e:
       sys.exit(f"error: --cpu_devices={FLAGS.cpu_devices}: {e}")
-  compile_cache.enable()   # compiled steps kept on disk: seeds and repeated commands reuse them
+  persistent_cache.enable()   # compiled steps kept on disk: seeds and repeated commands reuse them
   if FLAGS.distributed:
-    from ee_jax import distributed  # pylint: disable=import-outside-toplevel
+    from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
     from ee_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
     try:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

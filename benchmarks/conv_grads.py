@@ -26,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ee_jax.models import conv as ee_conv  # noqa: E402
+from ee_jax.runtime import conv_choice  # noqa: E402
 
 try:
   import torch  # noqa: E402
@@ -110,6 +111,7 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = every CPU")
   args = p.parse_args()
+  conv_choice.install()   # 'auto' as launch.py runs it
   if torch is not None:
     torch.set_num_threads(args.threads or os.cpu_count())
   cols = ["conv", "HxW", "cin->cout", "XLA fwd", "XLA dx", "XLA dw",

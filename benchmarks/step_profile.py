@@ -49,7 +49,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ee_jax import host_memory  # noqa: E402  (imports nothing from JAX)
+from ee_jax.runtime import host_memory  # noqa: E402  (imports nothing from JAX)
 from ee_jax.errors import ConfigError  # noqa: E402
 
 if __name__ == "__main__":  # as launch.py: malloc tunables are read at start, so restart first
@@ -209,7 +209,7 @@ def main():
   if args.steps < 1 or args.warmup < 0 or args.per_device_batch < 1:
     raise SystemExit("--steps and --per_device_batch must be >= 1, --warmup >= 0")
 
-  from ee_jax import host_devices  # pylint: disable=import-outside-toplevel
+  from ee_jax.runtime import host_devices  # pylint: disable=import-outside-toplevel
   host_memory.tune_malloc()
   try:  # before JAX's CPU client exists, as launch.py does
     host_devices.split_cpu(args.per_device_batch, args.cpu_devices)
@@ -217,7 +217,7 @@ def main():
     raise SystemExit(f"--cpu_devices={args.cpu_devices}: {e}") from None
   import jax  # pylint: disable=import-outside-toplevel
   import train_step  # pylint: disable=import-outside-toplevel
-  from ee_jax import parallel  # pylint: disable=import-outside-toplevel
+  from ee_jax.runtime import parallel  # pylint: disable=import-outside-toplevel
 
   try:
     fn, state = train_step._step_and_state(args.task, args.dtype, args, config=config)  # pylint: disable=protected-access

@@ -11,7 +11,7 @@ rematerialisation; so it is the hardware FLOP utilisation of this step too. On G
 count leaves out the convolutions (cuDNN calls), about 26x too few for the default model:
 take GFLOP/step from a CPU run of the same configuration there (docs/scaling.md).
 `faults/step` is the process's minor page faults per timed step: memory the kernel mapped
-afresh because a freed buffer was not reused (ee_jax/host_memory.py).
+afresh because a freed buffer was not reused (ee_jax/runtime/host_memory.py).
 
   python benchmarks/train_step.py                        # the table
   python benchmarks/train_step.py --json                 # JSON on stdout instead
@@ -48,7 +48,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from ee_jax import host_memory  # noqa: E402  (imports nothing from JAX)
+from ee_jax.runtime import host_memory  # noqa: E402  (imports nothing from JAX)
 
 if __name__ == "__main__":  # as launch.py: malloc tunables are read at start, so restart first
   host_memory.restart_with_huge_pages()
@@ -57,7 +57,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import defaults  # noqa: E402
-from ee_jax import augment, host_devices, models, parallel  # noqa: E402
+from ee_jax import augment, models  # noqa: E402
+from ee_jax.runtime import conv_choice, host_devices, parallel  # noqa: E402
 from ee_jax.train import finetune_step, optim  # noqa: E402
 from ee_jax.train.pretrain_step import init_state, make_pretrain_step  # noqa: E402
 from ee_jax.train.state import TrainState  # noqa: E402
@@ -101,6 +102,7 @@ def _step_and_state(task, dtype, args, total_steps=1000, config=None):
   c = defaults.get_base_config() if config is None else config.copy_and_resolve_references()
   c.model.dtype = dtype
   c.model.conv_impl = args.conv_impl or c.model.conv_impl
+  conv_choice.install()   # 'auto' as launch.py runs it: kernel gradients timed here
   mean, std = np.full(args.bands, 1000.0), np.full(args.bands, 500.0)
   tile = (args.dates, args.tile, args.tile, args.bands)
   key = jax.random.PRNGKey(0)

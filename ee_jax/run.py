@@ -11,7 +11,7 @@ from ee_jax.errors import ConfigError, DataError
 def build(config, workdir=None) -> None:
   """Builds the dataset the config names (a no-op when it exists) and prints a summary."""
   del workdir
-  from ee_jax import distributed  # pylint: disable=import-outside-toplevel
+  from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
   # --distributed: process 0 builds, the others then open it (no two writers of one folder).
   builder = distributed.primary_first(lambda: datasets.prepare(config.data), "build")
   if distributed.is_primary():
@@ -40,7 +40,7 @@ def evaluate(config, workdir) -> None:
     raise ConfigError("--workdir is required for --mode=evaluate")
   from ee_jax.train.evaluate import evaluate as run_evaluate  # pylint: disable=import-outside-toplevel
   result = run_evaluate(config, workdir)
-  from ee_jax import distributed  # pylint: disable=import-outside-toplevel
+  from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
   distributed.log(json.dumps({k: result[k] for k in ("split", "miou", "oa", "per_class_iou")},
                              indent=2))
 
@@ -76,6 +76,8 @@ def run(mode: str, config, workdir: str | None, **options) -> None:
   if mode not in MODES:
     raise ConfigError(f"--mode: unknown mode '{mode}'; known: {sorted(MODES)}")
   options = {k: v for k, v in options.items() if v is not None}
+  from ee_jax.runtime import conv_choice  # pylint: disable=import-outside-toplevel
+  conv_choice.install()   # 'auto' convolutions: the kernel gradient timed faster here
   try:
     unused = sorted(set(options) - set(inspect.signature(MODES[mode]).parameters))
     if unused:

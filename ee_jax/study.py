@@ -29,7 +29,8 @@ import os
 import jax
 import ml_collections
 
-from ee_jax import checkpoints, compile_cache, distributed, report
+from ee_jax import checkpoints, report
+from ee_jax.runtime import distributed, persistent_cache
 from ee_jax.data import datasets
 from ee_jax.errors import ConfigError
 from ee_jax.train import evaluate as evaluate_lib
@@ -146,7 +147,7 @@ def run_study(config, workdir: str) -> dict:
     if not st.pretrain_workdir:
       distributed.log(f"== pre-training: {pretrain_dir}")
       pretrain(pretrain_config_for(config), pretrain_dir)
-      compile_cache.release_compiled_programs()
+      persistent_cache.release_compiled_programs()
     meta = checkpoints.load_params(pretrain_dir)[1]
     builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
     checkpoints.check_bands(meta, builder.info.metadata, pretrain_dir, str(builder.data_dir))
@@ -208,7 +209,7 @@ def _train_fraction_together(config, workdir: str, fraction: float, recipes: lis
           rundirs.append(rundir)
     if len(configs) > 1:
       together.finetune_together(configs, rundirs, vmap_width=int(st.get("vmap_width", 0)))
-      compile_cache.release_compiled_programs()
+      persistent_cache.release_compiled_programs()
 
 
 def _finished(run_cfg, rundir: str, label: str) -> dict:
@@ -218,7 +219,7 @@ def _finished(run_cfg, rundir: str, label: str) -> dict:
     distributed.log(f"== {label}")
     finetune(run_cfg, rundir)
     # A long study must not pile up programs; runs in between share their compiled steps.
-    compile_cache.release_if_crowded()
+    persistent_cache.release_if_crowded()
   with open(eval_path) as f:
     return json.load(f)
 
@@ -240,7 +241,7 @@ def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple
       selected = evaluate_lib.evaluate(run_cfg, rundir, split=split,
                                        filename=f"eval_{split}.json",
                                        checkpoint=finetune_best.params_source(rundir))
-      compile_cache.release_if_crowded()
+      persistent_cache.release_if_crowded()
     scores[recipe] = selected["miou"]
   best = max(recipes, key=lambda r: -1.0 if scores[r] is None else scores[r])
   record = {"recipe": best, "select_split": split,

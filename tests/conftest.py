@@ -3,11 +3,11 @@
 import os
 import pathlib
 
-from ee_jax import host_devices  # noqa: E402  (imports no JAX)
+from ee_jax.runtime import host_devices  # noqa: E402  (imports no JAX)
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Two fake devices, and a thread per device at least in XLA's client pool: with the bounded
-# dispatch of parallel.pmap_step, a collective step always finds one (ee_jax/host_devices.py).
+# dispatch of parallel.pmap_step, a collective step always finds one (ee_jax/runtime/host_devices.py).
 host_devices.configure(2)
 # A collective that still waits this long is a real deadlock: fail within minutes (XLA's
 # own limit is 40 s, short for a starved process on a loaded 2-core machine).
@@ -25,18 +25,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def _release_compiled_programs():
   """Each test module's compiled programs are freed when it ends: a process that keeps
   every program of the whole suite passes Linux's 65,530 memory mappings and aborts inside
-  XLA's next compile (ee_jax/compile_cache.release_compiled_programs)."""
+  XLA's next compile (ee_jax/persistent_cache.release_compiled_programs)."""
   yield
-  from ee_jax import compile_cache  # pylint: disable=import-outside-toplevel
-  compile_cache.release_compiled_programs()
+  from ee_jax.runtime import persistent_cache  # pylint: disable=import-outside-toplevel
+  persistent_cache.release_compiled_programs()
 
 
 @pytest.fixture(autouse=True)
 def _no_steps_shared_between_tests():
-  """Each test builds its own steps (ee_jax/train/step_cache.py keeps them per process)."""
+  """Each test builds its own steps (ee_jax/runtime/shared_steps.py keeps them per process)."""
   yield
-  from ee_jax.train import step_cache  # pylint: disable=import-outside-toplevel
-  step_cache.clear()
+  from ee_jax.runtime import shared_steps  # pylint: disable=import-outside-toplevel
+  shared_steps.clear()
 
 
 @pytest.fixture

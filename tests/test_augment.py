@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from ee_jax import augment, parallel
+from ee_jax import augment
+from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError
 
 GEOMETRY_ONLY = augment.AugmentConfig(crop_size=8, gain=0.0, offset=0.0, noise_std=0.0,

@@ -1,6 +1,6 @@
 """ee_jax/models/conv.py: the matrix-product forms compute the same convolution (values and
 gradients) as lax.conv_general_dilated, and 'auto' picks them where it says it does (the
-kernel gradient measured faster: ee_jax/models/conv_choice.py); the UNet's reshape
+kernel gradient measured faster: ee_jax/runtime/conv_choice.py); the UNet's reshape
 max-pooling equals nn.max_pool."""
 
 import json
@@ -14,7 +14,8 @@ from jax import lax
 
 from ee_jax import models
 from ee_jax.errors import ConfigError
-from ee_jax.models import conv, conv_choice
+from ee_jax.models import conv
+from ee_jax.runtime import conv_choice
 from ee_jax.models.unet import UNet, max_pool_2x2
 
 U32 = 2.0 ** -24   # unit roundoff of float32
@@ -109,6 +110,8 @@ def timed(monkeypatch):
   monkeypatch.setattr(conv_choice, "_time_forms", fake_time_forms)
   monkeypatch.setattr(conv_choice, "_decided", {})
   monkeypatch.setattr(conv_choice, "_record_path", lambda: None)
+  monkeypatch.setattr(conv, "_kernel_grad_chooser", None)
+  conv_choice.install()
   return calls, ms
 
 
@@ -143,6 +146,18 @@ def test_auto_takes_the_kernel_gradient_measured_faster(timed):
   xla = conv.make_conv_general_dilated("xla")
   assert "dot_general" not in _primitives(
       lambda x, w: xla(x, w, (1, 1), "SAME", dimension_numbers=dn), big, w1)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' routes on the CPU backend")
+def test_auto_without_a_chooser_keeps_xla_kernel_gradients(monkeypatch):
+  """models/ never times: with no chooser installed, 'auto' runs XLA's kernel gradient for
+  3x3 kernels on any size (1x1 kernels are still matrix products)."""
+  monkeypatch.setattr(conv, "_kernel_grad_chooser", None)
+  pick = conv.make_conv_general_dilated("auto")
+  call = lambda x, w: pick(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+  big = jnp.zeros((4, 16, 16, 128))
+  assert "custom_vjp_call" not in _primitives(call, big, jnp.zeros((3, 3, 128, 128)))
+  assert "custom_vjp_call" in _primitives(call, big, jnp.zeros((1, 1, 128, 128)))
 
 
 def test_measured_choices_are_recorded_per_machine_and_reused(timed, tmp_path, monkeypatch):

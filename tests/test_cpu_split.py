@@ -1,4 +1,4 @@
-"""One XLA CPU device per core sharing each step's batch (ee_jax.host_devices.split_cpu):
+"""One XLA CPU device per core sharing each step's batch (ee_jax.runtime.host_devices.split_cpu):
 the device counts chosen, the batches each device takes, and a run through launch.py that
 gives one device's result on two."""
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ee_jax import host_devices, parallel
+from ee_jax.runtime import host_devices, parallel
 from ee_jax.errors import ConfigError
 from ee_jax.train import metrics_log
 

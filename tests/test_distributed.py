@@ -39,14 +39,15 @@ if __name__ == "__main__":  # before JAX is imported: 2 fake devices (single) or
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count="
                              f"{2 if sys.argv[1] == 'single' else 1} {FAST_COMPILE} {PATIENT}")
-  from ee_jax import host_devices  # imports no JAX
+  from ee_jax.runtime import host_devices  # imports no JAX
   host_devices.configure()  # 2 fake devices: enough XLA client threads (see there)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from ee_jax import checkpoints, distributed  # noqa: E402
+from ee_jax import checkpoints
+from ee_jax.runtime import distributed  # noqa: E402
 from ee_jax.errors import ConfigError  # noqa: E402
 
 TIMING_KEYS = ("time", "tiles_per_s", "pixels_per_s")

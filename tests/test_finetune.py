@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from configs import defaults, finetune_synthetic, study_synthetic
-from ee_jax import checkpoints, metrics, models, parallel
+from ee_jax import checkpoints, metrics, models
+from ee_jax.runtime import parallel
 from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.study import run_study
-from ee_jax.train import finetune_step, metrics_log, step_cache
+from ee_jax.train import finetune_step, metrics_log
+from ee_jax.runtime import shared_steps
 from ee_jax.train import evaluate as evaluate_lib
 from ee_jax.train.finetune import finetune
 from ee_jax.train.pretrain import pretrain
@@ -165,14 +167,14 @@ def test_runs_in_one_process_share_compiled_steps(data_dir, tmp_path, monkeypatc
     return make(*args, **kwargs)
 
   monkeypatch.setattr(finetune_step, "make_finetune_step", counting)
-  step_cache.clear()
+  shared_steps.clear()
   finetune(tiny_finetune_config(data_dir, steps=4, linear_probe_steps=2), str(tmp_path / "a"))
   assert built == [True, False]
   other = tiny_finetune_config(data_dir, steps=4, linear_probe_steps=2, label_fraction=0.5)
   other.seed = 1
   shared = finetune(other, str(tmp_path / "b"))
   assert built == [True, False]                      # the first run's steps, not built again
-  step_cache.clear()
+  shared_steps.clear()
   fresh = finetune(other, str(tmp_path / "c"))
   assert built == [True, False, True, False]
   timing = ("time", "tiles_per_s", "pixels_per_s")
@@ -187,7 +189,7 @@ def test_runs_in_one_process_share_compiled_steps(data_dir, tmp_path, monkeypatc
   faster.optim.learning_rate = 2e-3
   finetune(faster, str(tmp_path / "d"))
   assert built == [True, False, True, False, True, False]
-  step_cache.clear()
+  shared_steps.clear()
 
 
 def test_finetune_learns(data_dir, tmp_path):

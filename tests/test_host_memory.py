@@ -1,4 +1,4 @@
-"""ee_jax/host_memory.py: with malloc tuned, a freed large block stays in the process for
+"""ee_jax/runtime/host_memory.py: with malloc tuned, a freed large block stays in the process for
 the next allocation instead of going back to the kernel, from the main thread and from a
 worker thread (where XLA CPU allocates a step's temporaries).
 
@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from ee_jax import host_memory
+from ee_jax.runtime import host_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -33,7 +33,7 @@ BLOCK = 48 << 20
 PROGRAM = """
 import ctypes, os, sys, threading
 sys.path.insert(0, sys.argv[1])
-from ee_jax import host_memory
+from ee_jax.runtime import host_memory
 print("tuned", host_memory.tune_malloc())
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -100,7 +100,7 @@ RESTART_PROGRAM = """
 import ctypes, os, sys
 sys.path.insert(0, sys.argv[1])
 print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), flush=True)
-from ee_jax import host_memory
+from ee_jax.runtime import host_memory
 host_memory.restart_with_huge_pages()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -154,6 +154,27 @@ def test_restart_only_where_it_changes_something():
   assert host_memory.environ_with_huge_pages(on, "madvise", (2, 34)) is None   # no tunable
   for mode in ("always", "never", "unreadable"):
     assert host_memory.environ_with_huge_pages(on, mode, new) is None
+
+
+def test_gpu_or_tpu_runs_leave_malloc_alone(monkeypatch):
+  """Only the CPU backend is tuned: JAX_PLATFORMS naming an accelerator first, or an
+  accelerator plugin installed without JAX_PLATFORMS asking for the CPU, changes nothing."""
+  new = (2, 36)
+  for platforms in ("cuda", "tpu", "gpu,cpu"):
+    env = {"JAX_PLATFORMS": platforms}
+    assert not host_memory.cpu_backend_expected(env)
+    assert host_memory.tune_malloc(env) is False
+    assert host_memory.environ_with_huge_pages(env, "madvise", new) is None
+  assert host_memory.cpu_backend_expected({"JAX_PLATFORMS": "cpu"})
+  plugins = {"jax_cuda12_plugin"}
+  monkeypatch.setattr(host_memory.importlib.util, "find_spec",
+                      lambda name: object() if name in plugins else None)
+  assert not host_memory.cpu_backend_expected({})
+  assert host_memory.environ_with_huge_pages({}, "madvise", new) is None
+  assert host_memory.cpu_backend_expected({"JAX_PLATFORMS": "cpu"})
+  plugins.clear()
+  assert host_memory.cpu_backend_expected({})
+  assert host_memory.environ_with_huge_pages({}, "madvise", new) is not None
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path):

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from ee_jax import augment, checkpoints, models, objectives, parallel, train
+from ee_jax import augment, checkpoints, models, objectives, train
+from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError
 from ee_jax.objectives import latent
 from ee_jax.train import optim

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ee_jax import losses, parallel
+from ee_jax import losses
+from ee_jax.runtime import parallel
 
 
 def _unit(x):

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from ee_jax import augment, losses, models, objectives, parallel
+from ee_jax import augment, losses, models, objectives
+from ee_jax.runtime import parallel
 from ee_jax.train import finetune_step, optim
 from ee_jax.train.pretrain_step import init_state, make_pretrain_step
 from ee_jax.train.state import TrainState

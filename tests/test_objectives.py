@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ee_jax import models, objectives, parallel
+from ee_jax import models, objectives
+from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError
 from ee_jax.objectives import masked, prototypes, vicreg
 

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from ee_jax import augment, host_devices, losses, models, parallel, train
+from ee_jax import augment, losses, models, train
+from ee_jax.runtime import host_devices, parallel
 from ee_jax.train import optim
 
 # Init weights from an 'rbg' key: threefry initialisers take seconds to compile on CPU and
@@ -158,12 +159,12 @@ def test_host_far_ahead_of_two_devices_never_deadlocks(tmp_path):
   script = tmp_path / "ahead.py"
   script.write_text("""
 import os, sys
-from ee_jax import host_devices
+from ee_jax.runtime import host_devices
 host_devices.configure(2)
 os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_timeout_seconds=15"
                             " --xla_cpu_collective_call_terminate_timeout_seconds=15")
 import jax, jax.numpy as jnp
-from ee_jax import parallel
+from ee_jax.runtime import parallel
 def f(x):
   for _ in range(4):
     x = jnp.tanh(x @ x) / 8

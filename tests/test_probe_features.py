@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import defaults
-from ee_jax import models, parallel
+from ee_jax import models
+from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError
 from ee_jax.train import finetune_step, probe_features
 from ee_jax.train.state import TrainState

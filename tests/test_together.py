@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ee_jax import checkpoints, parallel
+from ee_jax import checkpoints
+from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError
 from ee_jax.study import run_study, trains_together
 from ee_jax.train import loop, metrics_log, stacked, together

@@ -681,7 +681,7 @@ def read_examples(dataset, split: str, indices, keys: Sequence[str],
 
 
 def _data_options(data_cfg) -> dict:
-  from ee_jax import parallel  # pylint: disable=import-outside-toplevel  # imports JAX
+  from ee_jax.runtime import parallel  # pylint: disable=import-outside-toplevel  # imports JAX
   return dict(per_device_batch=parallel.device_batch(int(data_cfg.per_device_batch)),
               keys=data_cfg.get("batch_keys") or None,
               prefetch=int(data_cfg.get("prefetch", 2)),

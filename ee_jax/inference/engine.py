@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ee_jax import augment, checkpoints, models, parallel
+from ee_jax import augment, checkpoints, models
+from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.inference import cluster, writers
 from ee_jax.inference.config import Options

@@ -18,9 +18,14 @@ busy). The maths is unchanged (same sums in another order: fp32 rounding only).
 `impl` (config.model.conv_impl) picks: 'xla' (lax.conv_general_dilated as is), 'matmul'
 (the products above wherever the convolution is the plain stride-1 NHWC/HWIO case; the
 forward and input gradient of kernels larger than 1x1 stay XLA's), or 'auto' (on the CPU
-backend 1x1 convolutions as matrix products and, for larger kernels, whichever kernel
-gradient ee_jax/models/conv_choice.py measured faster for the layer's shape on this
-machine; 'xla' on GPU and TPU, which run cuDNN's or their own convolutions).
+backend 1x1 convolutions as matrix products and, for larger kernels, the kernel gradient
+the installed chooser picks for the layer's shape; 'xla' on GPU and TPU, which run cuDNN's
+or their own convolutions).
+
+Which kernel gradient is faster is a fact about the machine, not the model: the runtime
+installs its chooser (`set_kernel_grad_chooser`; ee_jax/runtime/conv_choice.py times both
+forms per layer shape) before training, so this module never imports the timing code.
+Without a chooser, 'auto' keeps XLA's kernel gradient for kernels larger than 1x1.
 """
 
 import functools
@@ -31,14 +36,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ee_jax.models import conv_choice
-
 CONV_IMPLS = ("auto", "xla", "matmul")
 # Kernel gradients of layers this wide (C_in * C_out) are one product over all images'
 # pixels; narrower ones a batched product per image, then a sum (measured on the default
 # UNet's layers: the joint product won for 256->128 and lost for 128->128 and narrower).
 JOINT_MIN_CHANNELS = 256 * 128
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+# 'auto' on CPU: fn(x_shape, w_shape, pads, dtype, forms) -> True for the tap products,
+# given forms = {'xla': fn, 'taps': fn} to time; None = XLA's kernel gradient.
+_kernel_grad_chooser = None
+
+
+def set_kernel_grad_chooser(chooser) -> None:
+  """Installs how 'auto' picks a kernel gradient on CPU (None: XLA's own)."""
+  global _kernel_grad_chooser
+  _kernel_grad_chooser = chooser
 
 
 def _lax_conv(x, w, pads):
@@ -138,11 +151,13 @@ def _kernel_grad_forms(pads):
 
 def _xla_is_faster(lhs, rhs, pads) -> bool:
   """'auto': whether XLA's own kernel gradient is the one to use for this convolution
-  (conv_choice: small problems, else measured on this machine). 1x1 kernels always take
-  the matrix product."""
+  (the installed chooser decides; none installed: XLA's). 1x1 kernels always take the
+  matrix product."""
   if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
     return False
-  return not conv_choice.use_taps(tuple(lhs.shape), tuple(rhs.shape), pads, lhs.dtype,
+  if _kernel_grad_chooser is None:
+    return True
+  return not _kernel_grad_chooser(tuple(lhs.shape), tuple(rhs.shape), pads, lhs.dtype,
                                   _kernel_grad_forms(pads))
 
 

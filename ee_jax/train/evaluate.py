@@ -12,10 +12,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from ee_jax import checkpoints, distributed, metrics, models, parallel
+from ee_jax import checkpoints, metrics, models
+from ee_jax.runtime import distributed, parallel
 from ee_jax.data import contract, datasets, pipeline
 from ee_jax.errors import DataError
-from ee_jax.train import finetune_step, step_cache
+from ee_jax.train import finetune_step
+from ee_jax.runtime import shared_steps
 
 EVAL_KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
 
@@ -43,7 +45,7 @@ def make_evaluator(meta: dict, num_classes: int, ignore_index: int):
     return parallel.pmap_step(finetune_step.make_eval_step(model, mean, std, num_classes,
                                                            ignore_index))
 
-  return step_cache.reuse("segmentation_eval", {
+  return shared_steps.reuse("segmentation_eval", {
       "model": meta["model"], "mean": meta["mean"], "std": meta["std"],
       "num_classes": num_classes, "ignore_index": ignore_index}, build)
 

@@ -18,11 +18,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from ee_jax import checkpoints, distributed, models, parallel
+from ee_jax import checkpoints, models
+from ee_jax.runtime import distributed, parallel
 from ee_jax.data import contract, datasets, label_fractions
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train import finetune_best, finetune_step, loop, probe_features, step_cache
+from ee_jax.train import finetune_best, finetune_step, loop, probe_features
+from ee_jax.runtime import shared_steps
 from ee_jax.train.pretrain import dataset_metadata, write_config
 from ee_jax.train.state import TrainState
 
@@ -195,7 +197,7 @@ NOT_IN_STEP = ("label_fraction", "fraction_seed", "class_balanced", "test_split"
 def step_ingredients(config, run: Run) -> dict:
   """Everything a run's fine-tuning steps are built from (the model and its classes, the
   optimiser and schedule, normalisation, loss settings): runs with equal ones share
-  compiled steps (ee_jax/train/step_cache.py). Not the seed, tiles or initial weights."""
+  compiled steps (ee_jax/runtime/shared_steps.py). Not the seed, tiles or initial weights."""
   return {"model": run.model_cfg, "num_classes": run.num_classes, "optim": config.optim,
           "finetune": {k: v for k, v in config.finetune.items() if k not in NOT_IN_STEP},
           "steps": int(config.train.steps), "mean": run.mean, "std": run.std,
@@ -208,7 +210,7 @@ def finetune(config, workdir: str) -> dict:
   run = prepare_run(config, workdir)
 
   def compiled_step(head_only: bool):
-    return step_cache.reuse("finetune", dict(step_ingredients(config, run), head_only=head_only),
+    return shared_steps.reuse("finetune", dict(step_ingredients(config, run), head_only=head_only),
                             lambda: parallel.pmap_step(finetune_step.make_finetune_step(
                                 run.model, run.tx, run.schedule, run.mean, run.std,
                                 run.num_classes, run.ignore_index, run.class_weights,
@@ -272,12 +274,12 @@ def cached_head_step(config, run: Run, head_steps: int):
       steps=head_steps - run.start, global_batch=per_device * jax.device_count(),
       nbytes=nbytes, processes=jax.process_count()):
     return None
-  step = step_cache.reuse(
+  step = shared_steps.reuse(
       "finetune", dict(step_ingredients(config, run), head_only="cached features"),
       lambda: parallel.pmap_step(probe_features.make_cached_head_step(
           run.model, run.tx, run.schedule, run.num_classes, run.ignore_index,
           run.class_weights, ft.dihedral), donate_argnums=(0,)))
-  features = step_cache.reuse(
+  features = shared_steps.reuse(
       "probe_features", {"model": run.model_cfg, "num_classes": run.num_classes},
       lambda: parallel.pmap_step(probe_features.make_feature_fn(run.model)))
   cache = probe_features.build(features, run.state.params[models.BACKBONE], run.builder,

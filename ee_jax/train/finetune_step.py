@@ -21,7 +21,7 @@ import optax
 
 from ee_jax import augment, metrics, models
 from ee_jax.errors import ConfigError
-from ee_jax.parallel import AXIS
+from ee_jax.runtime.parallel import AXIS
 from ee_jax.train import optim
 from ee_jax.train.state import TrainState
 

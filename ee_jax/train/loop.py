@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import jax
 
-from ee_jax import checkpoints, distributed, parallel
+from ee_jax import checkpoints
+from ee_jax.runtime import distributed, parallel
 from ee_jax.data import pipeline
 from ee_jax.train import metrics_log
 

@@ -11,7 +11,8 @@ import os
 import jax
 import numpy as np
 
-from ee_jax import augment, checkpoints, distributed, models, parallel
+from ee_jax import augment, checkpoints, models
+from ee_jax.runtime import distributed, parallel
 from ee_jax.data import contract, datasets, pipeline
 from ee_jax.train import loop, optim
 from ee_jax.train.pretrain_step import init_state, make_eval_step, make_pretrain_step

@@ -18,7 +18,7 @@ import optax
 
 from ee_jax import augment, losses, models, objectives
 from ee_jax.objectives import latent, masked, prototypes, vicreg
-from ee_jax.parallel import AXIS
+from ee_jax.runtime.parallel import AXIS
 from ee_jax.train.state import TrainState
 
 ANCHOR_SALT = 0x616E63  # separates the anchor-sampling key stream from the augmentation's

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ee_jax import distributed, models, parallel
+from ee_jax import models
+from ee_jax.runtime import distributed, parallel
 from ee_jax.data import contract, pipeline
 from ee_jax.errors import ConfigError
 from ee_jax.train import finetune_step

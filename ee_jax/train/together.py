@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from ee_jax import distributed, parallel
+from ee_jax.runtime import distributed, parallel
 from ee_jax.data import pipeline
 from ee_jax.train import finetune as finetune_lib
 from ee_jax.train import finetune_step, loop, metrics_log, stacked

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from ee_jax import host_devices
+from ee_jax.runtime import host_devices
 from ee_jax.errors import ConfigError
 
 AXIS = "batch"

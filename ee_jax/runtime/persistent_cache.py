@@ -64,15 +64,15 @@ def release_compiled_programs() -> None:
   segfaults inside XLA. Called between runs (by a study when the mappings get many:
   `release_if_crowded`); the next run's programs come back from the persistent cache above.
   """
-  from ee_jax.train import step_cache  # pylint: disable=import-outside-toplevel
-  step_cache.clear()   # its steps' programs go with JAX's caches
+  from ee_jax.runtime import shared_steps  # pylint: disable=import-outside-toplevel
+  shared_steps.clear()   # its steps' programs go with JAX's caches
   jax.clear_caches()
   gc.collect()   # drop executables held only by dead step closures now, not at some later GC
 
 
 # Share of the process's memory-mapping limit past which `release_if_crowded` frees the
 # compiled programs. A default study's 24 runs add a few thousand mappings in all once their
-# steps are shared (ee_jax/train/step_cache.py), far below a quarter of Linux's default 65,530.
+# steps are shared (ee_jax/runtime/shared_steps.py), far below a quarter of Linux's default 65,530.
 CROWDED_SHARE = 0.25
 
 

@@ -35,12 +35,16 @@ docs/scaling.md) the study's pre-training step faults about 1,000 pages a step i
 blocks stay in the heaps, is unchanged; the process holds 1-8 % more resident memory.
 Under mode `always` the kernel does this anyway, under `never` it can't.
 
-`EE_JAX_MALLOC_TUNING=0` leaves malloc as it is (no settings, no restart);
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps the settings without huge pages. Elsewhere
-than Linux with glibc nothing is changed.
+Both are for the CPU backend only: where JAX will run on a GPU or TPU (JAX_PLATFORMS names
+another platform first, or an accelerator plugin such as libtpu or jax_cuda12_plugin is
+installed and JAX_PLATFORMS does not ask for the CPU) nothing is changed, since the
+device's memory is not malloc's. `EE_JAX_MALLOC_TUNING=0` leaves malloc as it is (no
+settings, no restart); `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps the settings without
+huge pages. Elsewhere than Linux with glibc nothing is changed.
 """
 
 import ctypes
+import importlib.util
 import os
 import platform
 import sys
@@ -51,10 +55,22 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2 ** 31 - 1), (M_TOP_PAD, 2 ** 28))
 HUGE_PAGES = "glibc.malloc.hugetlb=1"   # the tunable (glibc >= 2.35): madvise mapped blocks
 THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+# Packages whose presence means JAX picks an accelerator by default.
+ACCELERATOR_PLUGINS = ("libtpu", "jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin")
+
+
+def cpu_backend_expected(env) -> bool:
+  """Whether JAX will run on the CPU, decided without importing JAX: JAX_PLATFORMS's first
+  platform where it is set, else whether no accelerator plugin is installed."""
+  platforms = env.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  return not any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
 
 
 def _turned_off(env) -> bool:
-  return env.get(ENV, "1").strip().lower() in ("0", "off", "false", "no")
+  return (env.get(ENV, "1").strip().lower() in ("0", "off", "false", "no")
+          or not cpu_backend_expected(env))
 
 
 def _glibc_version() -> tuple[int, ...] | None:

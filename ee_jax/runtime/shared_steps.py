@@ -32,7 +32,7 @@ def _plain(value):
     return value.to_dict()
   if hasattr(value, "__array__"):   # numpy and JAX arrays and scalars
     return np.asarray(value).tolist()
-  raise TypeError(f"step_cache: cannot key a step on a {type(value).__name__}")
+  raise TypeError(f"shared_steps: cannot key a step on a {type(value).__name__}")
 
 
 def reuse(kind: str, ingredients: dict, build: Callable[[], object]):

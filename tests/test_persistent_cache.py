@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ee_jax import compile_cache
+from ee_jax.runtime import persistent_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,8 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp
-from ee_jax import compile_cache
-print(json.dumps({"dir": compile_cache.enable()}))
+from ee_jax.runtime import persistent_cache
+print(json.dumps({"dir": persistent_cache.enable()}))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # tiny programs too
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
@@ -39,17 +39,17 @@ def _run(env):
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
-  monkeypatch.delenv(compile_cache.ENV, raising=False)
+  monkeypatch.delenv(persistent_cache.ENV, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-  assert compile_cache.cache_dir() == str(tmp_path / "ee_jax" / "xla")
-  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "mine"))
-  assert compile_cache.cache_dir() == str(tmp_path / "mine")
-  monkeypatch.setenv(compile_cache.ENV, "off")
-  assert compile_cache.cache_dir() is None
+  assert persistent_cache.cache_dir() == str(tmp_path / "ee_jax" / "xla")
+  monkeypatch.setenv(persistent_cache.ENV, str(tmp_path / "mine"))
+  assert persistent_cache.cache_dir() == str(tmp_path / "mine")
+  monkeypatch.setenv(persistent_cache.ENV, "off")
+  assert persistent_cache.cache_dir() is None
 
 
 def test_same_program_compiles_once_across_closures_and_processes(tmp_path):
-  env = dict(os.environ, PYTHONPATH=REPO, **{compile_cache.ENV: str(tmp_path / "cache")})
+  env = dict(os.environ, PYTHONPATH=REPO, **{persistent_cache.ENV: str(tmp_path / "cache")})
   where, first = _run(env)
   assert where == str(tmp_path / "cache")
   # The first closure misses and writes the entry, the second closure loads it.
@@ -61,7 +61,7 @@ def test_same_program_compiles_once_across_closures_and_processes(tmp_path):
 
 def test_switched_off_writes_nothing(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, XDG_CACHE_HOME=str(tmp_path),
-             **{compile_cache.ENV: "off"})
+             **{persistent_cache.ENV: "off"})
   where, counts = _run(env)
   assert where is None and counts["hits"] == 0
   assert not (tmp_path / "ee_jax").exists()
@@ -71,7 +71,7 @@ def test_switched_off_writes_nothing(tmp_path):
 _MAPS_SCRIPT = """
 import gc, json
 import jax, jax.numpy as jnp
-from ee_jax import compile_cache
+from ee_jax.runtime import persistent_cache
 maps = lambda: sum(1 for _ in open("/proc/self/maps"))
 jnp.ones(1).block_until_ready()
 before = maps()
@@ -85,7 +85,7 @@ for i in range(6):
   del step
 gc.collect()
 held = maps()
-compile_cache.release_compiled_programs()
+persistent_cache.release_compiled_programs()
 print(json.dumps({"before": before, "held": held, "released": maps()}))
 """
 
@@ -94,7 +94,7 @@ print(json.dumps({"before": before, "held": held, "released": maps()}))
 def test_released_programs_give_back_their_memory_mappings():
   """JAX keeps dead closures' executables (each in several code mappings) until released:
   without the release a long study climbs to the 65,530-mapping limit."""
-  env = dict(os.environ, PYTHONPATH=REPO, **{compile_cache.ENV: "off"})
+  env = dict(os.environ, PYTHONPATH=REPO, **{persistent_cache.ENV: "off"})
   out = subprocess.run([sys.executable, "-c", _MAPS_SCRIPT], cwd=REPO, env=env, check=True,
                        capture_output=True, text=True, timeout=300).stdout.splitlines()
   n = json.loads(out[-1])
@@ -104,23 +104,23 @@ def test_released_programs_give_back_their_memory_mappings():
 
 
 def test_release_if_crowded_keeps_shared_steps_until_mappings_get_many(monkeypatch):
-  from ee_jax.train import step_cache  # pylint: disable=import-outside-toplevel
-  kept = step_cache.reuse("probe", {"a": 1}, lambda: object())
-  monkeypatch.setattr(compile_cache, "memory_mappings", lambda: (2000, 65530))
-  assert not compile_cache.release_if_crowded()
-  assert step_cache.reuse("probe", {"a": 1}, lambda: object()) is kept
-  monkeypatch.setattr(compile_cache, "memory_mappings", lambda: (20000, 65530))
-  assert compile_cache.release_if_crowded()
-  assert step_cache.reuse("probe", {"a": 1}, lambda: object()) is not kept
-  kept = step_cache.reuse("probe", {"a": 1}, lambda: object())
-  monkeypatch.setattr(compile_cache, "memory_mappings", lambda: None)   # not Linux: as before
-  assert compile_cache.release_if_crowded()
-  assert step_cache.reuse("probe", {"a": 1}, lambda: object()) is not kept
-  step_cache.clear()
+  from ee_jax.runtime import shared_steps  # pylint: disable=import-outside-toplevel
+  kept = shared_steps.reuse("probe", {"a": 1}, lambda: object())
+  monkeypatch.setattr(persistent_cache, "memory_mappings", lambda: (2000, 65530))
+  assert not persistent_cache.release_if_crowded()
+  assert shared_steps.reuse("probe", {"a": 1}, lambda: object()) is kept
+  monkeypatch.setattr(persistent_cache, "memory_mappings", lambda: (20000, 65530))
+  assert persistent_cache.release_if_crowded()
+  assert shared_steps.reuse("probe", {"a": 1}, lambda: object()) is not kept
+  kept = shared_steps.reuse("probe", {"a": 1}, lambda: object())
+  monkeypatch.setattr(persistent_cache, "memory_mappings", lambda: None)   # not Linux: as before
+  assert persistent_cache.release_if_crowded()
+  assert shared_steps.reuse("probe", {"a": 1}, lambda: object()) is not kept
+  shared_steps.clear()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux memory maps")
 def test_memory_mappings_counts_this_process():
-  held, limit = compile_cache.memory_mappings()
+  held, limit = persistent_cache.memory_mappings()
   with open("/proc/self/maps") as f:
     assert abs(held - sum(1 for _ in f)) < 50 and limit >= 1024

@@ -20,7 +20,9 @@ layer shape on the machine at hand, while the step is traced, and keeps the fast
 - Multi-process runs do not time (every process must build the same program): they take
   the size rule alone (tap products above it), as before measuring existed.
 
-Either choice gives the same gradient up to fp32 summation order.
+Either choice gives the same gradient up to fp32 summation order. `install()` hands
+`use_taps` to ee_jax/models/conv.py; launch.py's modes (ee_jax/run.py) and the benchmarks
+call it before building a model.
 """
 
 import functools
@@ -33,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ee_jax import host_devices
+from ee_jax.runtime import host_devices
 
 MIN_PIXELS = 256      # output maps under 16 x 16: XLA's form (the default UNet's 8 x 8 levels)
 MIN_WORK = 2 ** 24    # N * Ho * Wo * C_in * C_out under this: XLA's form
@@ -42,6 +44,12 @@ REPEATS = 5
 RECORD = "conv_kernel_grads.json"
 
 _decided: dict = {}   # key -> 'taps' | 'xla', this process
+
+
+def install() -> None:
+  """'auto' convolutions choose their kernel gradient with `use_taps` from now on."""
+  from ee_jax.models import conv  # pylint: disable=import-outside-toplevel
+  conv.set_kernel_grad_chooser(use_taps)
 
 
 def small(x_shape, w_shape, pads) -> bool:
@@ -113,10 +121,10 @@ def machine() -> str:
 
 
 def _record_path() -> str | None:
-  from ee_jax import compile_cache  # pylint: disable=import-outside-toplevel
-  if not jax.config.jax_compilation_cache_dir or compile_cache.cache_dir() is None:
+  from ee_jax.runtime import persistent_cache  # pylint: disable=import-outside-toplevel
+  if not jax.config.jax_compilation_cache_dir or persistent_cache.cache_dir() is None:
     return None   # the cache is off (or not enabled in this process): keep nothing on disk
-  return os.path.join(compile_cache.cache_dir(), RECORD)
+  return os.path.join(persistent_cache.cache_dir(), RECORD)
 
 
 def _load(path: str | None) -> dict:
