@@ -17,7 +17,7 @@ import rasterio
 from ee_jax import augment, checkpoints, models
 from ee_jax.errors import ConfigError, DataError
 from ee_jax import inference
-from ee_jax.inference import cluster, engine, source, tiling
+from ee_jax.inference import blending, cluster, engine, source
 from tests import rasters
 
 BANDS = ["B02", "B03", "B04", "B08"]        # 10 m bands: product and stacked files agree exactly
@@ -110,7 +110,7 @@ FAST = dict(tile_size=TILE, overlap=0.25, per_device_batch=2, progress=False)
 # ----------------------------------------------------------------------------- tiling
 def test_tile_origins_cover_every_pixel_with_full_tiles():
   for length in (5, 32, 33, 64, 100, 129):
-    origins = tiling.tile_origins(length, 32, 24)
+    origins = blending.tile_origins(length, 32, 24)
     size = min(32, length)
     covered = np.zeros(length, int)
     for o in origins:
@@ -122,28 +122,28 @@ def test_tile_origins_cover_every_pixel_with_full_tiles():
 
 def test_window_ramps_sum_to_one_over_regular_overlaps():
   for n, o in ((32, 8), (32, 16), (64, 7), (10, 1)):
-    w = tiling.ramp(n, o)
+    w = blending.ramp(n, o)
     assert w.max() == 1.0 and (w[o // 2:n - o // 2] > 0).all()   # > 0 past the mirrored pad
     np.testing.assert_array_equal(w[:o // 4], 0.0)
     np.testing.assert_allclose(w[-o:] + w[:o], 1.0, atol=1e-12)
     np.testing.assert_array_equal(w[o:-o], 1.0)
-  np.testing.assert_array_equal(tiling.ramp(32, 0), 1.0)
+  np.testing.assert_array_equal(blending.ramp(32, 0), 1.0)
 
 
 def test_layout_mirrors_the_scene_border():
-  layout = tiling.TileLayout(40, 50, 32, 8)
+  layout = blending.TileLayout(40, 50, 32, 8)
   assert layout.pad == 4 and layout.rows == [0, 16] and layout.cols == [0, 24, 26]
   np.testing.assert_array_equal(layout.rows_of(0)[:6], [4, 3, 2, 1, 0, 1])
   np.testing.assert_array_equal(layout.cols_of(26)[-5:], [49, 48, 47, 46, 45])
   assert layout.crop(0, 0) == (0, 0, slice(4, 32), slice(4, 32))
   assert layout.crop(16, 26) == (12, 22, slice(0, 28), slice(0, 28))
   assert layout.segment_rows == [0, 12, 28]
-  assert tiling.TileLayout(40, 50, 32, 0).pad == 0
+  assert blending.TileLayout(40, 50, 32, 0).pad == 0
 
 
 def test_blender_reproduces_a_constant_output():
-  layout = tiling.TileLayout(70, 90, 32, 8)
-  blender = tiling.RowBlender(layout.segment_rows, 70, 90, 2)
+  layout = blending.TileLayout(70, 90, 32, 8)
+  blender = blending.RowBlender(layout.segment_rows, 70, 90, 2)
   blender.put_valid(0, np.ones((70, 90), bool))
   value = np.array([0.25, 0.75], np.float32)
   for r, c in layout.origins:
@@ -206,7 +206,7 @@ def blended_probabilities(ckpt, path, **opts):
   o = dataclasses.replace(inference.Options.resolve(None, loaded.meta), **{**FAST, **opts})
   scene = source.open_scene(path, loaded.meta, o)
   g = scene.grid
-  layout = tiling.TileLayout(g.height, g.width, o.tile_size, o.overlap_px)
+  layout = blending.TileLayout(g.height, g.width, o.tile_size, o.overlap_px)
   runner = engine.TileRunner(loaded, layout.window, o.per_device_batch)
   out = np.full((g.height, g.width, loaded.channels), np.nan, np.float32)
   seen = []

@@ -13,7 +13,7 @@ from ee_jax.data.splits import assign_blocks
 from ee_jax.errors import DataError
 from ee_jax.geo.products import Acquisition
 from ee_jax.geo.reader import GDAL_ENV, AcquisitionReader, Grid, reference_grid
-from ee_jax.geo.tiling import block_grid, iter_split_tiles
+from ee_jax.geo.split_tiles import block_grid, iter_split_tiles
 
 
 @dataclasses.dataclass(frozen=True)

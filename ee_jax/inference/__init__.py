@@ -17,8 +17,8 @@ from ee_jax.inference.config import Options, default_config
 _LAZY = {
     "Summary": "engine", "embed_mode": "engine", "embed_scene": "engine",
     "load_model": "engine", "output_paths": "engine", "predict_mode": "engine",
-    "predict_scene": "engine", "open_scene": "source", "RowBlender": "tiling",
-    "TileLayout": "tiling", "tile_origins": "tiling", "window2d": "tiling",
+    "predict_scene": "engine", "open_scene": "source", "RowBlender": "blending",
+    "TileLayout": "blending", "tile_origins": "blending", "window2d": "blending",
 }
 
 

@@ -32,7 +32,7 @@ from ee_jax.errors import ConfigError, DataError
 from ee_jax.inference import cluster, writers
 from ee_jax.inference.config import Options
 from ee_jax.inference.source import RowBuffer, open_scene
-from ee_jax.inference.tiling import RowBlender, TileLayout
+from ee_jax.inference.blending import RowBlender, TileLayout
 from ee_jax.inference.writers import CLASS_NODATA, PngSink, RasterSink, class_colours
 
 REQUIRED_META = ("bands", "mean", "std", "model")
