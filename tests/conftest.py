@@ -17,8 +17,7 @@ if "xla_cpu_collective_timeout_seconds" not in os.environ["XLA_FLAGS"]:
 
 import pytest  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.helpers import SHARED_DATA  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

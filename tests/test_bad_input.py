@@ -13,7 +13,7 @@ import pytest
 from ee_jax.data import datasets
 from ee_jax.errors import DataError
 from tests import rasters
-from tests.test_builders import BANDS, data_cfg, s2_cfg
+from tests.helpers import BANDS, data_cfg, s2_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

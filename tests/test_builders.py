@@ -2,30 +2,14 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import rasterio
 
 from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
-from ee_jax.geo.bands import S2_L2A_BANDS
 from tests import rasters
-
-BANDS = list(S2_L2A_BANDS)
-
-
-def data_cfg(tmp_path, name="s2_tiles", config_name="t", **builder):
-  return ml_collections.ConfigDict(dict(
-      name=name, config_name=config_name, data_dir=str(tmp_path / "tfds"),
-      builder=ml_collections.ConfigDict(builder)))
-
-
-def s2_cfg(tmp_path, products, **kw):
-  params = dict(source="manual", products=products, bands=BANDS, tile_size=32, stride=32,
-                block_tiles=1)
-  params.update(kw)
-  return data_cfg(tmp_path, **params)
+from tests.helpers import BANDS, data_cfg, s2_cfg
 
 
 def all_examples(builder):

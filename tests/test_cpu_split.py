@@ -13,7 +13,7 @@ from ee_jax.runtime import host_devices, parallel
 from ee_jax.errors import ConfigError
 from ee_jax.train import metrics_log
 
-from .conftest import REPO
+from tests.helpers import REPO
 
 
 def test_devices_for_takes_the_most_cores_that_divide_the_batch():
