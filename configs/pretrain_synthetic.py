@@ -6,7 +6,7 @@ Arguments: none (the default UNet, 4000 steps of 16 tiles, masked reconstruction
 `:demo` (a narrower model, 200 steps: the pre-training of `make demo`'s study), `:smoke`.
 
 Produced, as shipped, on 2 CPU cores: 26.6 min at 40-42 tiles/s, training loss 2.56 at
-step 10 -> 1.03 (README, docs/perf_log.md); later, inside the default study on the 2-core
+step 10 -> 1.03 (docs/perf_log.md); later, inside the default study on the 2-core
 Intel Xeon VM, 846 s (209 ms a step, huge pages). A linear probe of its features
 (benchmarks/feature_probe.py) reaches test mIoU 53.9 on 1/64 and 63.7 on 1/4 of the labels
 (raw pixels averaged over 3x3: 54.5 / 66.3; docs/pretraining.md, section 1b).

@@ -18,8 +18,8 @@ seeds, and the paired gain (same seed, same labelled tiles):
   1/16       65.5 ± 1.4   62.1 ± 3.3   +3.4 ± 2.0
   1/64       55.0 ± 1.2   47.6 ± 1.4   +7.4 ± 2.5
 
-(the README's table, from the first run of this config on the 2-core AMD EPYC VM, about an
-hour then: within 0.7 points of it).
+(the README's table; docs/pretraining.md section 3 has the first run's, on the 2-core AMD
+EPYC VM, about an hour then: within 0.7 points of it).
 
 `:demo` (in `make demo`, 2-core AMD EPYC VM; the whole demo 7 min 4 s, `.venv` created):
 per-run test mIoU 48.23 / 38.07 / 45.28 / 39.69 (fractions 1 and 1/16, pretrained and
