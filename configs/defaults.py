@@ -2,13 +2,31 @@
 
 Experiment configs call `get_base_config()` and override what they need; the command line
 overrides further (`--config.train.steps=1000`). Unknown keys are rejected by ml-collections.
+Every config reads its `:arg` with `parse_arg`, and every label-fraction study builds its
+`study` section with `add_study`.
 """
+
+from typing import Callable, Sequence
 
 import ml_collections
 
 from ee_jax import augment, models, objectives
 from ee_jax import inference  # only its options load here; the engine loads on first use
 from ee_jax.train import optim
+
+
+def parse_arg(arg: str | None, known: Sequence[str], path: str, *,
+              also: tuple[Callable[[str], bool], str] | None = None) -> str | None:
+  """The argument of `--config=path:arg`: None (no argument, or an empty one) or one of
+  `known`; `also` = (test, words) accepts further arguments for which test(arg) holds (a
+  folder), named by `words` in the error. Anything else: ValueError naming the argument and
+  the known ones (launch.py prints it as one line)."""
+  if arg is None or arg == "":
+    return None
+  if arg in known or (also is not None and also[0](arg)):
+    return arg
+  names = list(known) + ([also[1]] if also is not None else [])
+  raise ValueError(f"{path}: unknown argument '{arg}' (known: {', '.join(names)})")
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -94,6 +112,39 @@ def study_recipes() -> dict:
 # fine-tuning gained +1.8 (docs/pretraining.md, section 2). For random initialisation the
 # two recipes are within noise of each other.
 STUDY_CANDIDATES = ("lp_ft",)
+
+
+def add_study(c: ml_collections.ConfigDict, *, pretrain_config: str, pretrain_arg: str,
+              fractions: Sequence[float] = (1.0, 1 / 4, 1 / 16, 1 / 64),
+              seeds: Sequence[int] = (0, 1, 2), pretrain_data: dict | None = None,
+              smoke: bool = False) -> ml_collections.ConfigDict:
+  """The label-fraction study (`--mode=study`, ee_jax/study.py) on the fine-tuning config `c`:
+  every fraction x init x seed fine-tunes `c`, the pretrained arm from the pre-training
+  `pretrain_config:pretrain_arg` (run first into W/pretrain unless study.pretrain_workdir
+  names a finished run). `pretrain_data` replaces that pre-training's data section (other
+  imagery than `c`'s). `smoke`: `c` is already a `:smoke` config (see `smoke_study`)."""
+  study = dict(
+      fractions=tuple(fractions),
+      inits=("pretrained", "random"),
+      seeds=tuple(seeds),
+      pretrain_config=pretrain_config,
+      pretrain_arg=pretrain_arg,
+      pretrain_workdir="",
+  )
+  if pretrain_data is not None:
+    study["pretrain_data"] = pretrain_data
+  study.update(
+      # Fine-tuning recipes: name -> overrides {section: {key: value}} of the config.
+      recipes=study_recipes(),
+      # Recipes tried per run; with several, each run keeps the best on `select_split`.
+      candidates=STUDY_CANDIDATES,
+      select_split="validation",
+  )
+  c.study = study
+  c.train.eval_every = 0  # no validation passes inside study runs: only the final test
+  if smoke:
+    smoke_study(c)
+  return c
 
 
 def smoke_study(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -8,7 +8,9 @@ Set the scenes and the class map, e.g. for the Sen1Floods11 chip:
     --config.data.builder.classes="(('not_water', 0), ('water', 1))" \\
     --config.data.builder.label_nodata=-1 --config.init.checkpoint=W
 
-or, better, copy this file and fill `c.data.builder` in it.
+or, better, copy this file and fill `c.data.builder` in it. Argument `:smoke`.
+
+Produced: not yet run on real data (only on the tests' small rasters).
 """
 
 from configs import defaults
@@ -16,6 +18,7 @@ from tfds_builders.landcover_tiles.builder import LandcoverTiles
 
 
 def get_config(arg: str | None = None):
+  arg = defaults.parse_arg(arg, ("smoke",), "configs/finetune_landcover.py")
   c = defaults.get_base_config()
   defaults.add_finetune(c)
   c.data.name = "landcover_tiles"
@@ -31,6 +34,4 @@ def get_config(arg: str | None = None):
   c.train.checkpoint_every = 500
   if arg == "smoke":
     defaults.smoke(c)
-  elif arg:
-    raise ValueError(f"configs/finetune_landcover.py: unknown argument '{arg}' (known: smoke)")
   return c

@@ -1,20 +1,28 @@
 """Pre-training on the unlabelled split of `synthetic_landcover` (6 dates, 13 bands).
 
-The controlled benchmark: top-1 positive retrieval on the validation split must rise far
-above chance. Argument `:smoke` for a tiny, fast run.
+  python launch.py --mode=pretrain --config=configs/pretrain_synthetic.py --workdir=W
+
+Arguments: none (the default UNet, 4000 steps of 16 tiles, masked reconstruction),
+`:demo` (a narrower model, 200 steps: the pre-training of `make demo`'s study), `:smoke`.
+
+Produced, as shipped, on 2 CPU cores: 26.6 min at 40-42 tiles/s, training loss 2.56 at
+step 10 -> 1.03 (docs/perf_log.md); later, inside the default study on the 2-core
+Intel Xeon VM, 846 s (209 ms a step, huge pages). A linear probe of its features
+(benchmarks/feature_probe.py) reaches test mIoU 53.9 on 1/64 and 63.7 on 1/4 of the labels
+(raw pixels averaged over 3x3: 54.5 / 66.3; docs/pretraining.md, section 1b).
 
 The views are chosen so that matching a pixel to itself needs its land cover, not a
-fingerprint. Their crops are shifted against each other (`augment.crop_shift`; with
-identical crops a CNN names a pixel by its distances to the zero-padded borders). Both
-views see every date, and the positive of an anchor is another pixel of the same ground
-within 2 px (`loss.positive_jitter=2`, `loss.positive_not_self`): the same pixel on the
-same date would carry the same sensor noise in both views. Same-image negatives within
-8 px (about a field) are dropped. With identical crops and shared dates, validation
-retrieval reached 0.95 while a linear probe of the features was at chance (mIoU 8-10 on
-1/64 of the labels). Splitting the dates between the views instead
-(`augment.disjoint_dates`) also removes the noise fingerprint but leaves each view half
-the series: probe 36 at 1/64 and 44 at 1/4 of the labels after 1500 steps, against 36 and
-50 with these views.
+fingerprint (they matter for InfoNCE / VICReg / prototypes, when their weights are set).
+Their crops are shifted against each other (`augment.crop_shift`; with identical crops a
+CNN names a pixel by its distances to the zero-padded borders). Both views see every date,
+and the positive of an anchor is another pixel of the same ground within 2 px
+(`loss.positive_jitter=2`, `loss.positive_not_self`): the same pixel on the same date
+would carry the same sensor noise in both views. Same-image negatives within 8 px (about a
+field) are dropped. With identical crops and shared dates, validation retrieval reached
+0.95 while a linear probe of the features was at chance (mIoU 8-10 on 1/64 of the labels).
+Splitting the dates between the views instead (`augment.disjoint_dates`) also removes the
+noise fingerprint but leaves each view half the series: probe 36 at 1/64 and 44 at 1/4 of
+the labels after 1500 steps, against 36 and 50 with these views.
 """
 
 from configs import defaults
@@ -22,6 +30,7 @@ from tfds_builders.synthetic_landcover.builder import SyntheticLandcover
 
 
 def get_config(arg: str | None = None):
+  arg = defaults.parse_arg(arg, ("smoke", "demo"), "configs/pretrain_synthetic.py")
   c = defaults.get_base_config()
   c.data.name = "synthetic_landcover"
   c.data.config_name = "default"
@@ -55,7 +64,4 @@ def get_config(arg: str | None = None):
     c.train.steps = 200
     c.train.eval_every = 100
     c.train.checkpoint_every = 100
-  elif arg:
-    raise ValueError(f"configs/pretrain_synthetic.py: unknown argument '{arg}' "
-                     f"(known: smoke, demo)")
   return c

@@ -16,6 +16,8 @@ normalises with the statistics saved in the pre-training checkpoint (other image
 normal case), the random arm with the labelled dataset's own; the band lists must match.
 `study.pretrain_workdir=W0` uses a finished pre-training instead. Append `,smoke` to the
 argument (or use `:smoke` alone and fill the fields in Python) for a tiny, fast run.
+
+Produced: not yet run on real data (only on the tests' small rasters).
 """
 
 import glob
@@ -29,47 +31,36 @@ SMOKE_TILE = 32
 
 
 def get_config(arg: str | None = None):
+  arg = defaults.parse_arg(arg, ("smoke",), "configs/study_landcover.py",
+                          also=(_folder_arg, "a folder of rasters, or 'folder,smoke'"))
   parts = [p for p in (arg or "").split(",") if p]
   smoke = "smoke" in parts
   folders = [p for p in parts if p != "smoke"]
-  if len(folders) > 1 or (folders and not os.path.isdir(folders[0])):
-    raise ValueError(f"configs/study_landcover.py: unknown argument '{arg}' "
-                     f"(known: smoke, a folder of rasters, or 'folder,smoke')")
   c = finetune_landcover.get_config("smoke" if smoke else None)
   c.data.config_name = "my_study"
   p = dict(S2Tiles.DEFAULT_PARAMS, source="manual", split_fractions={"train": 0.9,
                                                                      "validation": 0.1})
-  c.study = dict(
-      fractions=(1.0, 1 / 4, 1 / 16, 1 / 64),
-      inits=("pretrained", "random"),
-      seeds=(0, 1, 2),
-      pretrain_config="configs/pretrain_s2.py",
-      pretrain_arg="smoke" if smoke else "",
-      pretrain_workdir="",
-      # The pre-training's dataset (its config's data section is replaced by this): an
-      # s2_tiles build of other, unlabelled imagery.
-      pretrain_data=dict(name="s2_tiles", config_name="my_study_unlabelled", data_dir="",
-                         builder=p),
-      recipes=defaults.study_recipes(),
-      candidates=defaults.STUDY_CANDIDATES,
-      select_split="validation",
-      # The runs of one fraction and recipe train as one compiled step ('auto': on
-      # GPU/TPU, run by run on CPU where it measured slower; 'always'; 'never');
-      # vmap_width: runs vectorised at a time (0 = all).
-      train_together="auto",
-      vmap_width=0,
-  )
-  c.train.eval_every = 0  # no validation passes inside study runs: only the final test
+  # The pre-training's dataset (its config's data section is replaced by this): an s2_tiles
+  # build of other, unlabelled imagery.
+  pretrain_data = dict(name="s2_tiles", config_name="my_study_unlabelled", data_dir="",
+                       builder=p)
+  defaults.add_study(c, pretrain_config="configs/pretrain_s2.py",
+                     pretrain_arg="smoke" if smoke else "", pretrain_data=pretrain_data,
+                     fractions=(1.0, 1 / 2) if smoke else (1.0, 1 / 4, 1 / 16, 1 / 64),
+                     seeds=(0,) if smoke else (0, 1, 2), smoke=smoke)
   if smoke:
-    c.study.fractions = (1.0, 1 / 2)
-    c.study.seeds = (0,)
-    defaults.smoke_study(c)
     for b in (c.data.builder, c.study.pretrain_data.builder):
       b.tile_size = b.stride = SMOKE_TILE
       b.block_tiles = 1
   if folders:
     _from_folder(c, folders[0])
   return c
+
+
+def _folder_arg(arg: str) -> bool:
+  """`folder`, `folder,smoke` or `smoke,folder`: one folder, which exists."""
+  folders = [p for p in arg.split(",") if p and p != "smoke"]
+  return len(folders) <= 1 and all(os.path.isdir(f) for f in folders)
 
 
 def _from_folder(c, folder: str) -> None:

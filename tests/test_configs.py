@@ -43,3 +43,28 @@ def test_config_rejects_unknown_argument(name):
   module = importlib.import_module(f"configs.{name}")
   with pytest.raises(ValueError, match="unknown argument"):
     module.get_config("no_such_variant")
+
+
+def test_parse_arg_names_the_argument_and_the_known_ones():
+  from configs import defaults
+  assert defaults.parse_arg(None, ("smoke",), "configs/x.py") is None
+  assert defaults.parse_arg("", ("smoke",), "configs/x.py") is None  # `configs/x.py:`
+  assert defaults.parse_arg("smoke", ("smoke", "demo"), "configs/x.py") == "smoke"
+  with pytest.raises(ValueError) as e:
+    defaults.parse_arg("bogus", ("smoke", "demo"), "configs/x.py")
+  assert str(e.value) == "configs/x.py: unknown argument 'bogus' (known: smoke, demo)"
+  folder = (str.isdigit, "a number")
+  assert defaults.parse_arg("7", ("smoke",), "configs/x.py", also=folder) == "7"
+  with pytest.raises(ValueError, match=r"\(known: smoke, a number\)$"):
+    defaults.parse_arg("x", ("smoke",), "configs/x.py", also=folder)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("study_")])
+def test_every_study_builds_the_same_study_section(name):
+  """configs/defaults.add_study: one set of keys (pretrain_data only where the pre-training
+  reads other imagery), whatever the dataset."""
+  from configs import study_synthetic
+  want = set(study_synthetic.get_config("smoke").study) | {"pretrain_data"}
+  study = importlib.import_module(f"configs.{name}").get_config("smoke").study
+  assert set(study) <= want and want - set(study) <= {"pretrain_data"}
+  assert study.seeds == (0,) and len(study.fractions) == 2
