@@ -7,10 +7,9 @@ gives the pre-training config the study runs first: `get_config('pretrain')` (or
 separate unlabelled split. The one thing a user sets is
 `--config.data.builder.manual_dir=PATH` (the downloaded dataset).
 
-Time series of varying length (padded, valid=False) need `model.temporal='shared'` (its
-masked temporal pooling ignores padded dates). The UNet3D ('conv3d') and U-TAE-style
-('attention') backbones of the pre-training issue are not in yet: switch
-`model.temporal` to them when they land.
+Time series of varying length (padded, valid=False) need a backbone that takes any T: the
+UNet with `model.temporal='shared'` (its masked temporal pooling ignores padded dates), or
+`model.backbone='unet3d'` / `'temporal_attention'`.
 """
 
 from configs import defaults
