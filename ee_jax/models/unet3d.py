@@ -1,4 +1,5 @@
-"""The backbone `unet3d` (`temporal='conv3d'` before `config.model.backbone`): a UNet3D whose encoder convolves over (T, H, W).
+"""The backbone `unet3d` (`temporal='conv3d'` before `config.model.backbone`): a UNet3D
+whose encoder convolves over (T, H, W).
 
 Why: the 'shared' encoder sees each date alone, so a pixel's temporal profile (crop
 phenology) is only combined by the pooling; 3x3x3 convolutions let the encoder learn
