@@ -60,7 +60,7 @@ from configs import defaults  # noqa: E402
 from ee_jax import augment, models  # noqa: E402
 from ee_jax.runtime import conv_choice, host_devices, parallel  # noqa: E402
 from ee_jax.train import finetune_step, optim  # noqa: E402
-from ee_jax.train.pretrain_step import init_state, make_pretrain_step  # noqa: E402
+from ee_jax.train.pretrain import init_state, make_pretrain_step  # noqa: E402
 from ee_jax.train.state import TrainState  # noqa: E402
 
 TASKS = ("pretrain", "finetune")

@@ -9,9 +9,8 @@ sets is `--config.data.builder.manual_dir=PATH` (the downloaded dataset).
 
 Time series of varying length (padded, valid=False) need a backbone that takes any number
 of dates: here the UNet with `model.temporal='shared'` (its masked temporal pooling ignores
-padded dates). The UNet3D and the temporal-attention backbone (ee_jax/models/unet3d.py,
-temporal_attention.py) take them too and can replace it; not yet compared on these
-benchmarks.
+padded dates); `model.backbone='unet3d'` or `'temporal_attention'` take them too and can
+replace it; not yet compared on these benchmarks.
 
 Produced: none of the benchmark configs has been run on real data yet (only on the tests'
 small fixtures in each dataset's layout).

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ee_jax import losses
+from ee_jax.objectives import infonce, pairs
 from ee_jax.runtime import parallel
 
 
@@ -55,7 +55,7 @@ def _reference(z1, z2, v1, v2, idx, tau, radius):
 @pytest.mark.parametrize("radius", [0.0, 1.5])
 def test_matches_numpy_reference(radius):
   z1, z2, v1, v2, idx = _case()
-  loss, m = losses.dense_info_nce(z1, z2, v1, v2, temperature=0.5, exclude_radius=radius,
+  loss, m = infonce.dense_info_nce(z1, z2, v1, v2, temperature=0.5, exclude_radius=radius,
                                   anchor_idx=idx)
   ref = _reference(z1, z2, v1, v2, idx, 0.5, radius)
   np.testing.assert_allclose(loss, ref["loss"], rtol=1e-5, atol=1e-5)
@@ -66,7 +66,7 @@ def test_matches_numpy_reference(radius):
 def test_identical_views_small_temperature_near_zero():
   z = _unit(np.random.default_rng(1).normal(size=(2, 6, 6, 64))).astype(np.float32)
   valid = np.ones((2, 6, 6), bool)
-  loss, m = losses.dense_info_nce(z, z, valid, valid, jax.random.key(0), num_anchors=16,
+  loss, m = infonce.dense_info_nce(z, z, valid, valid, jax.random.key(0), num_anchors=16,
                                   temperature=0.02)
   assert float(loss) < 1e-3 and float(m["top1"]) == 1.0
   np.testing.assert_allclose(m["pos_cos"], 1.0, atol=1e-5)
@@ -75,19 +75,19 @@ def test_identical_views_small_temperature_near_zero():
 def test_invalid_pixels_do_not_contribute():
   z1, z2, v1, v2, _ = _case(n=8, seed=2)
   key = jax.random.key(3)
-  loss, _ = losses.dense_info_nce(z1, z2, v1, v2, key, num_anchors=8)
+  loss, _ = infonce.dense_info_nce(z1, z2, v1, v2, key, num_anchors=8)
   bad = ~(v1 & v2)
   z1b = np.where(bad[..., None], _unit(np.ones_like(z1)), z1)       # change invalid pixels
-  loss_b, _ = losses.dense_info_nce(z1b, z2, v1, v2, key, num_anchors=8)
+  loss_b, _ = infonce.dense_info_nce(z1b, z2, v1, v2, key, num_anchors=8)
   np.testing.assert_allclose(loss, loss_b, rtol=1e-6)
   # Fewer valid pixels than anchors (image 0: 3) and none at all (image 1): masked, finite.
   v = np.zeros_like(v1)
   v[0].flat[:3] = True
-  loss, m = losses.dense_info_nce(z1, z2, v, v, key, num_anchors=8)
+  loss, m = infonce.dense_info_nce(z1, z2, v, v, key, num_anchors=8)
   assert np.isfinite(loss) and float(m["anchors"]) == 1.5
-  idx, mask = losses.sample_anchors(key, jnp.asarray(v.reshape(2, -1)), 8)
+  idx, mask = pairs.sample_anchors(key, jnp.asarray(v.reshape(2, -1)), 8)
   assert sorted(np.asarray(idx[0][mask[0]]).tolist()) == [0, 1, 2] and not mask[1].any()
-  loss, _ = losses.dense_info_nce(z1, z2, v & False, v & False, key, num_anchors=8)
+  loss, _ = infonce.dense_info_nce(z1, z2, v & False, v & False, key, num_anchors=8)
   assert np.isfinite(loss) and float(loss) == 0.0
 
 
@@ -102,7 +102,7 @@ def test_two_devices_equal_one_device_loss_and_grads():
 
   def loss_fn(wts, x1, x2, v1, v2, idx, axis_name):
     emb = lambda x: x @ wts / jnp.linalg.norm(x @ wts, axis=-1, keepdims=True)  # noqa: E731
-    return losses.dense_info_nce(emb(x1), emb(x2), v1, v2, temperature=0.3,
+    return infonce.dense_info_nce(emb(x1), emb(x2), v1, v2, temperature=0.3,
                                  exclude_radius=1.0, anchor_idx=idx, axis_name=axis_name)
 
   (loss, m), grad = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -122,7 +122,7 @@ def test_two_devices_equal_one_device_loss_and_grads():
 
 
 def test_similarities_gradients_are_the_einsums():
-  """losses.similarities' own backward (no transposed cotangent) gives einsum's gradients:
+  """infonce.similarities' own backward (no transposed cotangent) gives einsum's gradients:
   the same sums, so equal in float64 to rounding, and the keys' gradient equals the
   hand-written contraction sum_bn g[b, n, k] a[b, n, e]."""
   rng = np.random.default_rng(5)
@@ -131,8 +131,8 @@ def test_similarities_gradients_are_the_einsums():
     weighted = lambda fn: lambda a, k: jnp.sum(fn(a, k) * g)  # noqa: E731
     einsum = lambda a, k: jnp.einsum("bne,ke->bnk", a, k)     # noqa: E731
     expected = jax.grad(weighted(einsum), argnums=(0, 1))(a, k)
-    got = jax.grad(weighted(losses.similarities), argnums=(0, 1))(a, k)
-    np.testing.assert_allclose(losses.similarities(a, k), np.einsum("bne,ke->bnk", a, k),
+    got = jax.grad(weighted(infonce.similarities), argnums=(0, 1))(a, k)
+    np.testing.assert_allclose(infonce.similarities(a, k), np.einsum("bne,ke->bnk", a, k),
                                rtol=1e-12)
   for e, o in zip(expected, got):
     assert o.dtype == np.float64
@@ -144,7 +144,7 @@ def test_similarities_gradients_are_the_einsums():
 
 def test_positive_jitter_moves_the_positive_within_the_radius():
   idx = np.array([[0, 5, 15], [10, 12, 3]], np.int32)             # 4x4 images
-  moved = np.asarray(losses.jitter_positions(jax.random.key(0), jnp.asarray(idx), 4, 4, 1))
+  moved = np.asarray(pairs.jitter_positions(jax.random.key(0), jnp.asarray(idx), 4, 4, 1))
   for a, m in zip(idx.ravel(), moved.ravel()):
     assert abs(a // 4 - m // 4) <= 1 and abs(a % 4 - m % 4) <= 1 and 0 <= m < 16
   rng = np.random.default_rng(1)
@@ -152,7 +152,7 @@ def test_positive_jitter_moves_the_positive_within_the_radius():
   noisy = _unit(rng.normal(size=(b, h, w, e))).astype(np.float32)    # pixel-scale texture
   flat = np.broadcast_to(_unit(rng.normal(size=(b, 1, 1, e))), (b, h, w, e)).astype(np.float32)
   ones = np.ones((b, h, w), bool)
-  metric = lambda z, r: losses.dense_info_nce(                       # noqa: E731
+  metric = lambda z, r: infonce.dense_info_nce(                       # noqa: E731
       z, z, ones, ones, jax.random.key(2), num_anchors=8, positive_jitter=r)[1]["pos_cos"]
   assert float(metric(noisy, 0)) == pytest.approx(1.0, abs=1e-5)
   assert float(metric(noisy, 2)) < 0.6          # a neighbour's own texture is not the anchor's
@@ -162,7 +162,7 @@ def test_positive_jitter_moves_the_positive_within_the_radius():
 def test_positive_not_self_never_pairs_an_anchor_with_its_own_pixel():
   # Every non-zero offset within the radius is drawn, the zero offset never.
   idx = jnp.full((2, 4000), 5 * 10 + 5, jnp.int32)                   # centre of 10x10 images
-  moved = np.asarray(losses.jitter_positions(jax.random.key(0), idx, 10, 10, 1,
+  moved = np.asarray(pairs.jitter_positions(jax.random.key(0), idx, 10, 10, 1,
                                              not_self=True))
   offsets = set((moved // 10 - 5).ravel() * 10 + (moved % 10 - 5).ravel())
   assert offsets == {dr * 10 + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1)} - {0}
@@ -171,11 +171,11 @@ def test_positive_not_self_never_pairs_an_anchor_with_its_own_pixel():
   rng = np.random.default_rng(0)
   z = np.broadcast_to(_unit(rng.normal(size=(1, 1, 2, 8))), (4, 1, 2, 8)).astype(np.float32)
   ones = np.ones((4, 1, 2), bool)
-  m = losses.dense_info_nce(z, z, ones, ones, jax.random.key(1), num_anchors=2,
+  m = infonce.dense_info_nce(z, z, ones, ones, jax.random.key(1), num_anchors=2,
                             positive_jitter=1, positive_not_self=True)[1]
   assert float(m["anchors"]) > 0
   assert float(m["pos_cos"]) == pytest.approx(float(np.sum(z[0, 0, 0] * z[0, 0, 1])), abs=1e-5)
   z1 = z[:, :, :1]
-  m = losses.dense_info_nce(z1, z1, ones[:, :, :1], ones[:, :, :1], jax.random.key(1),
+  m = infonce.dense_info_nce(z1, z1, ones[:, :, :1], ones[:, :, :1], jax.random.key(1),
                             num_anchors=1, positive_jitter=1, positive_not_self=True)[1]
   assert float(m["anchors"]) == 0.0

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from ee_jax import augment, losses, models, objectives
+from ee_jax import augment, models, objectives
 from ee_jax.runtime import parallel
 from ee_jax.train import finetune_step, optim
-from ee_jax.train.pretrain_step import init_state, make_pretrain_step
+from ee_jax.train.pretrain import init_state, make_pretrain_step
 from ee_jax.train.state import TrainState
 
 INIT_KEY = jax.random.key(0, impl="rbg")  # cheap to compile; the draw does not matter here
@@ -94,7 +94,7 @@ def _pretrain_in_both_dtypes(lcfg, steps):
 
 
 def test_pretrain_bf16_close_to_fp32_with_fp32_params_and_opt_state():
-  state, out = _pretrain_in_both_dtypes(losses.default_config(), steps=3)
+  state, out = _pretrain_in_both_dtypes(objectives.default_config(), steps=3)
   (h32, s32), (h16, s16) = out["float32"], out["bfloat16"]
   _assert_fp32_state(s16)
   # Measured: losses within 0.2 %, cosines within 0.3 %, gradient norms within 8 %.

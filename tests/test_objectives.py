@@ -170,16 +170,19 @@ def test_two_devices_equal_one_device_loss_and_grads(name):
 
 
 def test_active_objectives_and_heads():
+  assert objectives.names() == ("infonce", "masked", "vicreg", "prototypes")
   cfg = objectives.default_config()
   assert objectives.active(cfg) == {"infonce": 1.0}
-  assert objectives.head_sizes(cfg) == (-1, 0, -1)
+  assert objectives.heads(cfg) == ()
   cfg.weights.masked = 0.5
   cfg.weights.prototypes = 0.1
   assert objectives.active(cfg) == {"infonce": 1.0, "masked": 0.5, "prototypes": 0.1}
-  assert objectives.head_sizes(cfg) == (cfg.masked.hidden, cfg.prototypes.num, -1)
-  cfg.weights.latent = 1.0
-  assert objectives.head_sizes(cfg)[2] == cfg.latent.hidden
+  assert [dict(h.options) for h in objectives.heads(cfg)] == [
+      {"hidden": cfg.masked.hidden}, {"num": cfg.prototypes.num}]
   assert objectives.active(ml_collections.ConfigDict({"num_anchors": 4})) == {"infonce": 1.0}
+  # Older runs' configs name the removed `latent` objective with weight 0: nothing to turn on.
+  assert objectives.active(ml_collections.ConfigDict(
+      {"weights": {"infonce": 1.0, "latent": 0.0}})) == {"infonce": 1.0}
   with pytest.raises(ConfigError, match="unknown objectives"):
     objectives.active(ml_collections.ConfigDict({"weights": {"infonse": 1.0}}))
   with pytest.raises(ConfigError, match="every weight is 0"):

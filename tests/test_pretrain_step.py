@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from ee_jax import augment, losses, models, train
+from ee_jax import augment, models, objectives, train
 from ee_jax.runtime import host_devices, parallel
 from ee_jax.train import optim
 
@@ -36,7 +36,7 @@ def _model(**kw):
 
 
 def _loss_cfg(**kw):
-  cfg = losses.default_config()
+  cfg = objectives.default_config()
   cfg.update(dict(num_anchors=32, temperature=0.2), **kw)
   return cfg
 

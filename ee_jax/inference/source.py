@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from ee_jax import models
 from ee_jax.errors import DataError
 from ee_jax.geo import products as productlib
 from ee_jax.geo.reader import GDAL_ENV, AcquisitionReader
@@ -67,8 +68,7 @@ def open_scene(scene, meta: dict, opts, checkpoint: str = "") -> Scene:
       raise DataError(f"{e}{where}") from None
   scene = Scene.from_acquisitions(acqs)
   num_dates = int(meta.get("num_dates") or 1)
-  temporal = (meta.get("model") or {}).get("temporal", "stack")
-  if temporal == "stack" and len(scene.acquisitions) != num_dates:
+  if models.stacks_dates(meta.get("model") or {}) and len(scene.acquisitions) != num_dates:
     raise DataError(f"the model{' in ' + checkpoint if checkpoint else ''} stacks "
                     f"{num_dates} date(s) into its input (temporal='stack') but the scene has "
                     f"{len(scene.acquisitions)}: "

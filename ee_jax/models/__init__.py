@@ -1,7 +1,8 @@
-"""Models: UNet backbones (temporal modes stack, shared, conv3d, attention), projection and
-segmentation heads, and the wrappers that put the backbone under the same param key for
-pre-training and fine-tuning."""
+"""Models: backbones by name (unet with temporal 'stack' | 'shared', unet3d,
+temporal_attention; backbones.py), projection and segmentation heads, and the wrappers that
+put the backbone under the same param key for pre-training and fine-tuning."""
 
+from ee_jax.models.backbones import BACKBONES, backbone_name, stacks_dates
 from ee_jax.models.config import (build_backbone, build_pretrain_model,
                                   build_segmentation_model, count_params, default_config,
                                   init_params)
@@ -12,9 +13,9 @@ from ee_jax.models.unet3d import UNet3D
 from ee_jax.models.wrappers import BACKBONE, HEAD, PretrainModel, SegmentationModel
 
 __all__ = [
-    "BACKBONE", "HEAD", "PretrainModel", "ProjectionHead", "SegmentationHead",
+    "BACKBONE", "BACKBONES", "HEAD", "PretrainModel", "ProjectionHead", "SegmentationHead",
     "SegmentationModel", "TEMPORAL_MODES", "TemporalAttentionUNet", "UNet", "UNet3D",
-    "attention_weights", "build_backbone", "build_pretrain_model",
+    "attention_weights", "backbone_name", "build_backbone", "build_pretrain_model",
     "build_segmentation_model", "count_params", "default_config", "init_params",
-    "temporal_pool",
+    "stacks_dates", "temporal_pool",
 ]

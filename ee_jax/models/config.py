@@ -7,11 +7,9 @@ import ml_collections
 import numpy as np
 
 from ee_jax.errors import ConfigError
+from ee_jax.models import backbones
 from ee_jax.models.conv import CONV_IMPLS
 from ee_jax.models.heads import ProjectionHead, SegmentationHead
-from ee_jax.models.temporal_attention import TemporalAttentionUNet
-from ee_jax.models.unet import TEMPORAL_MODES, UNet
-from ee_jax.models.unet3d import UNet3D
 from ee_jax.models.wrappers import PretrainModel, SegmentationModel
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -25,14 +23,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.convs_per_block = 2
   c.num_groups = 8                # GroupNorm groups (gcd with the width when not dividing)
   c.norm_stats = "tile"           # GroupNorm statistics over the 'tile' or per 'pixel'
-  # 'stack' (dates into channels, fixed T) | 'shared' (one 2D encoder per date, pooled over
-  # time at every skip) | 'conv3d' (UNet3D: 3x3x3 convs over T, H, W, pooled at every skip)
-  # | 'attention' (shared encoder, L-TAE-style temporal attention at the bottleneck whose
-  # weights also pool the skips); all but 'stack' take any T
+  # ee_jax/models/backbones.py: 'unet' | 'unet3d' (3x3x3 convs over T, H, W, pooled at
+  # every skip; any T) | 'temporal_attention' (shared per-date encoder, L-TAE-style temporal
+  # attention at the bottleneck whose weights also pool the skips; any T)
+  c.backbone = "unet"
+  # backbone 'unet': 'stack' (dates into channels, fixed T) | 'shared' (one 2D encoder per
+  # date, pooled over time at every skip; any T)
   c.temporal = "stack"
-  c.temporal_pool = "masked_mean" # 'masked_mean' | 'mean' | 'max' ('shared', 'conv3d')
-  c.attn_heads = 4                # temporal='attention': heads (divide widths[-1])
-  c.attn_key_dim = 16             # temporal='attention': key/query width per head
+  c.temporal_pool = "masked_mean" # 'masked_mean' | 'mean' | 'max' ('shared', 'unet3d')
+  c.attn_heads = 4                # 'temporal_attention': heads (divide widths[-1])
+  c.attn_key_dim = 16             # 'temporal_attention': key/query width per head
   c.resize_method = "bilinear"    # decoder upsampling (jax.image.resize method)
   c.proj_hidden = 0               # projection head hidden width; 0 -> D
   c.proj_dim = 128                # embedding width of the contrastive loss
@@ -58,40 +58,26 @@ def _conv_impl(cfg):
 
 
 def build_backbone(cfg):
-  """The backbone `cfg.temporal` names: UNet ('stack', 'shared'), UNet3D ('conv3d') or
-  TemporalAttentionUNet ('attention'). Fields added later are read with their defaults, so
-  the model config in an older checkpoint's metadata still builds."""
+  """The backbone `cfg.backbone` names (ee_jax/models/backbones.py). Fields added later are
+  read with their defaults, and `temporal='conv3d'` / `'attention'` name their backbones as
+  they did, so the model config in an older checkpoint's metadata still builds."""
   if not cfg.widths:
     raise ConfigError("config.model.widths: needs at least one level")
-  if cfg.temporal not in TEMPORAL_MODES:
-    raise ConfigError(f"config.model.temporal: unknown '{cfg.temporal}'; "
-                      f"known: {TEMPORAL_MODES}")
   common = dict(widths=tuple(cfg.widths), features=cfg.features,
                 convs_per_block=cfg.convs_per_block, num_groups=cfg.num_groups,
                 norm_stats=cfg.get("norm_stats", "tile"), temporal_pool=cfg.temporal_pool,
                 resize_method=cfg.resize_method, dtype=_dtype(cfg), conv_impl=_conv_impl(cfg))
-  if cfg.temporal == "conv3d":
-    return UNet3D(**common)
-  if cfg.temporal == "attention":
-    heads = int(cfg.get("attn_heads", 4))
-    if heads < 1 or cfg.widths[-1] % heads:
-      raise ConfigError(f"config.model.attn_heads={heads} must be >= 1 and divide the "
-                        f"bottleneck width config.model.widths[-1]={cfg.widths[-1]}")
-    return TemporalAttentionUNet(**common, attn_heads=heads,
-                                 attn_key_dim=int(cfg.get("attn_key_dim", 16)))
-  return UNet(**common, temporal=cfg.temporal)
+  return backbones.build(cfg, **common)
 
 
 def build_pretrain_model(cfg, loss_cfg=None) -> PretrainModel:
-  """The backbone with the heads the objectives of `loss_cfg` (config.loss) need: the
-  projection head always, a reconstruction head for 'masked', prototypes for 'prototypes',
-  a predictor of the teacher's features for 'latent'."""
+  """The backbone with the projection head and the heads the active objectives of
+  `loss_cfg` (config.loss) add (ee_jax/objectives)."""
   from ee_jax import objectives  # objectives import models: import here, not at the top
   head = ProjectionHead(hidden=cfg.proj_hidden or None, out=cfg.proj_dim, dtype=_dtype(cfg),
                         conv_impl=_conv_impl(cfg))
-  recon_hidden, num_prototypes, latent_hidden = objectives.head_sizes(loss_cfg)
-  return PretrainModel(backbone=build_backbone(cfg), head=head, recon_hidden=recon_hidden,
-                       num_prototypes=num_prototypes, latent_hidden=latent_hidden)
+  return PretrainModel(backbone=build_backbone(cfg), head=head,
+                       heads=objectives.heads(loss_cfg))
 
 
 def build_segmentation_model(cfg, num_classes: int) -> SegmentationModel:

@@ -1,4 +1,5 @@
-"""`temporal='attention'`: the shared per-date 2D encoder with a light temporal attention at
+"""The backbone `temporal_attention` (`temporal='attention'` before `config.model.backbone`):
+the shared per-date 2D encoder with a light temporal attention at
 the bottleneck, in the spirit of L-TAE / U-TAE (Garnot & Landrieu, 2020 and 2021).
 
 Why: a masked mean treats every date alike, though some dates say more about the land
@@ -24,7 +25,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ee_jax.errors import ConfigError
 from ee_jax.models.unet import UNetBase, level_weights, max_pool_2x2, temporal_pool
+
+NAME = "temporal_attention"   # config.model.backbone (ee_jax/models/backbones.py)
 
 
 def sinusoid_encoding(positions, dim: int, base: float = 1000.0):
@@ -131,3 +135,14 @@ class TemporalAttentionUNet(UNetBase):
 def _per_pixel(weight):
   """[B, T] -> [B, T, 1, 1]; [B, T, h, w] and None unchanged."""
   return weight[:, :, None, None] if weight is not None and weight.ndim == 2 else weight
+
+
+def from_config(cfg, **common) -> TemporalAttentionUNet:
+  """`backbone='temporal_attention'`: the UNetBase fields `common`, and `attn_heads`
+  (dividing the bottleneck width) and `attn_key_dim`."""
+  heads = int(cfg.get("attn_heads", 4))
+  if heads < 1 or cfg.widths[-1] % heads:
+    raise ConfigError(f"config.model.attn_heads={heads} must be >= 1 and divide the "
+                      f"bottleneck width config.model.widths[-1]={cfg.widths[-1]}")
+  return TemporalAttentionUNet(**common, attn_heads=heads,
+                               attn_key_dim=int(cfg.get("attn_key_dim", 16)))

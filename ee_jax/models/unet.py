@@ -6,10 +6,11 @@ Why these choices (docs/design.md, "The method"):
 - Decoder upsampling by `jax.image.resize` to the skip's exact size, then a 3x3 conv:
   transpose convolutions are slow under XLA, and resizing to the skip's shape (with SAME
   max-pooling on the way down) makes ANY H, W work; there is no divisibility requirement.
-- `temporal='stack'`: dates are stacked into channels (cheap; T fixed by the first conv's
-  kernel). `temporal='shared'`: one 2D encoder applied to every date (dates folded into the
-  batch), features pooled over time at every skip level and the bottleneck (any T).
-- `temporal='conv3d'` (ee_jax/models/unet3d.py) and `'attention'`
+- The backbone `unet` (`config.model.backbone`); its option `temporal='stack'`: dates are
+  stacked into channels (cheap; T fixed by the first conv's kernel). `temporal='shared'`:
+  one 2D encoder applied to every date (dates folded into the batch), features pooled over
+  time at every skip level and the bottleneck (any T).
+- The backbones `unet3d` (ee_jax/models/unet3d.py) and `temporal_attention`
   (ee_jax/models/temporal_attention.py) subclass `UNetBase` here: same fields, blocks and
   2D decoder, so their param names match (enc*, up*, dec*, out*) and only the encoder differs.
 - `dtype` is the compute dtype (bf16 switch); params stay `param_dtype` (fp32).
@@ -22,9 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ee_jax.errors import ConfigError
 from ee_jax.models.conv import conv
 
-TEMPORAL_MODES = ("stack", "shared", "conv3d", "attention")
+NAME = "unet"                       # config.model.backbone (ee_jax/models/backbones.py)
+TEMPORAL_MODES = ("stack", "shared")  # config.model.temporal, the UNet's option
 TEMPORAL_POOLS = ("masked_mean", "mean", "max")
 
 
@@ -221,7 +224,7 @@ class UNet(UNetBase):
   def __call__(self, x, valid: Optional[jax.Array] = None):
     if self.temporal not in ("stack", "shared"):
       raise ValueError(f"UNet.temporal: unknown '{self.temporal}'; known: {TEMPORAL_MODES} "
-                       f"('conv3d' and 'attention' are built by models.build_backbone)")
+                       f"(other backbones: config.model.backbone)")
     self._check(x, valid, "UNet")
     b, t, h, w, c = x.shape
     if valid is not None:
@@ -247,3 +250,11 @@ class UNet(UNetBase):
       x = self._block(width, f"enc{i}")(x)
       skips.append(pool(x))
     return self._decode(skips)
+
+
+def from_config(cfg, **common) -> UNet:
+  """`backbone='unet'`: `common` are the UNetBase fields; `cfg.temporal` its own option."""
+  if cfg.temporal not in TEMPORAL_MODES:
+    raise ConfigError(f"config.model.temporal: unknown '{cfg.temporal}'; known: "
+                      f"{TEMPORAL_MODES} (other backbones: config.model.backbone)")
+  return UNet(**common, temporal=cfg.temporal)

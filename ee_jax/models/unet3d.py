@@ -1,4 +1,5 @@
-"""`temporal='conv3d'`: a UNet3D whose encoder convolves over (T, H, W).
+"""The backbone `unet3d` (`temporal='conv3d'` before `config.model.backbone`): a UNet3D
+whose encoder convolves over (T, H, W).
 
 Why: the 'shared' encoder sees each date alone, so a pixel's temporal profile (crop
 phenology) is only combined by the pooling; 3x3x3 convolutions let the encoder learn
@@ -19,6 +20,8 @@ import jax
 
 from ee_jax.models.unet import UNetBase, level_weights, max_pool_2x2, temporal_pool
 
+NAME = "unet3d"   # config.model.backbone (ee_jax/models/backbones.py)
+
 
 class UNet3D(UNetBase):
   """x [B, T, H, W, C], valid (None, [B, T] or [B, T, H, W]) -> features [B, H, W, features]."""
@@ -38,3 +41,9 @@ class UNet3D(UNetBase):
       x = self._block(width, f"enc{i}", kernel=(3, 3, 3))(x)
       skips.append(temporal_pool(x, level_weights(valid, x.shape[2:4]), self.temporal_pool))
     return self._decode(skips)
+
+
+def from_config(cfg, **common) -> UNet3D:
+  """`backbone='unet3d'`: the UNetBase fields `common`; no options of its own."""
+  del cfg
+  return UNet3D(**common)

@@ -1,8 +1,8 @@
 """Backbone + head models whose param trees put the backbone under the same key.
 
-`PretrainModel` params: {'backbone': ..., 'head': ...} (projection head), plus
-'recon' (masked objective), 'prototypes' (prototype objective) and 'latent' (the latent
-objective's predictor) when those are used.
+`PretrainModel` params: {'backbone': ..., 'head': ...} (projection head), plus the params
+of the heads the active objectives add, under the names they give them ('recon' for the
+masked objective, 'prototypes' for the prototype objective; ee_jax/objectives).
 `SegmentationModel` params: {'backbone': ..., 'head': ...} (segmentation head).
 So a partial restore is `params['backbone'] = pretrained['backbone']` and the pre-training
 heads are simply never copied.
@@ -11,8 +11,6 @@ heads are simply never copied.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ee_jax.models.heads import Prototypes, ReconstructionHead
-
 BACKBONE = "backbone"
 HEAD = "head"
 
@@ -20,16 +18,14 @@ HEAD = "head"
 class PretrainModel(nn.Module):
   """x [B, T, H, W, C] (+ optional valid weight) -> L2-normalised z [B, H, W, out], or with
   `all_outputs` a dict: features (backbone), proj (projection before normalisation), z,
-  and `recon` [B, H, W, T * C] / `scores` [B, H, W, K] / `latent` [B, H, W, D] where
-  those heads exist.
+  and what the objectives' heads add (`recon` [B, H, W, T * C], `scores` [B, H, W, K]).
 
-  The optional heads exist (`recon_hidden` >= 0, `num_prototypes` > 0) only when an
-  objective needs them, so a pre-training without them has the same params as before."""
+  `heads`: the objectives' heads (`objectives.Head`, from `objectives.heads(config.loss)`),
+  each run on the outputs so far; they exist only when an objective needs them, so a
+  pre-training without them has the same params as before."""
   backbone: nn.Module
   head: nn.Module
-  recon_hidden: int = -1        # -1 = no reconstruction head; 0 = linear; > 0 hidden width
-  num_prototypes: int = 0       # 0 = no prototypes
-  latent_hidden: int = -1       # -1 = no latent predictor; 0 = linear; > 0 hidden width
+  heads: tuple = ()
 
   @nn.compact
   def __call__(self, x, valid=None, all_outputs: bool = False):
@@ -37,16 +33,8 @@ class PretrainModel(nn.Module):
     proj = self.head(features, normalize=False)
     z = proj / jnp.sqrt(jnp.sum(proj * proj, axis=-1, keepdims=True) + 1e-12)
     out = dict(features=features, proj=proj, z=z)
-    if self.recon_hidden >= 0:
-      out["recon"] = ReconstructionHead(out=x.shape[1] * x.shape[4], hidden=self.recon_hidden,
-                                        dtype=self.head.dtype, conv_impl=self.head.conv_impl,
-                                        name="recon")(features)
-    if self.latent_hidden >= 0:
-      out["latent"] = ReconstructionHead(out=features.shape[-1], hidden=self.latent_hidden,
-                                         dtype=self.head.dtype, conv_impl=self.head.conv_impl,
-                                         name="latent")(features)
-    if self.num_prototypes > 0:
-      out["scores"] = Prototypes(self.num_prototypes, name="prototypes")(z)
+    for head in self.heads:
+      out.update(head(x, out, self.head.dtype, self.head.conv_impl))
     return out if all_outputs else z
 
 

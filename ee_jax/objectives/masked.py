@@ -21,7 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from ee_jax.errors import ConfigError
-from ee_jax.losses import collectives
+from ee_jax.models.heads import ReconstructionHead
+from ee_jax.objectives.base import Head, Objective
+from ee_jax.objectives.pairs import collectives
+
+MASK_SALT = 0x6D736B  # separates the hiding's key stream from the augmentation's
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -89,3 +93,37 @@ def reconstruction_loss(recon, clean, observed, date_valid, hidden, cfg, axis_na
                  masked_seen=psum(sg(sum_seen)) / n_seen,
                  masked_share=n_hidden / jnp.maximum(n_hidden + n_seen, 1.0))
   return loss, metrics
+
+
+def _recon_head(x, out, *, dtype, conv_impl, hidden):
+  """The head predicting every date and band of the input: [B, H, W, T * C]."""
+  head = ReconstructionHead(out=x.shape[1] * x.shape[4], hidden=hidden, dtype=dtype,
+                            conv_impl=conv_impl, name="recon")
+  return {"recon": head(out["features"])}
+
+
+class Masked(Objective):
+  """Hides parts of both views before the forward pass; reconstructs them (`recon`)."""
+  name, section = "masked", "masked"
+
+  def default_config(self):
+    return default_config()
+
+  def head(self, loss_cfg):
+    return Head(_recon_head, (("hidden", int(loss_cfg.masked.hidden)),))
+
+  def prepare_views(self, keys, v1, v2, loss_cfg):
+    mask_keys = jax.vmap(lambda k: jax.random.fold_in(k, MASK_SALT))(keys)
+    v1, h1 = hide(jax.vmap(lambda k: jax.random.fold_in(k, 1))(mask_keys), v1,
+                  loss_cfg.masked)
+    v2, h2 = hide(jax.vmap(lambda k: jax.random.fold_in(k, 2))(mask_keys), v2,
+                  loss_cfg.masked)
+    return v1, v2, {"hidden": jnp.concatenate([h1, h2], axis=0)}
+
+  def loss(self, shared, loss_cfg, axis_name):
+    return reconstruction_loss(shared.out["recon"], shared.view("clean"),
+                               shared.view("observed"), shared.view("date_valid"),
+                               shared.extras["hidden"], loss_cfg.masked, axis_name)
+
+
+OBJECTIVE = Masked()

@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ee_jax.losses import collectives
+from ee_jax.models.heads import Prototypes
+from ee_jax.objectives.base import Head, Objective
+from ee_jax.objectives.pairs import collectives
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -61,3 +63,27 @@ def prototype_loss(s1, s2, amask, cfg, axis_name=None):
   metrics = dict(proto=psum(sg(local)) / count, proto_used=sg(perplexity) / p,
                  proto_agree=psum(sg(agree)) / count)
   return local / count * ndev, metrics
+
+
+def _prototype_head(x, out, *, dtype, conv_impl, num):
+  """Cosine scores [B, H, W, K] of the embeddings `z` against K learnt prototypes."""
+  del x, dtype, conv_impl   # the scores are computed in fp32 on the fp32 embeddings
+  return {"scores": Prototypes(num, name="prototypes")(out["z"])}
+
+
+class DensePrototypes(Objective):
+  """Compares the prototype scores (`scores`) at the matched pairs."""
+  name, section, compares = "prototypes", "prototypes", "scores"
+
+  def default_config(self):
+    return default_config()
+
+  def head(self, loss_cfg):
+    return Head(_prototype_head, (("num", int(loss_cfg.prototypes.num)),))
+
+  def loss(self, shared, loss_cfg, axis_name):
+    pairs = shared.pairs
+    return prototype_loss(*pairs.take("scores"), pairs.amask, loss_cfg.prototypes, axis_name)
+
+
+OBJECTIVE = DensePrototypes()

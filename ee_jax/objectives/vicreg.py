@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ee_jax.losses import collectives
+from ee_jax.objectives.base import Objective
+from ee_jax.objectives.pairs import collectives
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -56,3 +57,18 @@ def vicreg_loss(p1, p2, amask, cfg, axis_name=None):
   metrics = dict(vicreg_inv=psum(sg(inv_sum)) / count, vicreg_var=sg(0.5 * (v1 + v2)),
                  vicreg_cov=sg(0.5 * (c1 + c2)), vicreg_std=sg(0.5 * (s1 + s2)))
   return loss, metrics
+
+
+class VICReg(Objective):
+  """Compares the projections before L2 normalisation (`proj`) at the matched pairs."""
+  name, section, compares = "vicreg", "vicreg", "proj"
+
+  def default_config(self):
+    return default_config()
+
+  def loss(self, shared, loss_cfg, axis_name):
+    pairs = shared.pairs
+    return vicreg_loss(*pairs.take("proj"), pairs.amask, loss_cfg.vicreg, axis_name)
+
+
+OBJECTIVE = VICReg()
