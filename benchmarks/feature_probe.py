@@ -39,7 +39,7 @@ from ee_jax import checkpoints, metrics, models  # noqa: E402
 from ee_jax.data import contract, datasets, label_fractions, pipeline  # noqa: E402
 from ee_jax.errors import ConfigError  # noqa: E402
 from ee_jax.study import load_config_file  # noqa: E402
-from ee_jax.train.finetune_step import prepare_inputs  # noqa: E402
+from ee_jax.train.finetune import prepare_inputs  # noqa: E402
 
 KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
 

@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 from configs import defaults  # noqa: E402
 from ee_jax import augment, models  # noqa: E402
 from ee_jax.runtime import conv_choice, host_devices, parallel  # noqa: E402
-from ee_jax.train import finetune_step, optim  # noqa: E402
+from ee_jax.train import finetune, optim  # noqa: E402
 from ee_jax.train.pretrain import init_state, make_pretrain_step  # noqa: E402
 from ee_jax.train.state import TrainState  # noqa: E402
 
@@ -117,10 +117,10 @@ def _step_and_state(task, dtype, args, total_steps=1000, config=None):
   if "finetune" not in c:
     defaults.add_finetune(c)
   model = models.build_segmentation_model(c.model, args.num_classes)
-  tx, schedule = finetune_step.make_optimizer(c.optim, c.finetune, total_steps)
+  tx, schedule = finetune.make_optimizer(c.optim, c.finetune, total_steps)
   params = models.init_params(model, key, (1,) + tile, with_valid=True)
-  step = finetune_step.make_finetune_step(model, tx, schedule, mean, std, args.num_classes,
-                                          ignore_index=255, dihedral=c.finetune.dihedral)
+  step = finetune.make_step(model, tx, schedule, mean, std, args.num_classes,
+                            ignore_index=255, dihedral=c.finetune.dihedral)
   return step, TrainState.create(params, tx)
 
 

@@ -6,6 +6,10 @@ The gain is PAIRED: for each seed, pretrained minus random on the same labelled 
 differences, not of two independent means. A gain is within noise when its |mean| is below
 twice its standard error (std / sqrt(n) over the n seeds); with one seed there is no spread
 to judge by, and the report says "1 seed" instead.
+
+The pretrained arm is named by the objective its checkpoint was pre-trained with
+(`objective`: {name: weight} of the active ones, e.g. "pretrained (masked)"), so a plot or
+report cannot claim a pre-training the study did not use.
 """
 
 import json
@@ -59,6 +63,20 @@ def summarise(runs: list[dict]) -> list[dict]:
   return rows
 
 
+def objective_name(objective: dict | None) -> str:
+  """'masked', 'infonce + 0.5 masked': the active objectives, weights other than 1 shown."""
+  if not objective:
+    return "objective unknown"
+  return " + ".join(name if w == 1 else f"{w:g} {name}" for name, w in objective.items())
+
+
+def arm_label(init: str, objective: dict | None = None) -> str:
+  """The legend name of an initialisation: the pretrained one with its objective."""
+  if init == "pretrained":
+    return f"pretrained ({objective_name(objective)})"
+  return "random init" if init == "random" else init
+
+
 def _fraction_label(f: float) -> str:
   k = -np.log2(f)
   return "1" if f == 1 else (f"1/{int(round(2 ** k))}" if abs(k - round(k)) < 1e-9 else f"{f:g}")
@@ -109,9 +127,11 @@ def spread_note(summary: list[dict]) -> str:
   return f"mean ± std over {hi if lo == hi else f'{lo}-{hi}'} seeds"
 
 
-def write_study_json(workdir, runs, config, pretrain_dir, complete: bool) -> str:
+def write_study_json(workdir, runs, config, pretrain_dir, complete: bool,
+                     objective: dict | None = None) -> str:
   path = os.path.join(workdir, "study.json")
-  out = {"complete": complete, "pretrain_workdir": pretrain_dir, "runs": runs,
+  out = {"complete": complete, "pretrain_workdir": pretrain_dir,
+         "pretrain_objective": objective, "runs": runs,
          "summary": summarise(runs) if runs else [],
          "study": config.study.to_dict(), "dataset": config.data.name}
   tmp = path + ".tmp"
@@ -121,20 +141,21 @@ def write_study_json(workdir, runs, config, pretrain_dir, complete: bool) -> str
   return path
 
 
-def plot(summary: list[dict], path: str) -> str:
+def plot(summary: list[dict], path: str, objective: dict | None = None) -> str:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  draw(ax, summary)
+  draw(ax, summary, objective)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
   return path
 
 
-def draw(ax, summary: list[dict]) -> None:
-  """mIoU against label fraction on matplotlib axes `ax`, one curve per initialisation."""
+def draw(ax, summary: list[dict], objective: dict | None = None) -> None:
+  """mIoU against label fraction on matplotlib axes `ax`, one curve per initialisation
+  (the pretrained one named by its pre-training `objective`)."""
   colours = {"pretrained": "tab:blue", "random": "tab:orange"}
   for init in ("pretrained", "random"):
     pts = [(r["fraction"], r[init]["miou"]) for r in summary
@@ -144,7 +165,7 @@ def draw(ax, summary: list[dict]) -> None:
     pts.sort(key=lambda p: p[0])
     x = np.array([p[0] for p in pts])
     m = np.array([p[1]["mean"] for p in pts])
-    label = "dense contrastive pre-training" if init == "pretrained" else "random init"
+    label = arm_label(init, objective)
     if any(p[1]["std"] is not None for p in pts):  # error bars only where there is a spread
       err = np.array([p[1]["std"] or 0.0 for p in pts])
       ax.errorbar(x, m, yerr=err, fmt="o-", capsize=3, color=colours[init], label=label)
@@ -169,15 +190,16 @@ def _gain_note(summary) -> list[str]:
           "spread: such a gain is marked \"1 seed\", not judged.", ""]
 
 
-def write_report(workdir, summary, config, pretrain_dir) -> dict:
+def write_report(workdir, summary, config, pretrain_dir, objective: dict | None = None) -> dict:
   st = config.study
+  source = f"pre-training checkpoint `{pretrain_dir}`" + (
+      f" (objective: {objective_name(objective)})" if objective else "")
   text = [
       "# Label-fraction study",
       "",
       f"Dataset `{config.data.name}/{config.data.config_name}`; fine-tuning "
-      f"{config.train.steps} steps per run; seeds {list(st.seeds)}; pre-training "
-      f"checkpoint `{pretrain_dir}`. Test split `{config.finetune.test_split}`; "
-      f"{spread_note(summary)}, in %.",
+      f"{config.train.steps} steps per run; seeds {list(st.seeds)}; {source}. Test split "
+      f"`{config.finetune.test_split}`; {spread_note(summary)}, in %.",
       "",
       *_gain_note(summary),
       table(summary),
@@ -197,5 +219,6 @@ def write_report(workdir, summary, config, pretrain_dir) -> dict:
   report_path = os.path.join(workdir, "report.md")
   with open(report_path, "w") as f:
     f.write("\n".join(text))
-  return {"report": report_path, "plot": plot(summary, os.path.join(workdir, "label_fraction.png")),
+  return {"report": report_path,
+          "plot": plot(summary, os.path.join(workdir, "label_fraction.png"), objective),
           "json": os.path.join(workdir, "study.json")}

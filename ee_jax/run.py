@@ -38,7 +38,7 @@ def evaluate(config, workdir) -> None:
   """Evaluates the latest fine-tuning checkpoint of --workdir; writes eval.json."""
   if not workdir:
     raise ConfigError("--workdir is required for --mode=evaluate")
-  from ee_jax.train.evaluate import evaluate as run_evaluate  # pylint: disable=import-outside-toplevel
+  from ee_jax.train.finetune import evaluate as run_evaluate  # pylint: disable=import-outside-toplevel
   result = run_evaluate(config, workdir)
   from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
   distributed.log(json.dumps({k: result[k] for k in ("split", "miou", "oa", "per_class_iou")},

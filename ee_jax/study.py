@@ -14,32 +14,25 @@ result. Each initialisation thus gets the recipe that suits it: a good pre-train
 is spent by training every weight at full rate on a few tiles, while a random one needs
 exactly that.
 
-With `study.train_together` ('auto': on GPU and TPU; 'always'; 'never'), the unfinished runs
-of one fraction and recipe (every init and seed) fine-tune as one compiled step over their
-stacked states (ee_jax/train/together.py; `study.vmap_width` runs vectorised at a time),
-each with its own tiles, keys and result, as if done alone. 'auto' leaves CPU studies run
-by run: on XLA CPU both stacked forms measured slower than the runs one by one
-(docs/scaling.md).
+The runs are fine-tuned one after the other in this process; runs built from the same
+ingredients share their compiled steps (ee_jax/runtime/shared_steps.py). The report names
+the objective the pretrained arm was pre-trained with (its checkpoint's `loss.weights`).
 """
 
 import importlib.util
 import json
 import os
 
-import jax
 import ml_collections
 
-from ee_jax import checkpoints, report
+from ee_jax import checkpoints, objectives, report
 from ee_jax.runtime import distributed, persistent_cache
 from ee_jax.data import datasets
 from ee_jax.errors import ConfigError
-from ee_jax.train import evaluate as evaluate_lib
-from ee_jax.train import finetune_best, finetune_step, together
-from ee_jax.train.finetune import check_selection, finetune
+from ee_jax.train import finetune as finetune_lib
 from ee_jax.train.pretrain import pretrain
 
 INITS = ("pretrained", "random")
-TRAIN_TOGETHER = ("auto", "always", "never")
 
 
 def load_config_file(path: str, arg: str | None = None,
@@ -118,10 +111,6 @@ def run_study(config, workdir: str) -> dict:
     raise ConfigError(f"config.study.inits: unknown {unknown}; known: {list(INITS)}")
   if any(not 0 < f <= 1 for f in st.fractions):
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
-  if int(st.get("vmap_width", 0)) < 0:
-    raise ConfigError(f"config.study.vmap_width must be >= 0 (0 = every run at once); "
-                      f"got {st.vmap_width}")
-  together_runs = trains_together(st)
   recipes = list(st.candidates)
   for recipe in recipes:  # every candidate must apply before any work starts
     if recipe not in st.recipes:
@@ -132,9 +121,9 @@ def run_study(config, workdir: str) -> dict:
     candidate = config.copy_and_resolve_references()
     apply_recipe(candidate, recipe, st.recipes[recipe])
     try:
-      finetune_step.make_optimizer(candidate.optim, candidate.finetune,
-                                   int(candidate.train.steps))
-      check_selection(candidate)
+      finetune_lib.make_optimizer(candidate.optim, candidate.finetune,
+                                  int(candidate.train.steps))
+      finetune_lib.check_selection(candidate)
     except ConfigError as e:
       raise ConfigError(f"config.study.recipes.{recipe}: {e}") from None
   if len(recipes) > 1 and st.select_split == config.finetune.test_split:
@@ -142,7 +131,7 @@ def run_study(config, workdir: str) -> dict:
                       f"choosing the recipe on it would tune the reported score on the test set")
   os.makedirs(workdir, exist_ok=True)
   pretrain_dir = st.pretrain_workdir or os.path.join(workdir, "pretrain")
-  model = None
+  model, objective = None, None
   if "pretrained" in st.inits:
     if not st.pretrain_workdir:
       distributed.log(f"== pre-training: {pretrain_dir}")
@@ -152,19 +141,18 @@ def run_study(config, workdir: str) -> dict:
     builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
     checkpoints.check_bands(meta, builder.info.metadata, pretrain_dir, str(builder.data_dir))
     model = meta["model"]
+    objective = pretrain_objective(meta)
 
   runs = []
   for fraction in st.fractions:
-    if together_runs:
-      _train_fraction_together(config, workdir, fraction, recipes, pretrain_dir, model)
     for init in st.inits:
       for seed in st.seeds:
         name = run_name(fraction, init, seed)
         if len(recipes) <= 1:
           recipe = recipes[0] if recipes else None
           rundir = os.path.join(workdir, "runs", name)
-          result = _finished(run_config(config, fraction, init, seed, pretrain_dir, model,
-                                        recipe), rundir, name)
+          result = _run_or_reuse(run_config(config, fraction, init, seed, pretrain_dir,
+                                            model, recipe), rundir, name)
           extra = {"recipe": recipe} if recipe else {}
         else:
           rundir, result, extra = _best_recipe(config, workdir, name, recipes, (
@@ -173,51 +161,31 @@ def run_study(config, workdir: str) -> dict:
                      "miou": result["miou"], "oa": result["oa"],
                      "per_class_iou": result["per_class_iou"], "workdir": rundir, **extra})
         if distributed.is_primary():  # one writer (the others would race on study.json.tmp)
-          report.write_study_json(workdir, runs, config, pretrain_dir, complete=False)
+          report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
+                                  objective=objective)
 
   summary = report.summarise(runs)
   if distributed.is_primary():
-    report.write_study_json(workdir, runs, config, pretrain_dir, complete=True)
-    paths = report.write_report(workdir, summary, config, pretrain_dir)
+    report.write_study_json(workdir, runs, config, pretrain_dir, complete=True,
+                            objective=objective)
+    paths = report.write_report(workdir, summary, config, pretrain_dir, objective=objective)
     print(report.table(summary))
     print(f"Report: {paths['report']}\nPlot: {paths['plot']}\nResults: {paths['json']}")
   return summary
 
 
-def trains_together(st, backend: str | None = None) -> bool:
-  """Whether config.study trains each fraction's runs as one step ('auto': on GPU/TPU)."""
-  how = st.get("train_together", "auto")
-  if how not in TRAIN_TOGETHER:
-    raise ConfigError(f"config.study.train_together must be one of {list(TRAIN_TOGETHER)}; "
-                      f"got {how!r}")
-  return how == "always" or (how == "auto" and (backend or jax.default_backend()) != "cpu")
+def pretrain_objective(meta: dict) -> dict:
+  """{objective: weight} a pre-training checkpoint was trained with (its config's
+  `loss.weights`; none there means InfoNCE alone, as for older runs)."""
+  return objectives.active((meta.get("config") or {}).get("loss"))
 
 
-def _train_fraction_together(config, workdir: str, fraction: float, recipes: list,
-                             pretrain_dir: str, model) -> None:
-  """Fine-tunes the fraction's unfinished runs (every init and seed) of each recipe as one
-  step (ee_jax/train/together.py); the study's loop then finds their eval.json."""
-  st = config.study
-  for recipe in recipes or [None]:
-    configs, rundirs = [], []
-    for init in st.inits:
-      for seed in st.seeds:
-        name = run_name(fraction, init, seed)
-        rundir = os.path.join(workdir, "runs", name if len(recipes) <= 1 else f"{name}_{recipe}")
-        if not os.path.exists(os.path.join(rundir, "eval.json")):
-          configs.append(run_config(config, fraction, init, seed, pretrain_dir, model, recipe))
-          rundirs.append(rundir)
-    if len(configs) > 1:
-      together.finetune_together(configs, rundirs, vmap_width=int(st.get("vmap_width", 0)))
-      persistent_cache.release_compiled_programs()
-
-
-def _finished(run_cfg, rundir: str, label: str) -> dict:
-  """The run's test result (eval.json), fine-tuning first unless it is already there."""
+def _run_or_reuse(run_cfg, rundir: str, label: str) -> dict:
+  """The run's test result (eval.json): fine-tunes first unless it is already there."""
   eval_path = os.path.join(rundir, "eval.json")
   if not os.path.exists(eval_path):
     distributed.log(f"== {label}")
-    finetune(run_cfg, rundir)
+    finetune_lib.finetune(run_cfg, rundir)
     # A long study must not pile up programs; runs in between share their compiled steps.
     persistent_cache.release_if_crowded()
   with open(eval_path) as f:
@@ -232,15 +200,15 @@ def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple
   for recipe in recipes:
     rundir = os.path.join(workdir, "runs", f"{name}_{recipe}")
     run_cfg = run_config(config, *run_args, recipe=recipe)
-    results[recipe] = _finished(run_cfg, rundir, f"{name} ({recipe})")
+    results[recipe] = _run_or_reuse(run_cfg, rundir, f"{name} ({recipe})")
     select_path = os.path.join(rundir, f"eval_{split}.json")
     if os.path.exists(select_path):
       with open(select_path) as f:
         selected = json.load(f)
     else:
-      selected = evaluate_lib.evaluate(run_cfg, rundir, split=split,
+      selected = finetune_lib.evaluate(run_cfg, rundir, split=split,
                                        filename=f"eval_{split}.json",
-                                       checkpoint=finetune_best.params_source(rundir))
+                                       checkpoint=finetune_lib.params_source(rundir))
       persistent_cache.release_if_crowded()
     scores[recipe] = selected["miou"]
   best = max(recipes, key=lambda r: -1.0 if scores[r] is None else scores[r])

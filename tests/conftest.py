@@ -44,3 +44,21 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real samples not found at {SHARED_DATA} (only CI and the dev machines have them)")
   return SHARED_DATA
+
+
+# ------------------------------------------------------------------ fine-tuning and the study
+
+@pytest.fixture(scope="session")
+def labelled_data_dir(tmp_path_factory):
+  """Where the tiny labelled dataset (tests/helpers.py) is built, once a session."""
+  return tmp_path_factory.mktemp("tfds_labelled")
+
+
+@pytest.fixture(scope="session")
+def pretrained(labelled_data_dir, tmp_path_factory):
+  """A workdir with a few steps of pre-training on the tiny labelled dataset."""
+  from ee_jax.train.pretrain import pretrain  # pylint: disable=import-outside-toplevel
+  from tests.helpers import tiny_labelled_pretrain_config  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  pretrain(tiny_labelled_pretrain_config(labelled_data_dir), workdir)
+  return workdir

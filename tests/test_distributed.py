@@ -55,8 +55,8 @@ TIMING_KEYS = ("time", "tiles_per_s", "pixels_per_s")
 
 def _configs(data_dir):
   """(pre-training config, fine-tuning config) on the tiny labelled dataset."""
-  from tests.test_finetune import tiny_finetune_config, tiny_pretrain_config  # noqa: E501 pylint: disable=import-outside-toplevel
-  pre = tiny_pretrain_config(str(data_dir), steps=4)
+  from tests.helpers import tiny_finetune_config, tiny_labelled_pretrain_config  # noqa: E501 pylint: disable=import-outside-toplevel
+  pre = tiny_labelled_pretrain_config(str(data_dir), steps=4)
   pre.data.per_device_batch = 3
   pre.train.update(log_every=2, eval_every=4, checkpoint_every=2, eval_batches=0)
   fine = tiny_finetune_config(str(data_dir), steps=2)

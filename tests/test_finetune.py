@@ -1,4 +1,5 @@
-"""Fine-tuning, evaluation and the label-fraction study on a tiny synthetic dataset."""
+"""A fine-tuning run end to end (ee_jax/train/finetune.py) on a tiny synthetic dataset:
+initial weights, evaluation, shared steps, LP-FT, cached features, the best checkpoint."""
 
 import json
 import os
@@ -9,53 +10,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import defaults, finetune_synthetic, study_synthetic
-from ee_jax import checkpoints, metrics, models
-from ee_jax.runtime import parallel
+from configs import finetune_synthetic
+from ee_jax import checkpoints, metrics, models, run
 from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
-from ee_jax.study import run_study
-from ee_jax.train import finetune_step, metrics_log
-from ee_jax.runtime import shared_steps
-from ee_jax.train import evaluate as evaluate_lib
+from ee_jax.runtime import parallel, shared_steps
+from ee_jax.train import finetune as finetune_lib
+from ee_jax.train import metrics_log
 from ee_jax.train.finetune import finetune
-from ee_jax.train.pretrain import pretrain
-from tests.test_pretrain_loop import tiny_config
-
-TINY = dict(num_tiles={"unlabelled": 64, "train": 32, "validation": 16, "test": 20},
-            tile_size=16, scene_size=32, num_dates=2, num_bands=4)
+from tests.helpers import tiny_finetune_config
 
 
-def tiny_finetune_config(data_dir, steps=6, **finetune_fields):
-  c = finetune_synthetic.get_config("smoke")
-  c.data.data_dir = str(data_dir)
-  c.data.config_name = "tiny_labelled"
-  c.data.builder.update(TINY)
-  c.data.per_device_batch = 4
-  c.train.steps = steps
-  c.train.eval_every = 0
-  c.train.checkpoint_every = steps
-  c.finetune.update(finetune_fields)
-  return c
-
-
-def tiny_pretrain_config(data_dir, steps=4):
-  c = tiny_config(data_dir, steps=steps, eval_every=0, checkpoint_every=steps)
-  c.data.config_name = "tiny_labelled"
-  c.data.builder.update(TINY)
-  return c
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
-def pretrained(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("pretrain"))
-  pretrain(tiny_pretrain_config(data_dir), workdir)
-  return workdir
+@pytest.fixture
+def data_dir(labelled_data_dir):
+  return labelled_data_dir
 
 
 def test_partial_restore_takes_backbone_and_fresh_head(data_dir, pretrained, tmp_path):
@@ -144,15 +112,19 @@ def test_eval_counts_every_example_once_on_two_devices(data_dir, tmp_path):
   assert np.asarray(result["confusion_matrix"]).sum() == expected == result["num_pixels"]
   # Two devices and one device give the same confusion matrix.
   params, meta = checkpoints.load_params(str(tmp_path))
-  p_eval = evaluate_lib.make_evaluator(meta, meta["num_classes"], 255)
-  cm_two = evaluate_lib.confusion_over_split(p_eval, parallel.replicate(params), c, builder,
+  p_eval = finetune_lib.make_evaluator(meta, meta["num_classes"], 255)
+  cm_two = finetune_lib.confusion_over_split(p_eval, parallel.replicate(params), c, builder,
                                              "test")
-  cm_one = evaluate_lib.confusion_over_split(
+  cm_one = finetune_lib.confusion_over_split(
       p_eval, parallel.replicate(params, devices=jax.devices()[:1]), c, builder, "test",
       local_devices=1)
   np.testing.assert_array_equal(cm_two, cm_one)
   np.testing.assert_array_equal(cm_two, result["confusion_matrix"])
   assert metrics.segmentation_scores(cm_one)["miou"] == pytest.approx(result["miou"])
+  # --mode=evaluate writes the same result again.
+  os.remove(tmp_path / "eval.json")
+  run.evaluate(c, str(tmp_path))
+  assert json.load(open(tmp_path / "eval.json")) == result
 
 
 def test_runs_in_one_process_share_compiled_steps(data_dir, tmp_path, monkeypatch):
@@ -160,13 +132,13 @@ def test_runs_in_one_process_share_compiled_steps(data_dir, tmp_path, monkeypatc
   building its own, and ends exactly as it does with steps built afresh; a run whose steps
   differ (another learning rate) builds its own."""
   built = []
-  make = finetune_step.make_finetune_step
+  make = finetune_lib.make_step
 
   def counting(*args, **kwargs):
     built.append(kwargs["head_only"])
     return make(*args, **kwargs)
 
-  monkeypatch.setattr(finetune_step, "make_finetune_step", counting)
+  monkeypatch.setattr(finetune_lib, "make_step", counting)
   shared_steps.clear()
   finetune(tiny_finetune_config(data_dir, steps=4, linear_probe_steps=2), str(tmp_path / "a"))
   assert built == [True, False]
@@ -203,27 +175,6 @@ def test_finetune_learns(data_dir, tmp_path):
   # (The tiny test split is a few scenes of other classes: its scores are only well-formed.)
   result = json.load(open(tmp_path / "eval.json"))
   assert 0 <= result["miou"] <= 1 and 0 <= result["oa"] <= 1
-
-
-def test_a_preempted_run_stops_the_study_and_is_not_evaluated(data_dir, tmp_path, monkeypatch):
-  """SIGTERM in a study's run: the checkpoint is saved, no eval.json is written and the
-  study does not go on to the next run (it used to evaluate the stopped run as done)."""
-  from ee_jax.train import loop
-  monkeypatch.setattr(loop.StopFlag, "should_stop", lambda self, step: step >= 2)
-  c = study_synthetic.get_config("smoke")
-  c.data.data_dir = str(data_dir)
-  c.data.config_name = "tiny_labelled"
-  c.data.builder.update(TINY)
-  c.study.pretrain_workdir = ""
-  c.study.inits = ("random",)
-  with pytest.raises(loop.Preempted) as stopped:
-    run_study(c, str(tmp_path))
-  assert stopped.value.code == 143
-  runs = sorted(os.listdir(tmp_path / "runs"))
-  assert len(runs) == 1, runs                                 # the study stopped there
-  assert not (tmp_path / "runs" / runs[0] / "eval.json").exists()
-  assert checkpoints.Checkpointer(str(tmp_path / "runs" / runs[0])).latest_step() == 2
-  assert not (tmp_path / "study.json").exists()
 
 
 def test_label_fraction_tiles_written_and_used(data_dir, tmp_path):
@@ -289,9 +240,9 @@ def test_probe_on_cached_features_ends_as_the_probe_that_runs_the_backbone(
     return c
 
   finetune(config("never"), str(tmp_path / "never"))
-  assert "Probe features" not in capsys.readouterr().out
+  assert "Cached backbone features" not in capsys.readouterr().out
   finetune(config("always"), str(tmp_path / "always"))
-  assert "Probe features: 8 tiles x 8 flips/rotations" in capsys.readouterr().out
+  assert "Cached backbone features: 8 tiles x 8 flips/rotations" in capsys.readouterr().out
   losses = lambda d: [r["loss"] for r in metrics_log.read_metrics(str(d)) if "loss" in r]  # noqa: E731
   # The same steps; the backbone's features come from another program (float32 rounding,
   # about 1e-6 relative), then 2 steps of every weight.
@@ -316,10 +267,10 @@ def test_lp_ft_config_errors():
   c = finetune_synthetic.get_config("smoke")
   c.finetune.linear_probe_steps = 6
   with pytest.raises(ConfigError, match=r"linear_probe_steps \(6\) must be below"):
-    finetune_step.make_optimizer(c.optim, c.finetune, 6)
+    finetune_lib.make_optimizer(c.optim, c.finetune, 6)
   c.finetune.linear_probe_steps, c.finetune.freeze_backbone = 2, True
   with pytest.raises(ConfigError, match="cannot be combined with config.finetune.freeze"):
-    finetune_step.make_optimizer(c.optim, c.finetune, 6)
+    finetune_lib.make_optimizer(c.optim, c.finetune, 6)
 
 
 def test_select_best_evaluates_the_best_validation_params(data_dir, tmp_path):
@@ -338,7 +289,7 @@ def test_select_best_evaluates_the_best_validation_params(data_dir, tmp_path):
   result = json.load(open(tmp_path / "eval.json"))
   assert result["checkpoint_step"] == step
   assert result["selected_on"] == {"split": "validation", "step": step, "miou": miou}
-  at_step = evaluate_lib.evaluate(c, str(tmp_path), filename="eval_check.json",
+  at_step = finetune_lib.evaluate(c, str(tmp_path), filename="eval_check.json",
                                   checkpoint=str(tmp_path / "checkpoints" / str(step)))
   assert result["confusion_matrix"] == at_step["confusion_matrix"]
 
@@ -352,80 +303,3 @@ def test_select_best_config_errors(data_dir, tmp_path):
   with pytest.raises(ConfigError, match="select_best: config.data.eval_split 'test' is the"):
     finetune(c, str(tmp_path))
   assert not os.listdir(tmp_path)
-
-
-def _tiny_study_config(data_dir):
-  c = study_synthetic.get_config("smoke")
-  c.data.data_dir = str(data_dir)
-  c.data.config_name = "tiny_labelled"
-  c.data.builder.update(TINY)
-  c.data.per_device_batch = 4
-  c.train.steps = 2
-  defaults.smoke_study(c)   # the default recipe, LP-FT: 1 head step of the 2
-  return c
-
-
-def test_smoke_study_writes_report_json_and_plot(data_dir, tmp_path):
-  c = _tiny_study_config(data_dir)
-  summary = run_study(c, str(tmp_path))
-  assert [row["fraction"] for row in summary] == [1.0, 0.25]
-  for name in ("report.md", "study.json", "label_fraction.png"):
-    assert os.path.getsize(tmp_path / name) > 0, name
-  study = json.load(open(tmp_path / "study.json"))
-  assert study["complete"] and len(study["runs"]) == 4
-  text = open(tmp_path / "report.md").read()
-  assert "| 1/4 |" in text and "gain" in text
-  with open(tmp_path / "label_fraction.png", "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  # Resumable: a second call redoes nothing (the runs' eval.json are reused).
-  stamp = os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json")
-  run_study(c, str(tmp_path))
-  assert os.path.getmtime(tmp_path / "runs" / study["runs"][0]["name"] / "eval.json") == stamp
-
-
-def test_study_chooses_each_runs_recipe_on_validation(data_dir, pretrained, tmp_path):
-  c = _tiny_study_config(data_dir)
-  c.study.fractions = (0.25,)
-  c.study.pretrain_workdir = pretrained
-  c.study.candidates = ("full", "frozen")
-  run_study(c, str(tmp_path))
-  study = json.load(open(tmp_path / "study.json"))
-  assert len(study["runs"]) == 2
-  for run in study["runs"]:
-    val, test = {}, {}
-    for recipe in ("full", "frozen"):
-      rundir = tmp_path / "runs" / f"{run['name']}_{recipe}"
-      val[recipe] = json.load(open(rundir / "eval_validation.json"))["miou"]
-      test[recipe] = json.load(open(rundir / "eval.json"))["miou"]
-      assert json.load(open(rundir / "config.json"))["finetune"]["freeze_backbone"] == (
-          recipe == "frozen")
-    best = "frozen" if val["frozen"] > val["full"] else "full"
-    assert run["recipe"] == best and run["miou"] == test[best]
-    assert run["recipe_scores"]["frozen"] == {"validation_miou": val["frozen"],
-                                              "test_miou": test["frozen"]}
-  report_text = open(tmp_path / "report.md").read()
-  assert f"- 1/4, pretrained: {study['runs'][0]['recipe']} x1" in report_text
-
-
-def test_study_recipe_errors(data_dir, pretrained, tmp_path):
-  c = _tiny_study_config(data_dir)
-  c.study.pretrain_workdir = pretrained
-  c.study.candidates = ("full", "fast")
-  with pytest.raises(ConfigError, match="candidates: no recipe 'fast'"):
-    run_study(c, str(tmp_path))
-  c.study.recipes.slow_backbone.finetune = {"backbone_lr": 0.1}
-  c.study.candidates = ("full", "slow_backbone")
-  with pytest.raises(ConfigError,
-                     match=r"recipes.slow_backbone: no setting 'finetune.backbone_lr'"):
-    run_study(c, str(tmp_path))
-  c.study.recipes.slow_backbone.finetune = {"backbone_lr_mult": 0.1}
-  c.study.candidates = ("full", "lp_ft")
-  c.study.recipes.lp_ft.finetune.linear_probe_steps = 2  # of train.steps = 2
-  with pytest.raises(ConfigError, match=r"recipes.lp_ft: config.finetune.linear_probe_steps "
-                                        r"\(2\) must be below config.train.steps \(2\)"):
-    run_study(c, str(tmp_path))
-  c.study.recipes.lp_ft.finetune.linear_probe_steps = 1
-  c.study.select_split = "test"
-  with pytest.raises(ConfigError, match="select_split: 'test' is the test split"):
-    run_study(c, str(tmp_path))
-  assert not os.listdir(tmp_path)  # refused before any work

@@ -8,7 +8,7 @@ import pytest
 
 from ee_jax import augment, models, objectives
 from ee_jax.runtime import parallel
-from ee_jax.train import finetune_step, optim
+from ee_jax.train import finetune, optim
 from ee_jax.train.pretrain import init_state, make_pretrain_step
 from ee_jax.train.state import TrainState
 
@@ -122,7 +122,7 @@ def test_finetune_bf16_close_to_fp32_with_fp32_params_and_opt_state():
   out = {}
   for dtype in ("float32", "bfloat16"):
     model = models.build_segmentation_model(_model_config(dtype), K)
-    out[dtype] = _run(finetune_step.make_finetune_step(model, tx, schedule, MEAN, STD, K, 255),
+    out[dtype] = _run(finetune.make_step(model, tx, schedule, MEAN, STD, K, 255),
                       state, _tiles(4, seed=1), steps)
   (h32, s32), (h16, s16) = out["float32"], out["bfloat16"]
   _assert_fp32_state(s16)

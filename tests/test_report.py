@@ -80,3 +80,26 @@ def test_plot_draws_error_bars_only_with_several_seeds():
     errorbars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
     assert len(errorbars) == bars and title in ax.get_title()
     plt.close(fig)
+
+
+def test_the_pretrained_arm_is_named_by_its_objective(tmp_path):
+  """Plot, report and study.json name the objective the pretrained arm's checkpoint was
+  trained with, not a fixed one."""
+  assert report.objective_name({"masked": 1.0}) == "masked"
+  assert report.objective_name({"infonce": 1.0, "masked": 0.5}) == "infonce + 0.5 masked"
+  assert report.arm_label("pretrained", {"masked": 1.0}) == "pretrained (masked)"
+  assert report.arm_label("random", {"masked": 1.0}) == "random init"
+  c = study_synthetic.get_config("smoke")
+  summary = report.summarise(RUNS)
+  report.write_study_json(str(tmp_path), RUNS, c, "/pre", complete=True,
+                          objective={"masked": 1.0})
+  report.write_report(str(tmp_path), summary, c, "/pre", objective={"masked": 1.0})
+  assert json.load(open(tmp_path / "study.json"))["pretrain_objective"] == {"masked": 1.0}
+  text = open(tmp_path / "report.md").read()
+  assert "pre-training checkpoint `/pre` (objective: masked)" in text
+  assert "contrastive" not in text
+  fig, ax = plt.subplots()
+  report.draw(ax, summary, {"vicreg": 1.0, "prototypes": 0.5})
+  labels = ax.get_legend_handles_labels()[1]
+  assert labels == ["pretrained (vicreg + 0.5 prototypes)", "random init"]
+  plt.close(fig)

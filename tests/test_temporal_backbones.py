@@ -156,11 +156,11 @@ def test_pretrain_finetune_and_embed(backbone, tmp_path_factory):
   from ee_jax.inference import engine
   from ee_jax.train.finetune import finetune
   from ee_jax.train.pretrain import pretrain
-  from tests.test_finetune import tiny_finetune_config, tiny_pretrain_config
+  from tests.helpers import tiny_finetune_config, tiny_labelled_pretrain_config
 
   data_dir = tmp_path_factory.getbasetemp() / "temporal_tfds"
   pre_dir, ft_dir = tmp_path_factory.mktemp("pre"), tmp_path_factory.mktemp("ft")
-  c = tiny_pretrain_config(data_dir, steps=2)
+  c = tiny_labelled_pretrain_config(data_dir, steps=2)
   c.model.backbone = backbone
   pretrain(c, str(pre_dir))
   src, meta = checkpoints.load_params(str(pre_dir))
