@@ -86,7 +86,7 @@ def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.finetune.dihedral = True          # random flips/rotations of tiles and labels
   c.finetune.probe_feature_cache = "auto"  # head-alone steps on the backbone's features of
                                       # the tiles computed once: auto / always / never
-                                      # (ee_jax/train/probe_features.py)
+                                      # (ee_jax/train/finetune.py)
   c.finetune.test_split = "test"      # split of the final evaluation (eval.json)
   c.finetune.select_best = False      # keep the params of the best data.eval_split mIoU
                                       # (every train.eval_every steps) for eval.json

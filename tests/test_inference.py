@@ -19,46 +19,8 @@ from ee_jax.errors import ConfigError, DataError
 from ee_jax import inference
 from ee_jax.inference import blending, cluster, engine, source
 from tests import rasters
-
-BANDS = ["B02", "B03", "B04", "B08"]        # 10 m bands: product and stacked files agree exactly
-MEAN = [1000.0, 1100.0, 1200.0, 2000.0]
-STD = [300.0, 350.0, 400.0, 600.0]
-CLASSES = ["water", "forest", "crop"]
-TILE = 32
-
-
-def tiny_model_config(temporal="stack"):
-  c = models.default_config()
-  c.widths = (8, 16)
-  c.features = 8
-  c.num_groups = 4
-  c.proj_dim = 8
-  c.temporal = temporal
-  return c
-
-
-def save_checkpoint(workdir, kind="finetune", num_dates=1, temporal="stack", seed=0,
-                    **meta_over):
-  """A checkpoint in the layout Checkpointer.save writes (state: step, params, opt_state)."""
-  cfg = tiny_model_config(temporal)
-  key = jax.random.PRNGKey(seed)
-  shape = (1, num_dates, TILE, TILE, len(BANDS))
-  if kind == "finetune":
-    model = models.build_segmentation_model(cfg, len(CLASSES))
-  else:
-    model = models.build_pretrain_model(cfg)
-  params = models.init_params(model, key, shape, with_valid=True)
-  meta = {"kind": kind, "bands": BANDS, "mean": MEAN, "std": STD, "num_dates": num_dates,
-          "tile_size": TILE, "gsd": 10.0, "offsets_removed": {}, "resampling": "bilinear",
-          "model": cfg.to_dict(), "config": {"data": {"builder": {}}}}
-  if kind == "finetune":
-    meta.update(num_classes=len(CLASSES), class_names=CLASSES, ignore_index=255)
-  meta.update(meta_over)
-  ckpt = checkpoints.Checkpointer(str(workdir))
-  ckpt.save(1, {"step": 1, "params": params, "opt_state": {}}, meta, wait=True)
-  ckpt.close()
-  return str(workdir)
-
+from tests.helpers import (BANDS, CLASSES, FAST, TILE, field_scene, read,
+                           save_checkpoint, write_product, write_stack)
 
 @pytest.fixture(scope="module")
 def ft_ckpt(tmp_path_factory):
@@ -68,43 +30,6 @@ def ft_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pre_ckpt(tmp_path_factory):
   return save_checkpoint(tmp_path_factory.mktemp("pre"), kind="pretrain")
-
-
-def field_scene(h, w, seed=0):
-  """uint16 [h, w, C]: blocky 'fields' with distinct spectra plus noise."""
-  rng = np.random.default_rng(seed)
-  fields = rng.integers(0, 4, (h // 8 + 1, w // 8 + 1))
-  fields = np.kron(fields, np.ones((8, 8), int))[:h, :w]
-  spectra = rng.uniform(500, 3000, (4, len(BANDS)))
-  img = spectra[fields] + rng.normal(0, 80, (h, w, len(BANDS)))
-  return np.clip(img, 1, 65535).astype(np.uint16)
-
-
-def write_product(folder, image, origin=rasters.ORIGIN):
-  """A product folder: one 10 m GeoTIFF per band (nodata 0)."""
-  os.makedirs(folder, exist_ok=True)
-  for i, b in enumerate(BANDS):
-    rasters.write_raster(os.path.join(folder, f"{b}.tif"), image[..., i], 10, origin=origin,
-                         nodata=0)
-  return str(folder)
-
-
-def write_stack(path, image, names=BANDS, descriptions=True):
-  """A multi-band GeoTIFF with band descriptions."""
-  rasters.write_raster(path, np.moveaxis(image, -1, 0), 10, nodata=0)
-  if descriptions:
-    with rasterio.open(path, "r+") as ds:
-      for i, b in enumerate(names):
-        ds.set_band_description(i + 1, b)
-  return str(path)
-
-
-def read(path, **kw):
-  with rasterio.open(path) as ds:
-    return ds.read(**kw)
-
-
-FAST = dict(tile_size=TILE, overlap=0.25, per_device_batch=2, progress=False)
 
 
 # ----------------------------------------------------------------------------- tiling

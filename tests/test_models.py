@@ -6,22 +6,7 @@ import numpy as np
 import pytest
 
 from ee_jax import models
-
-
-def tiny(**kw):
-  cfg = models.default_config()
-  cfg.widths, cfg.features, cfg.proj_dim = (8, 16), 16, 16
-  cfg.update(kw)
-  return cfg
-
-
-def rand_params(model, shape, seed=0):
-  """Random params without running the initialisers: their threefry code is slow to
-  compile on CPU, and these tests only need generic weights."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), shape))
-  return jax.tree_util.tree_map(
-      lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), s.dtype), shapes)
+from tests.helpers import rand_params, tiny
 
 
 def _out(model, shape, valid=None):

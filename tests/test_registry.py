@@ -175,6 +175,52 @@ def test_unknown_objective_with_a_weight_is_a_config_error():
     objectives.active(ml_collections.ConfigDict({"weights": {"latent": 1.0}}))
 
 
+TOY_BACKBONE = '''
+"""A toy backbone: one 1x1 convolution of the last date."""
+import flax.linen as nn
+
+NAME = "toy_backbone"
+
+
+class Toy(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x, valid=None):
+    return nn.Dense(self.features, name="dense")(x[:, -1])
+
+
+def from_config(cfg, **common):
+  del common
+  return Toy(int(cfg.features))
+'''
+
+
+def test_a_backbone_module_is_found_by_name(tmp_path, monkeypatch):
+  """One file in the models package and its name in the config: nothing else to edit."""
+  from ee_jax.models import backbones  # pylint: disable=import-outside-toplevel
+  (tmp_path / "toy_backbone.py").write_text(TOY_BACKBONE)
+  monkeypatch.setattr(models, "__path__", [*models.__path__, str(tmp_path)])
+  monkeypatch.setattr(backbones, "BACKBONES", backbones._discover())  # pylint: disable=protected-access
+  try:
+    assert set(backbones.BACKBONES) == {"unet", "unet3d", "temporal_attention", "toy_backbone"}
+    cfg = models.default_config()
+    cfg.update(backbone="toy_backbone", features=5)
+    seg = models.build_segmentation_model(cfg, 3)
+    params = models.init_params(seg, jax.random.key(0), (1, 2, 8, 8, 4))
+    assert params["backbone"]["dense"]["kernel"].shape == (4, 5)
+    assert seg.apply({"params": params}, jnp.ones((1, 2, 8, 8, 4))).shape == (1, 8, 8, 3)
+  finally:
+    sys.modules.pop("ee_jax.models.toy_backbone", None)
+
+
+def test_unknown_backbone_is_a_config_error():
+  cfg = models.default_config()
+  cfg.backbone = "resnet"
+  with pytest.raises(ConfigError, match="config.model.backbone: unknown 'resnet'"):
+    models.build_backbone(cfg)
+
+
 # ------------------------------------------------------ older checkpoints still work
 @pytest.mark.parametrize("temporal,name", [("conv3d", "unet3d"),
                                            ("attention", "temporal_attention")])

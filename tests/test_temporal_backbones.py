@@ -9,7 +9,7 @@ import pytest
 
 from ee_jax import checkpoints, models
 from ee_jax.models import temporal_attention
-from tests.test_models import rand_params, tiny
+from tests.helpers import rand_params, tiny
 
 MODES = ("unet3d", "temporal_attention")
 LEGACY = {"unet3d": "conv3d", "temporal_attention": "attention"}  # their old `temporal`
@@ -184,7 +184,7 @@ def test_pretrain_finetune_and_embed(backbone, tmp_path_factory):
 @pytest.mark.parametrize("backbone", MODES)
 def test_scene_inference_with_any_number_of_dates(backbone, tmp_path):
   from ee_jax import inference
-  from tests.test_inference import FAST, field_scene, read, save_checkpoint, write_product
+  from tests.helpers import FAST, field_scene, read, save_checkpoint, write_product
 
   # test_inference's checkpoints name the backbone the old way (`temporal`), as older
   # checkpoints' metadata does: it must still build the backbone.

@@ -65,7 +65,7 @@ class Options:
       # 25% overlap show no sharp seams and cost fewer pixels per output pixel. With
       # GroupNorm statistics over the tile (model.norm_stats='tile'), low-contrast areas
       # can still show tile-sized level shifts: more overlap, or a 'pixel' model, removes
-      # them (see README).
+      # them (docs/reference.md, scene inference).
       d["tile_size"] = max(DEFAULT_TILE, int(meta.get("tile_size") or 0))
     if d["remove_offset"] == "":
       d["remove_offset"] = str(builder.get("remove_offset", "auto"))

@@ -1,14 +1,31 @@
-"""Backbones by name (`config.model.backbone`): one module each, registered here.
+"""Backbones by name (`config.model.backbone`): one module each in ee_jax/models/.
 
-Each module names itself (`NAME`) and builds its module from the model config
-(`from_config(cfg, **common)`, `common` being the fields every UNetBase shares). Adding a
-backbone is its module plus one entry below.
+A backbone module names itself (`NAME`) and builds its module from the model config
+(`from_config(cfg, **common)`, `common` being the fields every UNetBase shares). The
+registry is every module of this package that defines both, so adding a backbone is its
+module plus its name in a config.
 """
+
+import importlib
+import pkgutil
 
 from ee_jax.errors import ConfigError
 from ee_jax.models import temporal_attention, unet, unet3d
 
-BACKBONES = {m.NAME: m.from_config for m in (unet, unet3d, temporal_attention)}
+
+def _discover() -> dict:
+  """{NAME: from_config} of the modules of ee_jax.models that define both."""
+  package = importlib.import_module("ee_jax.models")
+  found = {}
+  for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+    module = importlib.import_module(f"ee_jax.models.{info.name}")
+    if isinstance(getattr(module, "NAME", None), str) and callable(
+        getattr(module, "from_config", None)):
+      found[module.NAME] = module.from_config
+  return found
+
+
+BACKBONES = _discover()
 
 # Before `config.model.backbone`, `config.model.temporal` named these backbones too; model
 # configs in older checkpoints' metadata still do (and have no `backbone`).

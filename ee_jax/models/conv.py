@@ -6,7 +6,7 @@ Why: XLA CPU computes a convolution's kernel gradient as a convolution whose win
 whole image, with the batch as the contraction; on a 2-core AMD EPYC (AVX2) that took 4-40x
 as long as the forward pass on the default UNet's shapes and most of the CPU training step
 (on a 2-core AVX-512 Xeon, where XLA runs it through YNNPACK, 2-4x: which form wins depends
-on the CPU, hence 'auto' measures; benchmarks/conv_grads.py, docs/scaling.md). The same
+on the CPU, hence 'auto' measures; benchmarks/conv_grads.py, docs/perf_log.md). The same
 sum, dW[i, j] = sum over (n, h, w) of x_padded[n, h + i, w + j] (outer) dy[n, h, w], is one
 batched matrix product per kernel tap (batch = image, contraction = the image's pixels),
 summed over images: 3-10x faster on that EPYC. A 1x1 convolution is a matrix product over

@@ -45,7 +45,7 @@ def max_pool_2x2(x):
   The same values and gradient as `nn.max_pool`, ties included (the first maximum of a
   window in row-major order takes the gradient). Even sizes pool as a reshape and a max
   with that gradient written out, which XLA CPU computes 3-8x faster than `nn.max_pool`'s
-  select-and-scatter (docs/scaling.md); odd sizes (ceil) take `nn.max_pool`.
+  select-and-scatter (docs/perf_log.md); odd sizes (ceil) take `nn.max_pool`.
   """
   *_, h, w, _ = x.shape
   if h % 2 or w % 2:

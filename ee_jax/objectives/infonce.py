@@ -44,7 +44,7 @@ def similarities(anchors, keys):
   anchor axes, and XLA CPU copies the whole [B N, K] matrix into transposed order to do it.
   Computed as (anchors^T g)^T it transposes only the [B N, E] anchors and the [E, K] result:
   one direction's loss, forward and backward, 6.1 -> 2.6 ms with 8 x 64 anchors and 1024
-  keys on one CPU device (docs/scaling.md). The same sums: the keys' gradient equal to
+  keys on one CPU device (docs/perf_log.md). The same sums: the keys' gradient equal to
   float32 rounding (tests/test_losses.py).
   """
   return jnp.einsum("bne,ke->bnk", anchors, keys)

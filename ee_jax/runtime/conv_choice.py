@@ -5,7 +5,7 @@ matrix product per kernel tap) trade places from one CPU to another. On a 2-core
 (AVX2) the tap products were 4.3x faster over the default UNet's layers; on a 2-core Intel
 Xeon (Sapphire Rapids, AVX-512), where XLA runs its convolutions through YNNPACK, XLA's own
 was up to 2x faster on most layers of the study's fine-tuning step, which ran 1.2x faster
-with it (docs/scaling.md). No size rule fits both, so 'auto' times the two forms once per
+with it (docs/perf_log.md). No size rule fits both, so 'auto' times the two forms once per
 layer shape on the machine at hand, while the step is traced, and keeps the faster.
 
 - Small problems never pay for the tap products (their copies cost more than XLA's

@@ -14,7 +14,7 @@ on time"). Every step here is dispatched through
 `parallel.MAX_CALLS_IN_FLIGHT` calls, so the pool keeps XLA's own size: one thread per core
 (or per device, if more). Twice as many threads (the earlier remedy) also avoid the hang, but
 the threads then share the cores by time slices: the study's fine-tuning step ran 140-143 ms
-with 2 threads against 157-160 ms with 4 on 2 cores (docs/scaling.md). The pool's size
+with 2 threads against 157-160 ms with 4 on 2 cores (docs/perf_log.md). The pool's size
 changes the order of some of XLA's float32 sums, so a run's losses move at rounding level.
 """
 
@@ -53,7 +53,7 @@ def configure(devices: int = 0, environ=None) -> int:
 # core than on two). k devices, each taking 1/k of the batch, run k streams of operations
 # at once with the same maths: data-parallel, gradients averaged over every device's
 # examples, so the global batch and the result are one device's, up to summation order.
-# Figures in docs/scaling.md ("One CPU device per core").
+# Figures in docs/perf_log.md ("One CPU device per core").
 SPLIT_ENV = "EE_JAX_CPU_SPLIT"
 
 

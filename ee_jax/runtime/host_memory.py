@@ -10,7 +10,7 @@ zeroing in the kernel: 28,400 page faults per fine-tuning step at the study's sh
 measured with `perf stat -e page-faults`, about a tenth of the step's time. Three settings
 (mallopt) keep freed memory in the process instead: M_MMAP_MAX = 0 (blocks come from the
 heap, not from their own mappings), M_TRIM_THRESHOLD = 2 GiB - 1 (the top of a heap is not
-given back) and M_TOP_PAD = 256 MiB (heaps grow in large steps). Measured (docs/scaling.md):
+given back) and M_TOP_PAD = 256 MiB (heaps grow in large steps). Measured (docs/perf_log.md):
 page faults per fine-tuning step 28,400 -> under 200, the step 1.15x faster.
 
 Costs and limits: memory freed during a run is not returned to the system until the process
@@ -22,7 +22,7 @@ step (71 MB a device) still faults about 36,000 pages a step. XLA can cut them i
 a thread's heap holds (`XLA_FLAGS=--xla_multiheap_size_constraint_per_heap=62914560`:
 that step 247 -> 210 ms, the 64 x 64 benchmark step about 7 % faster once warm) but the
 process then holds 1.5-2x the resident memory (1.26 -> 1.92 GB; 4.7 -> 7.5-9.2 GB), so
-it is left to the user (docs/scaling.md).
+it is left to the user (docs/perf_log.md).
 
 Those freshly mapped blocks are put on transparent huge pages instead
 (`restart_with_huge_pages`, called first by launch.py and benchmarks/train_step.py): glibc
@@ -30,7 +30,7 @@ Those freshly mapped blocks are put on transparent huge pages instead
 `glibc.malloc.hugetlb=1` is set, and tunables are read only when a program starts, so the
 process executes itself again once (same PID, arguments and interpreter options) with it
 added to GLIBC_TUNABLES. Where the kernel's THP mode is `madvise` (as on the 2-core VM of
-docs/scaling.md) the study's pre-training step faults about 1,000 pages a step instead of
+docs/perf_log.md) the study's pre-training step faults about 1,000 pages a step instead of
 36,000 and takes 0.92x the time, the 64 x 64 pre-training step 0.90x; fine-tuning, whose
 blocks stay in the heaps, is unchanged; the process holds 1-8 % more resident memory.
 Under mode `always` the kernel does this anyway, under `never` it can't.

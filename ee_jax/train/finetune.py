@@ -302,7 +302,7 @@ def switch_at(k: int, first: optax.GradientTransformation,
 # carries the gradients, the sums and the counts; the division by the global count comes
 # after it. Why: on CPU devices that share the cores (launch.py's split), a device waiting in
 # a collective holds a pool thread that the other device's parallel operations need, and
-# each extra meeting mid-step cost it milliseconds (docs/scaling.md: the fine-tuning step
+# each extra meeting mid-step cost it milliseconds (docs/perf_log.md: the fine-tuning step
 # 0.93x the time with the normaliser's psum moved to the end).
 
 def prepare_inputs(image, valid, mean, std):
@@ -464,7 +464,7 @@ FEATURE_CACHE_CHOICES = ("auto", "always", "never")
 MAX_CACHE_BYTES = 1 << 30  # per device: every device holds the whole cache
 # 'auto' caches when the probe steps would run the backbone on at least this many times
 # more examples than the cache computes. Measured on the default study (2 CPU cores,
-# docs/scaling.md): 100 steps of 16 examples from 32 or 8 tiles x 8 flips (6x, 25x) ran
+# docs/perf_log.md): 100 steps of 16 examples from 32 or 8 tiles x 8 flips (6x, 25x) ran
 # 1.3-1.9 s a run faster cached; from 128 tiles (1.6x) 1.8 s slower (the cache's own
 # passes, its memory and a compile for its shape cost more than the 576 passes saved).
 PASSES_SAVED = 4
