@@ -83,7 +83,8 @@ def _objectives(model, params, batch, base_key, step, mean, std, aug_cfg, loss_c
 
   # The pair objectives last, after the pairs are sampled (the order the terms were always
   # summed in, so results stay the same to the bit).
-  compared = [o.compares for o in chosen.values() if o.compares is not None]
+  compared = list(dict.fromkeys(o.compares for o in chosen.values()
+                                if o.compares is not None))
   terms, metrics = {}, {}
   for name in sorted(chosen, key=lambda n: chosen[n].compares is not None):
     if chosen[name].compares is not None and shared.pairs is None:
