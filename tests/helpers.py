@@ -117,7 +117,7 @@ def rand_params(model, shape, seed=0):
 # with rasterio.
 # ---------------------------------------------------------------------------------------
 
-BANDS = ["B02", "B03", "B04", "B08"]        # 10 m bands: product and stacked files agree exactly
+SCENE_BANDS = ["B02", "B03", "B04", "B08"]        # 10 m bands: product and stacked files agree exactly
 MEAN = [1000.0, 1100.0, 1200.0, 2000.0]
 STD = [300.0, 350.0, 400.0, 600.0]
 CLASSES = ["water", "forest", "crop"]
@@ -139,13 +139,13 @@ def save_checkpoint(workdir, kind="finetune", num_dates=1, temporal="stack", see
   """A checkpoint in the layout Checkpointer.save writes (state: step, params, opt_state)."""
   cfg = tiny_model_config(temporal)
   key = jax.random.PRNGKey(seed)
-  shape = (1, num_dates, TILE, TILE, len(BANDS))
+  shape = (1, num_dates, TILE, TILE, len(SCENE_BANDS))
   if kind == "finetune":
     model = models.build_segmentation_model(cfg, len(CLASSES))
   else:
     model = models.build_pretrain_model(cfg)
   params = models.init_params(model, key, shape, with_valid=True)
-  meta = {"kind": kind, "bands": BANDS, "mean": MEAN, "std": STD, "num_dates": num_dates,
+  meta = {"kind": kind, "bands": SCENE_BANDS, "mean": MEAN, "std": STD, "num_dates": num_dates,
           "tile_size": TILE, "gsd": 10.0, "offsets_removed": {}, "resampling": "bilinear",
           "model": cfg.to_dict(), "config": {"data": {"builder": {}}}}
   if kind == "finetune":
@@ -162,21 +162,21 @@ def field_scene(h, w, seed=0):
   rng = np.random.default_rng(seed)
   fields = rng.integers(0, 4, (h // 8 + 1, w // 8 + 1))
   fields = np.kron(fields, np.ones((8, 8), int))[:h, :w]
-  spectra = rng.uniform(500, 3000, (4, len(BANDS)))
-  img = spectra[fields] + rng.normal(0, 80, (h, w, len(BANDS)))
+  spectra = rng.uniform(500, 3000, (4, len(SCENE_BANDS)))
+  img = spectra[fields] + rng.normal(0, 80, (h, w, len(SCENE_BANDS)))
   return np.clip(img, 1, 65535).astype(np.uint16)
 
 
 def write_product(folder, image, origin=rasters.ORIGIN):
   """A product folder: one 10 m GeoTIFF per band (nodata 0)."""
   os.makedirs(folder, exist_ok=True)
-  for i, b in enumerate(BANDS):
+  for i, b in enumerate(SCENE_BANDS):
     rasters.write_raster(os.path.join(folder, f"{b}.tif"), image[..., i], 10, origin=origin,
                          nodata=0)
   return str(folder)
 
 
-def write_stack(path, image, names=BANDS, descriptions=True):
+def write_stack(path, image, names=SCENE_BANDS, descriptions=True):
   """A multi-band GeoTIFF with band descriptions."""
   rasters.write_raster(path, np.moveaxis(image, -1, 0), 10, nodata=0)
   if descriptions:

@@ -19,8 +19,9 @@ from ee_jax.errors import ConfigError, DataError
 from ee_jax import inference
 from ee_jax.inference import blending, cluster, engine, source
 from tests import rasters
-from tests.helpers import (BANDS, CLASSES, FAST, TILE, field_scene, read,
+from tests.helpers import (CLASSES, FAST, TILE, field_scene, read,
                            save_checkpoint, write_product, write_stack)
+from tests.helpers import SCENE_BANDS as BANDS
 
 @pytest.fixture(scope="module")
 def ft_ckpt(tmp_path_factory):
