@@ -117,10 +117,10 @@ def test_best_deep_arm_against_best_baseline_hand_computed():
 def test_smoke_study_adds_baseline_rows_on_the_deep_runs_tiles(labelled_data_dir, tmp_path):
   c = tiny_study_config(labelled_data_dir)
   c.study.inits = ("random",)                                # no pre-training: faster
+  c.study.fractions = (0.25,)
   run_study(c, str(tmp_path))
   study = json.load(open(tmp_path / "study.json"))
-  assert {(b["baseline"], b["fraction"]) for b in study["baselines"]} == {
-      (n, f) for n in ("linear", "lightgbm") for f in (1.0, 0.25)}
+  assert sorted(b["baseline"] for b in study["baselines"]) == ["lightgbm", "linear"]
   for b in study["baselines"]:
     assert 0 < b["miou"] <= 1
     result = json.load(open(os.path.join(b["workdir"], "eval.json")))

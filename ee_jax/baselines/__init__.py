@@ -47,6 +47,6 @@ def describe(names, indices: dict) -> str:
     parts.append(text)
   return ("Features per pixel: every date's bands normalised with the dataset's train-split "
           "mean/std (unobserved dates at 0) and their 3x3 mean (edges replicated). "
-          + "; ".join(parts) + f". At most {runner.MAX_PIXELS_PER_CLASS} training pixels a "
+          + "; ".join(parts) + f". At most {runner.MAX_PIXELS_PER_CLASS:,} training pixels a "
           "class, sampled with the seed; pixels unobserved on every date or labelled ignore "
           "are neither trained on nor scored.")

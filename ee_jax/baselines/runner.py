@@ -14,7 +14,7 @@ from ee_jax.errors import DataError
 
 # Bounds a baseline's time and memory on large fractions: the pixels of a class beyond this
 # are a seeded random sample of it.
-MAX_PIXELS_PER_CLASS = 20000
+MAX_PIXELS_PER_CLASS = 10000
 CHUNK_TILES = 64   # tiles read and featurised at a time
 _SALT = 0xBA5E
 

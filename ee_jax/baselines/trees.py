@@ -13,25 +13,31 @@ import numpy as np
 NAME = "lightgbm"
 USES_INDICES = True
 ROUNDS = 200
+# max_bin 63 (LightGBM's default is 255): 2.4x faster histograms (measured on a 2-core VM,
+# 32768 pixels x 174 features), and the features are smooth reflectances and ratios.
 PARAMS = {"objective": "multiclass", "num_leaves": 31, "learning_rate": 0.05,
-          "min_data_in_leaf": 20, "deterministic": True, "force_row_wise": True,
-          "verbose": -1}
+          "min_data_in_leaf": 20, "max_bin": 63, "deterministic": True,
+          "force_row_wise": True, "verbose": -1}
 DESCRIPTION = (f"LightGBM multiclass, {ROUNDS} rounds, {PARAMS['num_leaves']} leaves, learning "
-               f"rate {PARAMS['learning_rate']}, deterministic, no early stopping")
+               f"rate {PARAMS['learning_rate']}, {PARAMS['max_bin']} bins, deterministic, no early "
+               f"stopping")
 
 
 def num_threads() -> int:
-  """The cores this process may use."""
+  """Half the logical CPUs this process may use (at least 1): LightGBM's advice is one
+  thread per physical core, and OpenMP's waits suffer badly when the cores are busy (on a
+  2-core VM running two other jobs, 2 threads took 10x the time of 1)."""
   try:
-    return len(os.sched_getaffinity(0))
+    usable = len(os.sched_getaffinity(0))
   except AttributeError:
-    return os.cpu_count() or 1
+    usable = os.cpu_count() or 1
+  return max(1, usable // 2)
 
 
 def fit(x, y, num_classes: int, seed: int):
   """predict(x [n, D]) -> classes [n], from pixels x [n, D] with classes y [n]."""
   import lightgbm  # pylint: disable=import-outside-toplevel
   params = dict(PARAMS, num_class=num_classes, seed=seed, num_threads=num_threads())
-  booster = lightgbm.train(params, lightgbm.Dataset(x, label=y, params={"verbose": -1}),
-                           num_boost_round=ROUNDS)
+  data = lightgbm.Dataset(x, label=y, params={"verbose": -1, "max_bin": PARAMS["max_bin"]})
+  booster = lightgbm.train(params, data, num_boost_round=ROUNDS)
   return lambda f: np.asarray(booster.predict(f)).reshape(len(f), num_classes).argmax(-1)
