@@ -138,3 +138,9 @@ def test_smoke_study_adds_baseline_rows_on_the_deep_runs_tiles(labelled_data_dir
   stamp = os.path.getmtime(path)
   run_study(c, str(tmp_path))
   assert os.path.getmtime(path) == stamp
+
+
+def test_lightgbm_fits_when_only_one_class_has_pixels():
+  x = np.arange(40, dtype=np.float32).reshape(20, 2)
+  predict = baselines.get("lightgbm").fit(x, np.full(20, 2, np.int32), 3, seed=0)
+  assert (predict(x) == 2).all()

@@ -10,7 +10,6 @@ import numpy as np
 
 from ee_jax import baselines, metrics
 from ee_jax.baselines import features
-from ee_jax.errors import DataError
 
 # Bounds a baseline's time and memory on large fractions: the pixels of a class beyond this
 # are a seeded random sample of it.
@@ -106,20 +105,22 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
     indices = np.arange(builder.info.splits[train_split].num_examples)
   seed = int(config.finetune.fraction_seed)
   x, y = sample_pixels(data.tiles(train_split, indices), seed, cap)
-  if not len(y):
-    raise DataError(f"{workdir}: no labelled, observed pixel in the {len(indices)} "
-                     f"training tiles")
-  predict = classifier.fit(x, y, data.k, seed)
   split = config.finetune.test_split
   num_test = builder.info.splits[split].num_examples
-  cm = confusion(predict, data.tiles(split, np.arange(num_test)), data.k, data.ignore)
-  result = metrics.segmentation_scores(cm, data.class_names)
+  if len(y):
+    predict = classifier.fit(x, y, data.k, seed)
+    cm = confusion(predict, data.tiles(split, np.arange(num_test)), data.k, data.ignore)
+    result = metrics.segmentation_scores(cm, data.class_names)
+  else:  # nothing to fit: no score (the summary skips it), the study goes on
+    distributed.log(f"{workdir}: no labelled, observed pixel in the {len(indices)} training "
+                    f"tiles; no score")
+    result = {"miou": None, "oa": None, "per_class_iou": dict.fromkeys(data.class_names)}
   result.update(
       split=split, num_examples=num_test, baseline=name,
       train_tiles=int(len(indices)), train_pixels=int(len(y)), max_pixels_per_class=cap,
       train_pixels_per_class=dict(zip(data.class_names,
                                       np.bincount(y, minlength=data.k).tolist())),
-      num_features=int(x.shape[1]),
+      num_features=int(x.shape[1]) if len(y) else None,
       indices=features.available_indices(data.bands) if classifier.USES_INDICES else [])
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval.json")
