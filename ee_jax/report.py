@@ -200,7 +200,8 @@ def _baseline_section(summary) -> list[str]:
     return []
   from ee_jax import baselines  # pylint: disable=import-outside-toplevel
   names = sorted(summary[0]["baselines"])
-  indices = {n: row["baselines"][n]["indices"] for row in summary for n in names}
+  indices = {n: next((r["baselines"][n]["indices"] for r in summary
+                      if r["baselines"][n]["indices"]), []) for n in names}
   return ["## Classical baselines", "",
           "On the same labelled tiles as the deep runs of each fraction and seed, scored on "
           "the same test pixels with the same mIoU/OA code. "

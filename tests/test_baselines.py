@@ -36,8 +36,8 @@ def test_indices_where_their_bands_exist_and_nothing_otherwise():
   np.testing.assert_allclose(f[0, 0, 0, -4:], [ndvi, ndwi, 0, 0], rtol=1e-6)
   np.testing.assert_allclose(f[0, 0, 0, :6], [500, 1000, 3000, 0, 0, 0])  # nodata date at 0
   assert features.available_indices(["B02", "B03"]) == []
-  plain = features.pixel_features(image[..., :2], valid, np.zeros(2), np.ones(2), ["B02", "B03"],
-                                  indices=True)
+  plain = features.pixel_features(image[..., :2], valid, np.zeros(2), np.ones(2),
+                                  ["B02", "B03"], indices=True)
   assert plain.shape[-1] == 2 * 2 * 2                        # no index column at all
 
 
@@ -112,6 +112,21 @@ def test_best_deep_arm_against_best_baseline_hand_computed():
       "- 1/4: the best deep arm (pretrained, 61.0) beats the best classical baseline "
       "(lightgbm, 50.5) beyond noise: +10.5 ± 0.7 points (2 seeds).")
   assert row["baselines"]["linear"]["miou"]["mean"] == pytest.approx(42.0)
+
+
+def test_plot_draws_a_dashed_line_per_baseline():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  runs = BASE_RUNS + [dict(r, fraction=1.0) for r in BASE_RUNS]
+  classical = CLASSICAL + [dict(r, fraction=1.0) for r in CLASSICAL]
+  fig, ax = plt.subplots()
+  report.draw(ax, report.summarise(runs, classical))
+  handles, labels = ax.get_legend_handles_labels()   # error-bar containers: 2 seeds
+  styles = {label: h.lines[0].get_linestyle() for h, label in zip(handles, labels)}
+  plt.close(fig)
+  assert styles["lightgbm"] == styles["linear"] == "--"
+  assert styles["random init"] == "-"
 
 
 def test_smoke_study_adds_baseline_rows_on_the_deep_runs_tiles(labelled_data_dir, tmp_path):
