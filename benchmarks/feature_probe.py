@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ee_jax import checkpoints, metrics, models  # noqa: E402
+from ee_jax.baselines.features import raw_features, smoothed  # noqa: E402
+from ee_jax.baselines.linear import fit_probe  # noqa: E402
 from ee_jax.data import contract, datasets, label_fractions, pipeline  # noqa: E402
 from ee_jax.errors import ConfigError  # noqa: E402
 from ee_jax.study import load_config_file  # noqa: E402
@@ -66,49 +67,6 @@ def backbone_features(model_cfg, params, image, valid, mean, std, batch=32, laye
   apply = jax.jit(forward)
   return np.concatenate([np.asarray(apply(params, image[i:i + batch], valid[i:i + batch]))
                          for i in range(0, len(image), batch)])
-
-
-def raw_features(image, valid, mean, std):
-  """Normalised input, dates x bands as channels [N, H, W, T*C]."""
-  x, _ = prepare_inputs(image, valid, mean, std)
-  n, t, h, w, c = x.shape
-  return np.asarray(jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(n, h, w, t * c))
-
-
-def smoothed(features):
-  """Mean over each pixel's 3x3 neighbourhood (edges replicated), [N, H, W, D]: what local
-  averaging alone adds to the raw pixels, the least a learned representation should give."""
-  n, h, w, _ = features.shape
-  padded = np.pad(features, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-  return sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
-
-
-def fit_probe(features, labels, num_classes, ignore_index, steps=300, lr=0.05, l2=1e-4):
-  """Softmax regression on standardised features of labelled pixels -> predict(features)."""
-  d = features.shape[-1]
-  x, y = features.reshape(-1, d), labels.reshape(-1)
-  keep = y != ignore_index
-  x, y = x[keep], y[keep].astype(np.int32)
-  mu, sd = x.mean(0), x.std(0) + 1e-6
-  xs = jnp.asarray((x - mu) / sd)
-  params = (jnp.zeros((d, num_classes)), jnp.zeros(num_classes))
-  tx = optax.adam(lr)
-
-  def loss(p):
-    ce = optax.softmax_cross_entropy_with_integer_labels(xs @ p[0] + p[1], y).mean()
-    return ce + l2 * jnp.sum(p[0] ** 2)
-
-  @jax.jit
-  def update(p, s):
-    g = jax.grad(loss)(p)
-    u, s = tx.update(g, s)
-    return optax.apply_updates(p, u), s
-
-  state = tx.init(params)
-  for _ in range(steps):
-    params, state = update(params, state)
-  return lambda f: np.asarray(jnp.argmax(((f.reshape(-1, d) - mu) / sd) @ params[0]
-                                         + params[1], axis=-1))
 
 
 def fit_clusters(pool, features, labels, num_clusters, num_classes, ignore_index,

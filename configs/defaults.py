@@ -139,6 +139,9 @@ def add_study(c: ml_collections.ConfigDict, *, pretrain_config: str, pretrain_ar
       # Recipes tried per run; with several, each run keeps the best on `select_split`.
       candidates=STUDY_CANDIDATES,
       select_split="validation",
+      # Classical baselines on each fraction's and seed's labelled tiles (ee_jax/baselines:
+      # softmax regression and LightGBM on per-pixel features); () = none.
+      baselines=("linear", "lightgbm"),
   )
   c.study = study
   c.train.eval_every = 0  # no validation passes inside study runs: only the final test

@@ -1,5 +1,6 @@
 """Study outputs: study.json, report.md and label_fraction.png (mIoU against label fraction,
-one curve per initialisation, with error bars over seeds when there are several).
+one curve per initialisation, with error bars over seeds when there are several, and a
+dashed one per classical baseline).
 
 The gain is PAIRED: for each seed, pretrained minus random on the same labelled tiles
 (a fraction's tiles are chosen by the seed), so the spread of the gain is that of the
@@ -10,6 +11,9 @@ to judge by, and the report says "1 seed" instead.
 The pretrained arm is named by the objective its checkpoint was pre-trained with
 (`objective`: {name: weight} of the active ones, e.g. "pretrained (masked)"), so a plot or
 report cannot claim a pre-training the study did not use.
+
+Classical baselines (ee_jax/baselines) are judged by the same rule: per fraction, the best
+deep arm minus the best baseline (each the best by mean mIoU there), paired by seed.
 """
 
 import json
@@ -31,23 +35,53 @@ def _stats(values):
           "se": None if std is None else std / float(np.sqrt(v.size)), "n": int(v.size)}
 
 
-def paired_gain(runs: list[dict], fraction: float, metric: str) -> dict:
-  """Per-seed gains (points) of pretrained over random at `fraction`, and their statistics;
-  `within_noise` is None with fewer than 2 seeds."""
-  by = {(r["init"], r["seed"]): r[metric] for r in runs if r["fraction"] == fraction}
-  seeds = sorted(s for (i, s) in by if i == "pretrained" and ("random", s) in by
-                 and by[("pretrained", s)] is not None and by[("random", s)] is not None)
-  per_seed = {str(s): 100 * (by[("pretrained", s)] - by[("random", s)]) for s in seeds}
+def _paired(a: dict, b: dict) -> dict:
+  """Gains (points) of a over b for the seeds both have ({seed: value}), their statistics
+  and `within_noise` (None with fewer than 2 seeds)."""
+  seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
+  per_seed = {str(s): 100 * (a[s] - b[s]) for s in seeds}
   stats = _stats([g / 100 for g in per_seed.values()])
   noise = (None if stats["se"] is None
            else bool(abs(stats["mean"]) < 2 * stats["se"]))
   return {**stats, "per_seed": per_seed, "within_noise": noise}
 
 
-def summarise(runs: list[dict]) -> list[dict]:
-  """One row per fraction: mIoU/OA statistics (in %) per init and the paired gains (points)."""
+def _by_seed(runs: list[dict], fraction: float, key: str, name: str, metric: str) -> dict:
+  return {r["seed"]: r[metric] for r in runs if r["fraction"] == fraction and r[key] == name}
+
+
+def paired_gain(runs: list[dict], fraction: float, metric: str) -> dict:
+  """Per-seed gains (points) of pretrained over random at `fraction`, and their statistics;
+  `within_noise` is None with fewer than 2 seeds."""
+  return _paired(_by_seed(runs, fraction, "init", "pretrained", metric),
+                 _by_seed(runs, fraction, "init", "random", metric))
+
+
+def _best(row: dict, names) -> str | None:
+  """The arm of `names` in `row` with the highest mean mIoU (the first among equals)."""
+  scored = [n for n in names if n in row and row[n]["miou"]["mean"] is not None]
+  return max(scored, key=lambda n: row[n]["miou"]["mean"]) if scored else None
+
+
+def deep_vs_classical(runs, baselines, row: dict) -> dict | None:
+  """Paired gain (mIoU points, same seed, same tiles) of the best deep arm over the best
+  classical baseline at `row`'s fraction, each chosen by its mean over seeds."""
+  deep = _best(row, ("pretrained", "random"))
+  classical = _best(row.get("baselines", {}), sorted(row.get("baselines", {})))
+  if deep is None or classical is None:
+    return None
+  f = row["fraction"]
+  gain = _paired(_by_seed(runs, f, "init", deep, "miou"),
+                 _by_seed(baselines, f, "baseline", classical, "miou"))
+  return {"deep": deep, "classical": classical, **gain}
+
+
+def summarise(runs: list[dict], baselines: list[dict] = ()) -> list[dict]:
+  """One row per fraction: mIoU/OA statistics (in %) per init and the paired gains (points);
+  with `baselines` (classical runs, each naming its `baseline`) their statistics under
+  `baselines` and the best deep arm against the best of them (`deep_vs_classical`)."""
   rows = []
-  for fraction in sorted({r["fraction"] for r in runs}, reverse=True):
+  for fraction in sorted({r["fraction"] for r in [*runs, *baselines]}, reverse=True):
     row = {"fraction": fraction}
     for init in sorted({r["init"] for r in runs}):
       sel = [r for r in runs if r["fraction"] == fraction and r["init"] == init]
@@ -59,6 +93,14 @@ def summarise(runs: list[dict]) -> list[dict]:
     if "pretrained" in row and "random" in row:
       row["gain_miou"] = paired_gain(runs, fraction, "miou")
       row["gain_oa"] = paired_gain(runs, fraction, "oa")
+    if baselines:
+      row["baselines"] = {}
+      for name in sorted({r["baseline"] for r in baselines}):
+        sel = [r for r in baselines if r["fraction"] == fraction and r["baseline"] == name]
+        row["baselines"][name] = {"miou": _stats([r["miou"] for r in sel]),
+                                  "oa": _stats([r["oa"] for r in sel]),
+                                  "indices": sel[0].get("indices", []) if sel else []}
+      row["deep_vs_classical"] = deep_vs_classical(runs, baselines, row)
     rows.append(row)
   return rows
 
@@ -116,6 +158,60 @@ def table(summary: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def baseline_table(summary: list[dict]) -> str:
+  """mIoU and OA of each classical baseline, and the best deep arm's paired gain over the
+  best of them."""
+  names = sorted(summary[0]["baselines"])
+  head = ("| fraction | " + " | ".join(f"{n} mIoU" for n in names) + " | "
+          + " | ".join(f"{n} OA" for n in names)
+          + " | best deep - best classical (mIoU pts) | gain vs noise |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for row in summary:
+    cmp_ = row.get("deep_vs_classical")
+    cells = ([_fraction_label(row["fraction"])]
+             + [_pm(row["baselines"][n]["miou"]) for n in names]
+             + [_pm(row["baselines"][n]["oa"]) for n in names])
+    cells += ([f"{_pm(cmp_, '+')} ({cmp_['deep']} - {cmp_['classical']})", _verdict(cmp_)]
+              if cmp_ else ["n/a", "n/a"])
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def comparison_line(row: dict) -> str:
+  """Whether the best deep arm beats the best classical baseline at `row`'s fraction."""
+  f = _fraction_label(row["fraction"])
+  c = row.get("deep_vs_classical")
+  if not c or c["mean"] is None:
+    return f"- {f}: no paired deep and classical results."
+  deep = f"the best deep arm ({c['deep']}, {row[c['deep']]['miou']['mean']:.1f})"
+  classical = (f"the best classical baseline ({c['classical']}, "
+               f"{row['baselines'][c['classical']]['miou']['mean']:.1f})")
+  gain = f"{_pm(c, '+')} points"
+  if c["within_noise"] is None:
+    return f"- {f}: {deep} vs {classical}: {gain}; 1 seed: not judged."
+  if c["within_noise"]:
+    return f"- {f}: {deep} is within noise of {classical}: {gain}."
+  verb = "beats" if c["mean"] > 0 else "is below"
+  return f"- {f}: {deep} {verb} {classical} beyond noise: {gain} ({c['n']} seeds)."
+
+
+def _baseline_section(summary) -> list[str]:
+  if not summary or "baselines" not in summary[0]:
+    return []
+  from ee_jax import baselines  # pylint: disable=import-outside-toplevel
+  names = sorted(summary[0]["baselines"])
+  indices = {n: next((r["baselines"][n]["indices"] for r in summary
+                      if r["baselines"][n]["indices"]), []) for n in names}
+  return ["## Classical baselines", "",
+          "On the same labelled tiles as the deep runs of each fraction and seed, scored on "
+          "the same test pixels with the same mIoU/OA code. "
+          + baselines.describe(names, indices)
+          + " Gain = best deep arm - best classical baseline (each the best by mean mIoU "
+          f"at that fraction), paired by seed; {NOISE_RULE}.", "",
+          baseline_table(summary), "",
+          *[comparison_line(row) for row in summary], ""]
+
+
 def spread_note(summary: list[dict]) -> str:
   """What the numbers are over, for the plot title and the report: no spread promised
   where there is none."""
@@ -128,11 +224,11 @@ def spread_note(summary: list[dict]) -> str:
 
 
 def write_study_json(workdir, runs, config, pretrain_dir, complete: bool,
-                     objective: dict | None = None) -> str:
+                     objective: dict | None = None, baselines: list[dict] = ()) -> str:
   path = os.path.join(workdir, "study.json")
   out = {"complete": complete, "pretrain_workdir": pretrain_dir,
-         "pretrain_objective": objective, "runs": runs,
-         "summary": summarise(runs) if runs else [],
+         "pretrain_objective": objective, "runs": runs, "baselines": list(baselines),
+         "summary": summarise(runs, baselines) if runs or baselines else [],
          "study": config.study.to_dict(), "dataset": config.data.name}
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -153,24 +249,37 @@ def plot(summary: list[dict], path: str, objective: dict | None = None) -> str:
   return path
 
 
+BASELINE_COLOURS = ("tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def _curve(ax, pts, fmt: str, colour: str, label: str) -> None:
+  """Means of `pts` [(fraction, stats)], with error bars only where there is a spread."""
+  pts = sorted(pts, key=lambda p: p[0])
+  x = np.array([p[0] for p in pts])
+  m = np.array([p[1]["mean"] for p in pts])
+  if any(p[1]["std"] is not None for p in pts):
+    err = np.array([p[1]["std"] or 0.0 for p in pts])
+    ax.errorbar(x, m, yerr=err, fmt=fmt, capsize=3, color=colour, label=label)
+  else:
+    ax.plot(x, m, fmt, color=colour, label=label)
+
+
 def draw(ax, summary: list[dict], objective: dict | None = None) -> None:
   """mIoU against label fraction on matplotlib axes `ax`, one curve per initialisation
-  (the pretrained one named by its pre-training `objective`)."""
+  (the pretrained one named by its pre-training `objective`), one dashed per classical
+  baseline."""
   colours = {"pretrained": "tab:blue", "random": "tab:orange"}
   for init in ("pretrained", "random"):
     pts = [(r["fraction"], r[init]["miou"]) for r in summary
            if init in r and r[init]["miou"]["mean"] is not None]
-    if not pts:
-      continue
-    pts.sort(key=lambda p: p[0])
-    x = np.array([p[0] for p in pts])
-    m = np.array([p[1]["mean"] for p in pts])
-    label = arm_label(init, objective)
-    if any(p[1]["std"] is not None for p in pts):  # error bars only where there is a spread
-      err = np.array([p[1]["std"] or 0.0 for p in pts])
-      ax.errorbar(x, m, yerr=err, fmt="o-", capsize=3, color=colours[init], label=label)
-    else:
-      ax.plot(x, m, "o-", color=colours[init], label=label)
+    if pts:
+      _curve(ax, pts, "o-", colours[init], arm_label(init, objective))
+  names = sorted({n for r in summary for n in r.get("baselines", {})})
+  for i, name in enumerate(names):
+    pts = [(r["fraction"], r["baselines"][name]["miou"]) for r in summary
+           if name in r.get("baselines", {}) and r["baselines"][name]["miou"]["mean"] is not None]
+    if pts:
+      _curve(ax, pts, "s--", BASELINE_COLOURS[i % len(BASELINE_COLOURS)], name)
   ax.set_xscale("log", base=2)
   fractions = sorted({r["fraction"] for r in summary})
   ax.set_xticks(fractions)
@@ -206,6 +315,7 @@ def write_report(workdir, summary, config, pretrain_dir, objective: dict | None 
       "",
       "![mIoU against label fraction](label_fraction.png)",
       "",
+      *_baseline_section(summary),
   ]
   if len(st.candidates) > 1:
     text += [f"Fine-tuning recipe of each run, chosen on `{st.select_split}` mIoU among "

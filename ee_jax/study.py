@@ -17,6 +17,11 @@ exactly that.
 The runs are fine-tuned one after the other in this process; runs built from the same
 ingredients share their compiled steps (ee_jax/runtime/shared_steps.py). The report names
 the objective the pretrained arm was pre-trained with (its checkpoint's `loss.weights`).
+
+Classical baselines (`study.baselines`, ee_jax/baselines) then run per fraction and seed on
+the tiles the deep runs of that fraction and seed train on (the same selection), each in
+<workdir>/runs/frac<f>_<baseline>_seed<s> and reused like a deep run once its eval.json
+exists; the deep runs do not depend on them.
 """
 
 import importlib.util
@@ -25,6 +30,7 @@ import os
 
 import ml_collections
 
+from ee_jax import baselines as baselines_lib
 from ee_jax import checkpoints, objectives, report
 from ee_jax.runtime import distributed, persistent_cache
 from ee_jax.data import datasets
@@ -111,6 +117,8 @@ def run_study(config, workdir: str) -> dict:
     raise ConfigError(f"config.study.inits: unknown {unknown}; known: {list(INITS)}")
   if any(not 0 < f <= 1 for f in st.fractions):
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
+  for name in st.get("baselines", ()):
+    baselines_lib.get(name)  # an unknown name: refused before any work
   recipes = list(st.candidates)
   for recipe in recipes:  # every candidate must apply before any work starts
     if recipe not in st.recipes:
@@ -164,10 +172,19 @@ def run_study(config, workdir: str) -> dict:
           report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
                                   objective=objective)
 
-  summary = report.summarise(runs)
+  classical = []
+  for fraction in st.fractions:
+    for name in st.get("baselines", ()):
+      for seed in st.seeds:
+        classical.append(_baseline(config, workdir, name, fraction, seed, recipes))
+        if distributed.is_primary():
+          report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
+                                  objective=objective, baselines=classical)
+
+  summary = report.summarise(runs, classical)
   if distributed.is_primary():
     report.write_study_json(workdir, runs, config, pretrain_dir, complete=True,
-                            objective=objective)
+                            objective=objective, baselines=classical)
     paths = report.write_report(workdir, summary, config, pretrain_dir, objective=objective)
     print(report.table(summary))
     print(f"Report: {paths['report']}\nPlot: {paths['plot']}\nResults: {paths['json']}")
@@ -190,6 +207,29 @@ def _run_or_reuse(run_cfg, rundir: str, label: str) -> dict:
     persistent_cache.release_if_crowded()
   with open(eval_path) as f:
     return json.load(f)
+
+
+def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
+              recipes: list) -> dict:
+  """Classical baseline `name`'s record at `fraction` and `seed`, run unless its eval.json
+  is there. Its tiles come from the same run config as the deep runs' (one recipe: theirs,
+  which could change the selection), through the same finetune.select_tiles."""
+  from ee_jax.baselines import runner  # pylint: disable=import-outside-toplevel
+  run = run_name(fraction, name, seed)
+  rundir = os.path.join(workdir, "runs", run)
+  eval_path = os.path.join(rundir, "eval.json")
+  if os.path.exists(eval_path):
+    with open(eval_path) as f:
+      result = json.load(f)
+  else:
+    distributed.log(f"== {run}")
+    recipe = recipes[0] if len(recipes) == 1 else None
+    result = runner.run_baseline(run_config(config, fraction, "random", seed, "", None,
+                                            recipe), name, rundir)
+  return {"name": run, "fraction": fraction, "baseline": name, "seed": seed,
+          "miou": result["miou"], "oa": result["oa"],
+          "per_class_iou": result["per_class_iou"], "indices": result.get("indices", []),
+          "workdir": rundir}
 
 
 def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple):
