@@ -19,11 +19,16 @@ seeds, and the paired gain (same seed, same labelled tiles):
   1/64       55.0 ± 1.2   47.6 ± 1.4   +7.4 ± 2.5
 
 (the README's table; docs/pretraining.md section 3 has the first run's, on the 2-core AMD
-EPYC VM, about an hour then: within 0.7 points of it).
+EPYC VM, about an hour then: within 0.7 points of it). The classical baselines
+(`study.baselines`, added since) were measured alone on the same tiles: 12.4 CPU-minutes
+more; linear 69.3 / 67.8 / 62.9 / 52.5, LightGBM 75.3 / 73.1 / 65.3 / 52.2 at 1 ... 1/64
+(docs/pretraining.md section 6).
 
 `:demo` (in `make demo`, 2-core AMD EPYC VM; the whole demo 7 min 4 s, `.venv` created):
 per-run test mIoU 48.23 / 38.07 / 45.28 / 39.69 (fractions 1 and 1/16, pretrained and
-random, as docs/perf_log.md lists them); its plot is docs/img/label_fraction.png.
+random, as docs/perf_log.md lists them; 48.5 / 38.1 / 45.4 / 39.9 on the 2-core Xeon VM,
+2026-12-06, with LightGBM 75.5 / 66.6 and linear 69.3 / 62.9 beside them); its plot is
+docs/img/label_fraction.png.
 """
 
 from configs import defaults, finetune_synthetic
