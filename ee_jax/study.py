@@ -31,7 +31,7 @@ import os
 import ml_collections
 
 from ee_jax import baselines as baselines_lib
-from ee_jax import checkpoints, objectives, report
+from ee_jax import checkpoints, models, objectives, report
 from ee_jax.runtime import distributed, persistent_cache
 from ee_jax.data import datasets
 from ee_jax.errors import ConfigError
@@ -97,8 +97,7 @@ def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str,
   del c["study"]
   if model is not None:
     c.model = ml_collections.ConfigDict(model)
-    c.model.dtype = config.model.dtype  # the study's compute dtype, not the pre-training's
-    c.model.conv_impl = config.model.get("conv_impl", "auto")
+    models.take_run_choices(c.model, config.model)  # the study's, not the pre-training's
   c.seed = seed
   c.finetune.label_fraction = fraction
   c.finetune.fraction_seed = seed

@@ -22,8 +22,9 @@ from ee_jax.train.state import TrainState
 T, S, C, K = 2, 16, 3, 4   # dates, tile size, bands, classes
 
 
-def _model_cfg():
+def _model_cfg(head_input=""):
   c = models.default_config()
+  c.head_input = head_input
   c.widths, c.features, c.num_groups = (8, 16), 16, 4
   c.temporal = "stack"
   c.conv_impl = "xla"   # one convolution op per convolution: countable in the program
@@ -174,11 +175,13 @@ def _tile_batches(tiles, steps, b=2, seed=1):
     yield {**{k: v[pick] for k, v in tiles.items()}, "index": pick.astype(np.int32)}
 
 
-@pytest.mark.parametrize("dihedral", [True, False])
-def test_cached_head_step_equals_the_head_step_that_runs_the_backbone(dihedral):
+@pytest.mark.parametrize("dihedral,head_input", [(True, ""), (False, ""), (True, "raw3x3")])
+def test_cached_head_step_equals_the_head_step_that_runs_the_backbone(dihedral, head_input):
+  """Also with the input beside the features (`head_input`): the cache holds what the head
+  classifies, the input's channels flipped with the tile."""
   steps, b = 4, 2
   cfg = _finetune_cfg(linear_probe_steps=steps)
-  model = models.build_segmentation_model(_model_cfg(), K)
+  model = models.build_segmentation_model(_model_cfg(head_input), K)
   optim_cfg = defaults.get_base_config().optim
   optim_cfg.warmup_steps = 1
   tx, schedule = finetune.make_optimizer(optim_cfg, cfg, steps + 2)
@@ -193,6 +196,7 @@ def test_cached_head_step_equals_the_head_step_that_runs_the_backbone(dihedral):
   feats = finetune.compute_features(_p_features_fn(model), params["backbone"], tiles["image"],
                                     tiles["valid"], mean, std, views, per_device=b)
   assert feats.shape[:2] == (NUM_TILES, views)
+  assert feats.shape[-1] == _model_cfg().features + (2 * T * C if head_input else 0)
   slot = np.full(NUM_TILES + 3, -1, np.int32)   # the split holds more tiles than are used
   slot[:NUM_TILES] = np.arange(NUM_TILES)
   cache = parallel.replicate({"features": feats, "slot": slot})

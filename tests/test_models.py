@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ee_jax import models
+from ee_jax.errors import ConfigError
 from tests.helpers import rand_params, tiny
 
 
@@ -112,3 +113,62 @@ def test_pixel_norm_stats_make_features_independent_of_the_rest_of_the_tile():
     a, b = bb.apply({"params": params}, x), bb.apply({"params": params}, far)
     same = np.allclose(np.asarray(a)[0, :3, :3], np.asarray(b)[0, :3, :3], atol=1e-5)
     assert same == independent, stats
+
+
+def test_head_input_is_the_baselines_pixel_features():
+  """'raw3x3' puts beside the features exactly what the classical baselines classify: every
+  date's normalised bands and their 3x3 mean (edges replicated)."""
+  from ee_jax.baselines.features import smoothed
+  from ee_jax.models.input_beside import input_channels
+  x = np.random.default_rng(0).normal(size=(2, 3, 8, 7, 4)).astype(np.float32)
+  raw = np.transpose(x, (0, 2, 3, 1, 4)).reshape(2, 8, 7, 12)
+  np.testing.assert_allclose(input_channels(jnp.asarray(x), "raw"), raw)
+  np.testing.assert_allclose(input_channels(jnp.asarray(x), "raw3x3"),
+                             np.concatenate([raw, smoothed(raw)], -1), rtol=1e-6, atol=1e-6)
+  # by hand: a corner pixel's mean over its replicated neighbourhood
+  corner = (4 * raw[0, 0, 0] + 2 * raw[0, 0, 1] + 2 * raw[0, 1, 0] + raw[0, 1, 1]) / 9
+  np.testing.assert_allclose(input_channels(jnp.asarray(x), "raw3x3")[0, 0, 0, 12:], corner,
+                             rtol=1e-5, atol=1e-6)
+  assert input_channels(jnp.asarray(x), "") is None
+
+
+def test_segmentation_head_sees_the_input_beside_the_features():
+  """With the head's weights on the features zeroed, the logits are a linear function of
+  the input's channels alone: the head really reads them, in the order documented."""
+  cfg = models.default_config()
+  cfg.widths, cfg.features, cfg.num_groups, cfg.head_input = (8, 16), 16, 4, "raw"
+  model = models.build_segmentation_model(cfg, 3)
+  x = np.random.default_rng(1).normal(size=(1, 2, 8, 8, 4)).astype(np.float32)
+  params = models.init_params(model, jax.random.PRNGKey(0), x.shape, with_valid=True)
+  kernel = np.array(params["head"]["Conv_0"]["kernel"])
+  assert kernel.shape == (1, 1, 16 + 2 * 4, 3)
+  kernel[:, :, :16] = 0.0
+  params = {**params, "head": {"Conv_0": {**params["head"]["Conv_0"], "kernel": kernel}}}
+  logits = model.apply({"params": params}, x, np.ones(x.shape[:4], np.float32))
+  raw = np.transpose(x, (0, 2, 3, 1, 4)).reshape(1, 8, 8, 8)
+  want = raw @ kernel[0, 0, 16:] + np.asarray(params["head"]["Conv_0"]["bias"])
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_head_input_names_the_key():
+  cfg = models.default_config()
+  cfg.head_input = "rgb"
+  with pytest.raises(ConfigError, match="config.model.head_input: unknown 'rgb'"):
+    models.build_segmentation_model(cfg, 3)
+
+
+def test_a_run_takes_its_own_head_input_over_the_checkpoints():
+  """The architecture of a checkpoint, the run's compute and head choices; a key the run's
+  config lacks (an older config) gets its default."""
+  import ml_collections
+  ckpt = models.default_config().to_dict()
+  ckpt.update(head_input="raw", dtype="bfloat16", conv_impl="matmul", features=99)
+  ckpt = ml_collections.ConfigDict(ckpt)
+  run = models.default_config()
+  run.head_input = "raw3x3"
+  models.take_run_choices(ckpt, run)
+  assert (ckpt.head_input, ckpt.dtype, ckpt.conv_impl, ckpt.features) == (
+      "raw3x3", "float32", "auto", 99)
+  old = ml_collections.ConfigDict({"dtype": "float32"})
+  models.take_run_choices(ckpt, old)
+  assert (ckpt.head_input, ckpt.conv_impl) == ("", "auto")

@@ -5,7 +5,7 @@ put the backbone under the same param key for pre-training and fine-tuning."""
 from ee_jax.models.backbones import BACKBONES, backbone_name, stacks_dates
 from ee_jax.models.config import (build_backbone, build_pretrain_model,
                                   build_segmentation_model, count_params, default_config,
-                                  init_params)
+                                  init_params, take_run_choices)
 from ee_jax.models.heads import ProjectionHead, SegmentationHead
 from ee_jax.models.temporal_attention import TemporalAttentionUNet, attention_weights
 from ee_jax.models.unet import TEMPORAL_MODES, UNet, temporal_pool
@@ -17,5 +17,5 @@ __all__ = [
     "SegmentationModel", "TEMPORAL_MODES", "TemporalAttentionUNet", "UNet", "UNet3D",
     "attention_weights", "backbone_name", "build_backbone", "build_pretrain_model",
     "build_segmentation_model", "count_params", "default_config", "init_params",
-    "stacks_dates", "temporal_pool",
+    "stacks_dates", "take_run_choices", "temporal_pool",
 ]

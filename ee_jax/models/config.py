@@ -7,12 +7,22 @@ import ml_collections
 import numpy as np
 
 from ee_jax.errors import ConfigError
-from ee_jax.models import backbones
+from ee_jax.models import backbones, input_beside
 from ee_jax.models.conv import CONV_IMPLS
 from ee_jax.models.heads import ProjectionHead, SegmentationHead
 from ee_jax.models.wrappers import PretrainModel, SegmentationModel
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Model fields a fine-tuning run takes from its own config even when the architecture comes
+# from a pre-training checkpoint: how it computes, and what its new head sees.
+RUN_CHOICES = {"dtype": "float32", "conv_impl": "auto", "head_input": ""}
+
+
+def take_run_choices(model_cfg, run_model_cfg) -> None:
+  """Sets RUN_CHOICES in `model_cfg` (e.g. a checkpoint's architecture) from the run's own
+  `run_model_cfg` (fields it lacks: their defaults)."""
+  for key, default in RUN_CHOICES.items():
+    model_cfg[key] = run_model_cfg.get(key, default)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,6 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.attn_heads = 4                # 'temporal_attention': heads (divide widths[-1])
   c.attn_key_dim = 16             # 'temporal_attention': key/query width per head
   c.resize_method = "bilinear"    # decoder upsampling (jax.image.resize method)
+  # fine-tuning: what the segmentation head sees beside the features ('' | 'raw' |
+  # 'raw3x3'; ee_jax/models/input_beside.py). A fine-tuning run's own choice, like dtype and
+  # conv_impl (RUN_CHOICES): a pre-trained checkpoint's value is not used.
+  c.head_input = ""
   c.proj_hidden = 0               # projection head hidden width; 0 -> D
   c.proj_dim = 128                # embedding width of the contrastive loss
   c.dtype = "float32"             # compute dtype: 'float32' | 'bfloat16' (params stay fp32)
@@ -83,7 +97,8 @@ def build_pretrain_model(cfg, loss_cfg=None) -> PretrainModel:
 def build_segmentation_model(cfg, num_classes: int) -> SegmentationModel:
   head = SegmentationHead(num_classes=num_classes, dtype=_dtype(cfg),
                           conv_impl=_conv_impl(cfg))
-  return SegmentationModel(backbone=build_backbone(cfg), head=head)
+  return SegmentationModel(backbone=build_backbone(cfg), head=head,
+                           head_input=input_beside.check(cfg.get("head_input", "")))
 
 
 def init_params(model, key, input_shape, with_valid: bool = False):

@@ -11,6 +11,8 @@ heads are simply never copied.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ee_jax.models.input_beside import input_channels
+
 BACKBONE = "backbone"
 HEAD = "head"
 
@@ -39,9 +41,22 @@ class PretrainModel(nn.Module):
 
 
 class SegmentationModel(nn.Module):
-  """x [B, T, H, W, C] (+ optional valid weight) -> logits [B, H, W, num_classes]."""
+  """x [B, T, H, W, C] (+ optional valid weight) -> logits [B, H, W, num_classes].
+
+  `head_input` ('' | 'raw' | 'raw3x3', ee_jax/models/input_beside.py): what the head sees
+  beside the backbone's features; the head's params then depend on the number of dates."""
   backbone: nn.Module
   head: nn.Module
+  head_input: str = ""
+
+  def head_features(self, x, valid=None):
+    """What the head classifies, [B, H, W, F]: the backbone's features and, with
+    `head_input`, the input beside them. Uses the backbone's params alone."""
+    features = self.backbone(x, valid)
+    extra = input_channels(x, self.head_input)
+    if extra is None:
+      return features
+    return jnp.concatenate([features, extra.astype(features.dtype)], axis=-1)
 
   def __call__(self, x, valid=None):
-    return self.head(self.backbone(x, valid))
+    return self.head(self.head_features(x, valid))

@@ -162,8 +162,7 @@ def prepare_run(config, workdir: str) -> Run:
     if not config.init.allow_stats_mismatch:
       check_normalisation(src_meta, data_meta, source, data_meta["dataset"])
     model_cfg = ml_collections.ConfigDict(src_meta["model"])
-    model_cfg.dtype = config.model.dtype         # compute choices are this run's own
-    model_cfg.conv_impl = config.model.get("conv_impl", "auto")
+    models.take_run_choices(model_cfg, config.model)   # compute and head: this run's own
     norm = src_meta
     backbone = src_params["backbone"]
 
@@ -495,8 +494,15 @@ def make_features_fn(model):
     image = jax.vmap(example_dihedral)(image, k)
     valid = jax.vmap(example_dihedral)(valid, k)
     x, date_valid = prepare_inputs(image, valid, mean, std)
-    return model.backbone.apply({"params": backbone}, x, date_valid)
+    return head_features(model, backbone, x, date_valid)
   return fn
+
+
+def head_features(model, backbone, x, date_valid):
+  """What `model`'s head classifies (SegmentationModel.head_features), from the backbone's
+  params alone."""
+  return model.apply({"params": {models.BACKBONE: backbone}}, x, date_valid,
+                     method=model.head_features)
 
 
 def compute_features(p_features_fn, backbone, images, valid, mean, std, views: int,
@@ -558,8 +564,8 @@ def cached_features_step(config, run: Run, head_steps: int):
   views = NUM_DIHEDRAL if ft.dihedral else 1
   t, s, c = run.ckpt_meta["num_dates"], run.ckpt_meta["tile_size"], len(run.ckpt_meta["bands"])
   feature = jax.eval_shape(
-      lambda p: run.model.backbone.apply({"params": p}, np.zeros((1, t, s, s, c), np.float32),
-                                         np.ones((1, t, s, s), np.float32)),
+      lambda p: head_features(run.model, p, np.zeros((1, t, s, s, c), np.float32),
+                              np.ones((1, t, s, s), np.float32)),
       run.state.params[models.BACKBONE])
   nbytes = feature_cache_bytes(num_tiles, views, feature.shape[1:], feature.dtype)
   per_device = parallel.device_batch(config.data.per_device_batch)
