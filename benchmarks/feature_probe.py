@@ -15,7 +15,9 @@ label fraction's pixels in it. It asks whether land cover is the dominant struct
 representation, which is what pulling alike pixels together without labels can find.
 
 A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw`, `raw3x3`
-(raw averaged over 3x3 pixels) or `random` (the config's model); `--layer=enc0` probes a
+(raw averaged over 3x3 pixels) or `random` (the config's model); any of them followed by
+`+input` has the normalised input and its 3x3 mean beside it (what the segmentation head
+sees with `model.head_input='raw3x3'`; `raw+input` is the linear baseline's view); `--layer=enc0` probes a
 block inside the backbone instead of its output. The dataset comes from the config and
 must be built;
 `--builder KEY=VALUE` (repeatable) probes one built with other builder parameters, e.g.
@@ -35,7 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ee_jax import checkpoints, metrics, models  # noqa: E402
-from ee_jax.baselines.features import raw_features, smoothed  # noqa: E402
+from ee_jax.baselines.features import pixel_features, raw_features, smoothed  # noqa: E402
 from ee_jax.baselines.linear import fit_probe  # noqa: E402
 from ee_jax.data import contract, datasets, label_fractions, pipeline  # noqa: E402
 from ee_jax.errors import ConfigError  # noqa: E402
@@ -43,6 +45,7 @@ from ee_jax.study import load_config_file  # noqa: E402
 from ee_jax.train.finetune import prepare_inputs  # noqa: E402
 
 KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
+BESIDE = "+input"   # a source's features with the input and its 3x3 mean beside them
 
 
 def backbone_features(model_cfg, params, image, valid, mean, std, batch=32, layer=""):
@@ -67,6 +70,12 @@ def backbone_features(model_cfg, params, image, valid, mean, std, batch=32, laye
   apply = jax.jit(forward)
   return np.concatenate([np.asarray(apply(params, image[i:i + batch], valid[i:i + batch]))
                          for i in range(0, len(image), batch)])
+
+
+def with_input(features, image, valid, mean, std):
+  """features [N, H, W, D] with the normalised input and its 3x3 mean beside them: what the
+  segmentation head sees with `model.head_input='raw3x3'`, in its order."""
+  return np.concatenate([features, pixel_features(image, valid, mean, std, [])], -1)
 
 
 def fit_clusters(pool, features, labels, num_clusters, num_classes, ignore_index,
@@ -138,6 +147,8 @@ def main(argv=None):
 
   def features_of(source, batch):
     image, valid = batch[contract.IMAGE], batch[contract.VALID]
+    if source.endswith(BESIDE):
+      return with_input(features_of(source[:-len(BESIDE)], batch), image, valid, mean, std)
     if source in ("raw", "raw3x3"):
       raw = raw_features(image, valid, mean, std)
       return raw if source == "raw" else smoothed(raw)

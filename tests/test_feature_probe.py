@@ -89,3 +89,27 @@ def test_layer_probes_a_block_inside_the_backbone_at_tile_resolution():
   assert (pre < 0).any()
   with pytest.raises(ConfigError, match="no block 'enc7'.*'enc0'"):
     feature_probe.backbone_features(*args, layer="enc7")
+
+
+def test_plus_input_is_what_the_segmentation_head_sees():
+  """A source's `+input` features equal SegmentationModel.head_features with
+  head_input='raw3x3' on the same backbone: the probe reads the head's view."""
+  import jax
+  from configs import defaults
+  from ee_jax import models
+  from ee_jax.train import finetune
+  cfg = defaults.smoke(defaults.get_base_config()).model
+  cfg.head_input = "raw3x3"
+  shape = (2, 2, 8, 8, 3)
+  model = models.build_segmentation_model(cfg, 4)
+  params = models.init_params(model, jax.random.PRNGKey(0), shape, with_valid=True)
+  rng = np.random.default_rng(0)
+  image = rng.integers(500, 1500, size=shape).astype(np.uint16)
+  valid = rng.random(shape[:4]) > 0.2
+  mean, std = np.full(3, 1000.0), np.full(3, 300.0)
+  base = feature_probe.backbone_features(cfg, params["backbone"], image, valid, mean, std)
+  got = feature_probe.with_input(base, image, valid, mean, std)
+  want = finetune.head_features(model, params["backbone"],
+                                *finetune.prepare_inputs(image, valid, mean, std))
+  assert got.shape == (2, 8, 8, 16 + 2 * 2 * 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
