@@ -139,7 +139,8 @@ def test_gain_is_against_randoms_chosen_recipe_and_the_report_shows_the_recipes(
   text = open(paths["report"]).read()
   assert "| 1/4 | 60.0 ± 2.0 | 50.3 ± 1.5 | +9.7 ± 0.6 | beyond noise (3 seeds) |" in text
   assert "Candidates: pretrained `lp_ft`; random `full`, `lp_ft`." in text
-  assert "| 1/4 | lp_ft 3 | 0 lp_ft, 1 lp_ft, 2 lp_ft | full 2 / lp_ft 1 | 0 full, 1 lp_ft, 2 full |" in text
+  assert ("| 1/4 | lp_ft 3 | 0 lp_ft, 1 lp_ft, 2 lp_ft | full 2 / lp_ft 1 | "
+          "0 full, 1 lp_ft, 2 full |") in text
   assert "each run with the recipe its arm chose" in text
   study = json.load(open(paths["json"]))
   assert study["study"]["candidates"] == {"pretrained": ["lp_ft"], "random": ["full", "lp_ft"]}
