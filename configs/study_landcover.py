@@ -17,7 +17,14 @@ normal case), the random arm with the labelled dataset's own; the band lists mus
 `study.pretrain_workdir=W0` uses a finished pre-training instead. Append `,smoke` to the
 argument (or use `:smoke` alone and fill the fields in Python) for a tiny, fast run.
 
-Produced: not yet run on real data (only on the tests' small rasters).
+By default 4 fractions x 2 inits x 5 seeds (0-4), each run fine-tuned with both candidate
+recipes `full` and `lp_ft` (`defaults.STUDY_CANDIDATES`, for each arm; per arm e.g.
+`--config.study.candidates.pretrained='("lp_ft",)'`) and keeping the better on validation:
+80 fine-tunings and 80 validation passes after the pre-training. `smoke`: 2 fractions,
+1 seed, `lp_ft` alone.
+
+Produced: not yet run on real data (only on the tests' small rasters); its cost is not yet
+measured.
 """
 
 import glob
@@ -47,7 +54,7 @@ def get_config(arg: str | None = None):
   defaults.add_study(c, pretrain_config="configs/pretrain_s2.py",
                      pretrain_arg="smoke" if smoke else "", pretrain_data=pretrain_data,
                      fractions=(1.0, 1 / 2) if smoke else (1.0, 1 / 4, 1 / 16, 1 / 64),
-                     seeds=(0,) if smoke else (0, 1, 2), smoke=smoke)
+                     seeds=(0,) if smoke else (0, 1, 2, 3, 4), smoke=smoke)
   if smoke:
     for b in (c.data.builder, c.study.pretrain_data.builder):
       b.tile_size = b.stride = SMOKE_TILE

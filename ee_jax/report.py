@@ -12,8 +12,15 @@ The pretrained arm is named by the objective its checkpoint was pre-trained with
 (`objective`: {name: weight} of the active ones, e.g. "pretrained (masked)"), so a plot or
 report cannot claim a pre-training the study did not use.
 
+Each run's record is its chosen fine-tuning recipe's (`recipe`: the one with the best
+validation mIoU among its arm's `study.candidates`), so the paired gain is pretrained minus
+random *as each arm fine-tunes best* for that seed; report.md lists the recipes chosen per
+fraction, arm and seed, the plot writes the counts beside each point, study.json has them
+in each summary row (`recipes`, `recipe_per_seed`) and each gain (`per_seed_recipes`).
+
 Classical baselines (ee_jax/baselines) are judged by the same rule: per fraction, the best
-deep arm minus the best baseline (each the best by mean mIoU there), paired by seed.
+deep arm minus the best baseline (each the best by mean mIoU there), paired by seed (they
+run on the study's seeds; only seeds both sides have count).
 """
 
 import json
@@ -21,6 +28,7 @@ import os
 
 import numpy as np
 
+INITS = ("pretrained", "random")
 NOISE_RULE = ("a gain is *within noise* when |mean| < 2 x its standard error "
               "(std / sqrt(n) over the n seeds' paired gains)")
 
@@ -41,8 +49,9 @@ def _paired(a: dict, b: dict) -> dict:
   seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
   per_seed = {str(s): 100 * (a[s] - b[s]) for s in seeds}
   stats = _stats([g / 100 for g in per_seed.values()])
+  # Equal scores on every seed (mean 0, se 0) are no gain: within noise, not beyond it.
   noise = (None if stats["se"] is None
-           else bool(abs(stats["mean"]) < 2 * stats["se"]))
+           else bool(abs(stats["mean"]) < 2 * stats["se"] or stats["mean"] == 0))
   return {**stats, "per_seed": per_seed, "within_noise": noise}
 
 
@@ -51,10 +60,33 @@ def _by_seed(runs: list[dict], fraction: float, key: str, name: str, metric: str
 
 
 def paired_gain(runs: list[dict], fraction: float, metric: str) -> dict:
-  """Per-seed gains (points) of pretrained over random at `fraction`, and their statistics;
+  """Per-seed gains (points) of pretrained over random at `fraction`, each run with its
+  chosen recipe (`per_seed_recipes` names them where recorded), and their statistics;
   `within_noise` is None with fewer than 2 seeds."""
-  return _paired(_by_seed(runs, fraction, "init", "pretrained", metric),
+  gain = _paired(_by_seed(runs, fraction, "init", "pretrained", metric),
                  _by_seed(runs, fraction, "init", "random", metric))
+  chosen = {init: _by_seed([r for r in runs if r.get("recipe")], fraction, "init", init,
+                           "recipe") for init in INITS}
+  if any(chosen.values()):
+    gain["per_seed_recipes"] = {s: {init: chosen[init].get(int(s)) for init in INITS}
+                                for s in gain["per_seed"]}
+  return gain
+
+
+def candidates_of(study) -> dict:
+  """{init: [recipe, ...]} of a study section (a ConfigDict, or study.json's `study`):
+  `candidates` a mapping {init: recipes} or, as in older configs and study.json files, one
+  tuple/list for every init. Not checked (ee_jax/study.py checks before a study runs)."""
+  raw = study.get("candidates") or ()
+  inits = list(study.get("inits") or INITS)
+  if hasattr(raw, "keys"):
+    return {i: list(raw[i]) for i in inits if i in raw}
+  return {i: list(raw) for i in inits}
+
+
+def recipe_counts(counts: dict) -> str:
+  """'lp_ft 3 / full 2': runs per chosen recipe, most first (then by name)."""
+  return " / ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
 
 
 def _best(row: dict, names) -> str | None:
@@ -90,6 +122,9 @@ def summarise(runs: list[dict], baselines: list[dict] = ()) -> list[dict]:
       chosen = [r["recipe"] for r in sel if r.get("recipe")]
       if chosen:
         row[init]["recipes"] = {name: chosen.count(name) for name in sorted(set(chosen))}
+        row[init]["recipe_per_seed"] = {str(r["seed"]): r["recipe"]
+                                        for r in sorted(sel, key=lambda r: r["seed"])
+                                        if r.get("recipe")}
     if "pretrained" in row and "random" in row:
       row["gain_miou"] = paired_gain(runs, fraction, "miou")
       row["gain_oa"] = paired_gain(runs, fraction, "oa")
@@ -274,6 +309,11 @@ def draw(ax, summary: list[dict], objective: dict | None = None) -> None:
            if init in r and r[init]["miou"]["mean"] is not None]
     if pts:
       _curve(ax, pts, "o-", colours[init], arm_label(init, objective))
+      for r in summary:  # the recipes this arm's runs chose there, beside its point
+        if init in r and r[init].get("recipes") and r[init]["miou"]["mean"] is not None:
+          ax.annotate(recipe_counts(r[init]["recipes"]), (r["fraction"], r[init]["miou"]["mean"]),
+                      textcoords="offset points", xytext=(4, 6 if init == "pretrained" else -10),
+                      fontsize=6, color=colours[init])
   names = sorted({n for r in summary for n in r.get("baselines", {})})
   for i, name in enumerate(names):
     pts = [(r["fraction"], r["baselines"][name]["miou"]) for r in summary
@@ -294,9 +334,46 @@ def draw(ax, summary: list[dict], objective: dict | None = None) -> None:
 def _gain_note(summary) -> list[str]:
   if "gain_miou" not in summary[0]:
     return []
+  chose = any(row.get(i, {}).get("recipes") for row in summary for i in INITS)
   return ["Paired gain = pretrained - random for the same seed and the same labelled tiles, "
+          + ("each run with the recipe its arm chose (see \"Fine-tuning recipe of each "
+             "run\" below), " if chose else "") +
           f"in points, mean ± std over seeds; {NOISE_RULE}. With one seed there is no "
           "spread: such a gain is marked \"1 seed\", not judged.", ""]
+
+
+def recipe_table(summary: list[dict]) -> str:
+  """Per fraction and arm: runs per chosen recipe ('lp_ft 3 / full 2') and each seed's."""
+  inits = [i for i in INITS if any(i in row for row in summary)]
+  head = ("| fraction | " + " | ".join(f"{i}: runs per recipe | {i}: per seed" for i in inits)
+          + " |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for row in summary:
+    cells = [_fraction_label(row["fraction"])]
+    for init in inits:
+      arm = row.get(init, {})
+      if arm.get("recipes"):
+        cells += [recipe_counts(arm["recipes"]),
+                  ", ".join(f"{s} {r}" for s, r in arm.get("recipe_per_seed", {}).items())]
+      else:
+        cells += ["n/a", "n/a"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _recipe_section(summary: list[dict], st) -> list[str]:
+  if not any(row.get(i, {}).get("recipes") for row in summary for i in INITS):
+    return []
+  cands = candidates_of(st)
+  tried = "; ".join(f"{init} {', '.join(f'`{r}`' for r in names)}"
+                    for init, names in cands.items() if names)
+  return ["## Fine-tuning recipe of each run", "",
+          f"Candidates: {tried}. Where an arm has several, each run is fine-tuned with each "
+          f"and keeps the one with the best `{st.get('select_split', 'validation')}` mIoU "
+          "(never the test split); with one, that one. Every mIoU and gain above is the "
+          "chosen recipe's: the paired gain is the pretrained run minus the random run of "
+          "the same seed, each with its own chosen recipe (per seed: `seed recipe`).", "",
+          recipe_table(summary), ""]
 
 
 def write_report(workdir, summary, config, pretrain_dir, objective: dict | None = None) -> dict:
@@ -315,17 +392,9 @@ def write_report(workdir, summary, config, pretrain_dir, objective: dict | None 
       "",
       "![mIoU against label fraction](label_fraction.png)",
       "",
+      *_recipe_section(summary, st),
       *_baseline_section(summary),
   ]
-  if len(st.candidates) > 1:
-    text += [f"Fine-tuning recipe of each run, chosen on `{st.select_split}` mIoU among "
-             f"{', '.join(f'`{r}`' for r in st.candidates)} (runs per recipe):", ""]
-    for row in summary:
-      for init in ("pretrained", "random"):
-        if init in row and row[init].get("recipes"):
-          counts = ", ".join(f"{r} x{n}" for r, n in row[init]["recipes"].items())
-          text.append(f"- {_fraction_label(row['fraction'])}, {init}: {counts}")
-    text.append("")
   report_path = os.path.join(workdir, "report.md")
   with open(report_path, "w") as f:
     f.write("\n".join(text))

@@ -8,11 +8,15 @@ on the study's dataset or on `study.pretrain_data` (other imagery). The pretrain
 normalises with the pre-training's statistics, the random arm with the dataset's.
 
 Fine-tuning recipes (`study.recipes`, name -> config overrides; `study.candidates` names
-those tried): with more than one candidate, every run is fine-tuned with each, and the one
-with the best mIoU on `study.select_split` (never the test split) gives the run's test
-result. Each initialisation thus gets the recipe that suits it: a good pre-trained backbone
-is spent by training every weight at full rate on a few tiles, while a random one needs
-exactly that.
+those tried, per initialisation {init: recipes} or one tuple for every init): where an arm
+has more than one candidate, each of its runs is fine-tuned with each (one run directory
+per recipe, <name>_<recipe>; nothing is shared between them, not even an LP-FT head stage
+two recipes have in common), and the one with the best mIoU on `study.select_split` (never
+the test split) gives the run's test result. Each initialisation thus gets the recipe that
+suits it: a good pre-trained backbone is spent by training every weight at full rate on a
+few tiles, while a random one needs exactly that. An arm with one candidate fine-tunes
+each run once, in <name>, without the validation pass. The paired gain compares the
+pretrained run with the random run of the same seed, each with its chosen recipe.
 
 The runs are fine-tuned one after the other in this process; runs built from the same
 ingredients share their compiled steps (ee_jax/runtime/shared_steps.py). The report names
@@ -118,24 +122,8 @@ def run_study(config, workdir: str) -> dict:
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
   for name in st.get("baselines", ()):
     baselines_lib.get(name)  # an unknown name: refused before any work
-  recipes = list(st.candidates)
-  for recipe in recipes:  # every candidate must apply before any work starts
-    if recipe not in st.recipes:
-      raise ConfigError(f"config.study.candidates: no recipe '{recipe}' in "
-                        f"config.study.recipes (known: {sorted(st.recipes)})")
-    if not recipe.isidentifier():
-      raise ConfigError(f"config.study.recipes: name '{recipe}' is not an identifier")
-    candidate = config.copy_and_resolve_references()
-    apply_recipe(candidate, recipe, st.recipes[recipe])
-    try:
-      finetune_lib.make_optimizer(candidate.optim, candidate.finetune,
-                                  int(candidate.train.steps))
-      finetune_lib.check_selection(candidate)
-    except ConfigError as e:
-      raise ConfigError(f"config.study.recipes.{recipe}: {e}") from None
-  if len(recipes) > 1 and st.select_split == config.finetune.test_split:
-    raise ConfigError(f"config.study.select_split: '{st.select_split}' is the test split; "
-                      f"choosing the recipe on it would tune the reported score on the test set")
+  recipes_of = recipes_by_init(st)
+  check_recipes(config, recipes_of)
   os.makedirs(workdir, exist_ok=True)
   pretrain_dir = st.pretrain_workdir or os.path.join(workdir, "pretrain")
   model, objective = None, None
@@ -155,6 +143,7 @@ def run_study(config, workdir: str) -> dict:
     for init in st.inits:
       for seed in st.seeds:
         name = run_name(fraction, init, seed)
+        recipes = recipes_of[init]
         if len(recipes) <= 1:
           recipe = recipes[0] if recipes else None
           rundir = os.path.join(workdir, "runs", name)
@@ -175,7 +164,8 @@ def run_study(config, workdir: str) -> dict:
   for fraction in st.fractions:
     for name in st.get("baselines", ()):
       for seed in st.seeds:
-        classical.append(_baseline(config, workdir, name, fraction, seed, recipes))
+        classical.append(_baseline(config, workdir, name, fraction, seed,
+                                   _tile_recipe(recipes_of)))
         if distributed.is_primary():
           report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
                                   objective=objective, baselines=classical)
@@ -188,6 +178,80 @@ def run_study(config, workdir: str) -> dict:
     print(report.table(summary))
     print(f"Report: {paths['report']}\nPlot: {paths['plot']}\nResults: {paths['json']}")
   return summary
+
+
+# Settings a recipe must leave as they are: they choose a run's labelled tiles, and the
+# arms (and the classical baselines) are paired by seed on the same tiles.
+SELECTION_KEYS = (("finetune", "class_balanced"), ("data", "train_split"))
+
+
+def recipes_by_init(st) -> dict:
+  """{init: [recipe, ...]} of `study.candidates` for every init of `study.inits`, checked:
+  a tuple is the same for every init; a mapping names known inits only and every one the
+  study runs; each names recipes of `study.recipes`, once. ConfigError otherwise, one line
+  naming `config.study.candidates`."""
+  raw = st.get("candidates", ())
+  if hasattr(raw, "keys"):
+    unknown = sorted(set(raw.keys()) - set(INITS))
+    if unknown:
+      raise ConfigError(f"config.study.candidates: unknown initialisation(s) {unknown}; "
+                        f"known: {list(INITS)} (a mapping is {{init: recipes}})")
+    missing = [i for i in st.inits if i not in raw]
+    if missing:
+      raise ConfigError(f"config.study.candidates: no recipes for {missing} (config.study."
+                        f"inits runs them); give every init its tuple, or one tuple for all")
+    per = {i: (raw[i], f"config.study.candidates.{i}") for i in st.inits}
+  else:
+    per = {i: (raw, "config.study.candidates") for i in st.inits}
+  out = {}
+  for init, (names, where) in per.items():
+    if isinstance(names, str) or not isinstance(names, (tuple, list)):
+      raise ConfigError(f"{where}: {names!r} is not a tuple of recipe names, e.g. "
+                        f"('full', 'lp_ft')")
+    for recipe in names:
+      if recipe not in st.recipes:
+        raise ConfigError(f"{where}: no recipe '{recipe}' in config.study.recipes "
+                          f"(known: {sorted(st.recipes)})")
+    doubled = sorted({r for r in names if list(names).count(r) > 1})
+    if doubled:
+      raise ConfigError(f"{where}: recipe(s) {doubled} listed more than once")
+    out[init] = list(names)
+  return out
+
+
+def check_recipes(config, recipes_of: dict) -> None:
+  """Every candidate recipe applies and gives a valid fine-tuning config, the candidates
+  all label the same tiles, and no recipe is chosen on the test split: before any work."""
+  st = config.study
+  selections = {}
+  for recipe in sorted({r for names in recipes_of.values() for r in names}):
+    if not recipe.isidentifier():
+      raise ConfigError(f"config.study.recipes: name '{recipe}' is not an identifier")
+    candidate = config.copy_and_resolve_references()
+    apply_recipe(candidate, recipe, st.recipes[recipe])
+    try:
+      finetune_lib.make_optimizer(candidate.optim, candidate.finetune,
+                                  int(candidate.train.steps))
+      finetune_lib.check_selection(candidate)
+    except ConfigError as e:
+      raise ConfigError(f"config.study.recipes.{recipe}: {e}") from None
+    selections[recipe] = {f"{a}.{b}": candidate[a].get(b) for a, b in SELECTION_KEYS}
+  if any(not names for names in recipes_of.values()):  # an arm fine-tunes the config as is
+    selections["(no recipe)"] = {f"{a}.{b}": config[a].get(b) for a, b in SELECTION_KEYS}
+  if len({json.dumps(v, sort_keys=True) for v in selections.values()}) > 1:
+    raise ConfigError(f"config.study.candidates: the recipes label different tiles "
+                      f"({selections}); the arms and baselines are paired on the same tiles")
+  if (any(len(names) > 1 for names in recipes_of.values())
+      and st.select_split == config.finetune.test_split):
+    raise ConfigError(f"config.study.select_split: '{st.select_split}' is the test split; "
+                      f"choosing the recipe on it would tune the reported score on the test set")
+
+
+def _tile_recipe(recipes_of: dict) -> str | None:
+  """A recipe for the baselines' run config: any candidate labels the same tiles
+  (check_recipes), so the random arm's first, else any arm's first, else none."""
+  names = recipes_of.get("random") or next((n for n in recipes_of.values() if n), [])
+  return names[0] if names else None
 
 
 def pretrain_objective(meta: dict) -> dict:
@@ -209,10 +273,11 @@ def _run_or_reuse(run_cfg, rundir: str, label: str) -> dict:
 
 
 def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
-              recipes: list) -> dict:
+              recipe: str | None) -> dict:
   """Classical baseline `name`'s record at `fraction` and `seed`, run unless its eval.json
-  is there. Its tiles come from the same run config as the deep runs' (one recipe: theirs,
-  which could change the selection), through the same finetune.select_tiles."""
+  is there. Its tiles come from a deep run's config at that fraction and seed (with
+  `recipe`, a candidate: every candidate labels the same tiles), through the same
+  finetune.select_tiles."""
   from ee_jax.baselines import runner  # pylint: disable=import-outside-toplevel
   run = run_name(fraction, name, seed)
   rundir = os.path.join(workdir, "runs", run)
@@ -222,7 +287,6 @@ def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
       result = json.load(f)
   else:
     distributed.log(f"== {run}")
-    recipe = recipes[0] if len(recipes) == 1 else None
     result = runner.run_baseline(run_config(config, fraction, "random", seed, "", None,
                                             recipe), name, rundir)
   return {"name": run, "fraction": fraction, "baseline": name, "seed": seed,

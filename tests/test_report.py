@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from configs import study_synthetic  # noqa: E402
+from configs import defaults, study_synthetic  # noqa: E402
 from ee_jax import report  # noqa: E402
 
 
@@ -103,3 +103,79 @@ def test_the_pretrained_arm_is_named_by_its_objective(tmp_path):
   labels = ax.get_legend_handles_labels()[1]
   assert labels == ["pretrained (vicreg + 0.5 prototypes)", "random init"]
   plt.close(fig)
+
+
+# Each run with its arm's chosen recipe (study.py's records): random chose `full` for seeds
+# 0 and 2 although its `lp_ft` run had the better test mIoU at seed 0 (chosen on validation).
+RECIPE_RUNS = [
+    {"fraction": 0.25, "init": "pretrained", "seed": s, "miou": m, "oa": m, "recipe": "lp_ft"}
+    for s, m in ((0, 0.60), (1, 0.62), (2, 0.58))] + [
+    {"fraction": 0.25, "init": "random", "seed": s, "miou": m, "oa": m, "recipe": r,
+     "recipe_scores": {"full": {"validation_miou": fv, "test_miou": ft},
+                       "lp_ft": {"validation_miou": lv, "test_miou": lt}}}
+    for s, m, r, fv, ft, lv, lt in ((0, 0.50, "full", 0.40, 0.50, 0.30, 0.55),
+                                    (1, 0.52, "lp_ft", 0.30, 0.58, 0.35, 0.52),
+                                    (2, 0.49, "full", 0.45, 0.49, 0.44, 0.40))]
+
+
+def test_gain_is_against_randoms_chosen_recipe_and_the_report_shows_the_recipes(tmp_path):
+  row = report.summarise(RECIPE_RUNS)[0]
+  g = row["gain_miou"]
+  # 60 - 50, 62 - 52, 58 - 49: random's chosen runs, not its best test mIoU (55, 58, 49)
+  assert g["per_seed"] == pytest.approx({"0": 10.0, "1": 10.0, "2": 9.0})
+  assert g["mean"] == pytest.approx(29 / 3)
+  assert g["std"] == pytest.approx(math.sqrt(1 / 3))  # deviations 1/3, 1/3, -2/3
+  assert g["within_noise"] is False                    # 9.67 >= 2 x 0.33
+  assert g["per_seed_recipes"] == {"0": {"pretrained": "lp_ft", "random": "full"},
+                                   "1": {"pretrained": "lp_ft", "random": "lp_ft"},
+                                   "2": {"pretrained": "lp_ft", "random": "full"}}
+  assert row["random"]["recipes"] == {"full": 2, "lp_ft": 1}
+  assert row["random"]["recipe_per_seed"] == {"0": "full", "1": "lp_ft", "2": "full"}
+  c = study_synthetic.get_config()
+  c.study.candidates.pretrained = ("lp_ft",)
+  c.study.seeds = (0, 1, 2)
+  report.write_study_json(str(tmp_path), RECIPE_RUNS, c, "/pre", complete=True)
+  paths = report.write_report(str(tmp_path), report.summarise(RECIPE_RUNS), c, "/pre")
+  text = open(paths["report"]).read()
+  assert "| 1/4 | 60.0 ± 2.0 | 50.3 ± 1.5 | +9.7 ± 0.6 | beyond noise (3 seeds) |" in text
+  assert "Candidates: pretrained `lp_ft`; random `full`, `lp_ft`." in text
+  assert ("| 1/4 | lp_ft 3 | 0 lp_ft, 1 lp_ft, 2 lp_ft | full 2 / lp_ft 1 | "
+          "0 full, 1 lp_ft, 2 full |") in text
+  assert "each run with the recipe its arm chose" in text
+  study = json.load(open(paths["json"]))
+  assert study["study"]["candidates"] == {"pretrained": ["lp_ft"], "random": ["full", "lp_ft"]}
+  assert study["summary"][0]["random"]["recipe_per_seed"]["1"] == "lp_ft"
+  fig, ax = plt.subplots()  # the plot writes each arm's recipe counts beside its point
+  report.draw(ax, report.summarise(RECIPE_RUNS))
+  assert sorted(t.get_text() for t in ax.texts) == ["full 2 / lp_ft 1", "lp_ft 3"]
+  plt.close(fig)
+
+
+def test_an_older_study_json_and_a_plain_tuple_of_candidates_still_read(tmp_path):
+  """study.json files written before the per-init mapping: `candidates` one list for every
+  init; the report of a config with a plain tuple."""
+  older = {"study": {"candidates": ["full", "lp_ft"], "inits": ["pretrained", "random"]},
+           "runs": RECIPE_RUNS}
+  assert report.candidates_of(older["study"]) == {"pretrained": ["full", "lp_ft"],
+                                                  "random": ["full", "lp_ft"]}
+  assert report.candidates_of({"candidates": {"pretrained": ["lp_ft"], "random": ["full"]}}) == {
+      "pretrained": ["lp_ft"], "random": ["full"]}
+  assert report.candidates_of({"candidates": ["lp_ft"], "inits": ["random"]}) == {
+      "random": ["lp_ft"]}
+  c = study_synthetic.get_config("smoke")
+  defaults.set_candidates(c, ("full", "lp_ft"))
+  report.write_report(str(tmp_path), report.summarise(older["runs"]), c, "/pre")
+  assert ("Candidates: pretrained `full`, `lp_ft`; random `full`, `lp_ft`."
+          in open(tmp_path / "report.md").read())
+  no_recipe = report.summarise(RUNS)  # runs without a recipe (older still): no such section
+  report.write_report(str(tmp_path), no_recipe, c, "/pre")
+  assert "Fine-tuning recipe" not in open(tmp_path / "report.md").read()
+
+
+def test_equal_scores_on_every_seed_are_within_noise_not_beyond():
+  runs = [dict(r, init="random") for r in RECIPE_RUNS if r["init"] == "pretrained"]
+  gain = report.summarise(RECIPE_RUNS[:3] + runs)[0]["gain_miou"]
+  assert gain["mean"] == 0 and gain["std"] == 0 and gain["within_noise"] is True
+  row = report.summarise(RECIPE_RUNS[:3], [dict(r, baseline="linear") for r in runs])[0]
+  assert row["deep_vs_classical"]["within_noise"] is True
+  assert "is within noise of" in report.comparison_line(row)
