@@ -135,9 +135,10 @@ def tiny_model_config(temporal="stack"):
 
 
 def save_checkpoint(workdir, kind="finetune", num_dates=1, temporal="stack", seed=0,
-                    **meta_over):
+                    head_input="", **meta_over):
   """A checkpoint in the layout Checkpointer.save writes (state: step, params, opt_state)."""
   cfg = tiny_model_config(temporal)
+  cfg.head_input = head_input
   key = jax.random.PRNGKey(seed)
   shape = (1, num_dates, TILE, TILE, len(SCENE_BANDS))
   if kind == "finetune":

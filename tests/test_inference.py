@@ -189,6 +189,19 @@ def test_scene_of_known_tiles_predicts_like_the_tiles(tmp_path, ft_ckpt):
   assert (got_p[inside] >= lo[inside] - 1e-5).all() and (got_p[inside] <= hi[inside] + 1e-5).all()
 
 
+def test_a_head_that_sees_the_input_predicts_a_scene_like_its_tiles(tmp_path):
+  """A model fine-tuned with model.head_input='raw3x3' (its head reads the input beside the
+  features) runs on a scene from its checkpoint's metadata alone, tile for tile."""
+  ckpt = save_checkpoint(tmp_path / "ft_input", head_input="raw3x3", seed=5)
+  tiles = np.stack([field_scene(TILE, TILE, seed=s) for s in range(2)])
+  scene = tiles.transpose(1, 0, 2, 3).reshape(TILE, 2 * TILE, 4)
+  got, _ = blended_probabilities(ckpt, write_stack(tmp_path / "two.tif", scene), overlap=0.0)
+  want = _tilewise(ckpt, tiles).transpose(1, 0, 2, 3).reshape(got.shape)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  plain = save_checkpoint(tmp_path / "ft_plain", seed=5)   # same backbone, head on features
+  assert not np.allclose(_tilewise(plain, tiles), _tilewise(ckpt, tiles), atol=1e-3)
+
+
 def test_constant_scene_gives_constant_map(tmp_path, ft_ckpt):
   image = np.broadcast_to(np.array([900, 1500, 1100, 2600], np.uint16), (150, 170, 4))
   scene = write_product(tmp_path / "const", np.ascontiguousarray(image))
