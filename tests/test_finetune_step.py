@@ -32,7 +32,7 @@ def _model_cfg(head_input=""):
 
 
 def _finetune_cfg(**overrides):
-  c = defaults.add_finetune(ml_collections.ConfigDict())
+  c = defaults.add_finetune(defaults.get_base_config())
   c.finetune.update(overrides)
   return c.finetune
 

@@ -307,6 +307,22 @@ def test_checkpoint_kind_dates_and_pixel_size_are_checked(tmp_path, ft_ckpt, pre
     inference.predict_scene(ft_ckpt, scene, str(tmp_path / "x.tif"), **{**FAST, "overlap": 1.0})
 
 
+def test_a_head_that_reads_the_input_dates_needs_that_many(tmp_path):
+  """A backbone that takes any number of dates ('shared') still fixes them when the head
+  reads the input (head_input): one line naming the option, not a shape error."""
+  name = "S2B_MSIL2A_2021{}T100000_N0300_R122_T33TUM_x"
+  a = write_product(tmp_path / name.format("0510"), field_scene(40, 40))
+  b = write_product(tmp_path / name.format("0615"), field_scene(40, 40, seed=1))
+  free = save_checkpoint(tmp_path / "free", num_dates=2, temporal="shared")
+  inference.predict_scene(free, str(a), str(tmp_path / "one.tif"), **FAST)   # any T
+  fixed = save_checkpoint(tmp_path / "fixed", num_dates=2, temporal="shared",
+                          head_input="raw3x3")
+  inference.predict_scene(fixed, f"{a},{b}", str(tmp_path / "two.tif"), **FAST)
+  with pytest.raises(DataError, match=r"reads its input's 2 date\(s\) "
+                                      r"\(model.head_input='raw3x3'\) but the scene has 1"):
+    inference.predict_scene(fixed, str(a), str(tmp_path / "x.tif"), **FAST)
+
+
 def test_time_series_scene(tmp_path):
   ckpt = save_checkpoint(tmp_path / "ts", num_dates=2)
   name = "S2B_MSIL2A_2021{}T100000_N0300_R122_T33TUM_x"

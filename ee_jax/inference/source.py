@@ -68,10 +68,16 @@ def open_scene(scene, meta: dict, opts, checkpoint: str = "") -> Scene:
       raise DataError(f"{e}{where}") from None
   scene = Scene.from_acquisitions(acqs)
   num_dates = int(meta.get("num_dates") or 1)
-  if models.stacks_dates(meta.get("model") or {}) and len(scene.acquisitions) != num_dates:
-    raise DataError(f"the model{' in ' + checkpoint if checkpoint else ''} stacks "
-                    f"{num_dates} date(s) into its input (temporal='stack') but the scene has "
-                    f"{len(scene.acquisitions)}: "
+  model_cfg = meta.get("model") or {}
+  why = None
+  if models.stacks_dates(model_cfg):
+    why = f"stacks {num_dates} date(s) into its input (temporal='stack')"
+  elif meta.get("kind") == "finetune" and model_cfg.get("head_input"):
+    why = (f"has a segmentation head that reads its input's {num_dates} date(s) "
+           f"(model.head_input='{model_cfg['head_input']}')")
+  if why and len(scene.acquisitions) != num_dates:
+    raise DataError(f"the model{' in ' + checkpoint if checkpoint else ''} {why} but the "
+                    f"scene has {len(scene.acquisitions)}: "
                     f"{[a.product_id for a in scene.acquisitions]}; pass exactly {num_dates} "
                     f"product(s), comma-separated, to --scene")
   gsd = meta.get("gsd")
