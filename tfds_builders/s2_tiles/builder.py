@@ -5,8 +5,10 @@ Sources (`params.source`):
   (13 band files at native resolution); the embedded default data, no manual step.
 - 'manual': `params.products` (or a `manifest` file listing them), each a product folder (one raster per band: SAFE IMG_DATA,
   Major TOM, ...), a multi-band GeoTIFF, or a mapping {path, date, band_order,
-  remove_offset, product_id, nodata}; or, when that list is empty, every product folder
-  and GeoTIFF directly under `params.manual_dir`. With `time_series=True` the products
+  remove_offset, product_id, nodata}; a path may be a glob pattern (`Hydro/patch_*.tif`:
+  one product per match); or, when that list is empty, every product folder and GeoTIFF
+  directly under `params.manual_dir`. Product ids (from folder or file names) that repeat
+  get their parent folders' names prefixed. With `time_series=True` the products
   are dates of one footprint (T = number of products, dates from product names or given);
   otherwise each product is a scene of its own (T = 1).
 """
@@ -160,9 +162,11 @@ class S2Tiles(TileBuilder):
   def _scenes(self) -> list[Scene]:
     if not hasattr(self, "_scene_cache"):
       p = self.params
+      specs = productlib.expand_patterns(self._product_specs())
       acqs = [productlib.acquisition(spec, p["bands"], remove_offset=p["remove_offset"],
                                      nodata=p["nodata"], band_order=p.get("band_order"))
-              for spec in self._product_specs()]
+              for spec in specs]
+      acqs = productlib.distinct_ids(acqs, [productlib.spec_path(s) for s in specs])
       if p["time_series"]:
         self._scene_cache = [Scene.from_acquisitions(acqs, p["scene_id"])]
       else:
