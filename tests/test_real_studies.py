@@ -55,6 +55,9 @@ def test_eolearn_smoke_config_builds_the_labelled_time_series(shared_data, tmp_p
   e = _tiles(b, "train")[0]
   assert e[contract.IMAGE].shape == (5, 16, 16, 12)
   assert e[contract.DATES].tolist() == [20150711, 20150731, 20150820, 20150830, 20150909]
+  # CLM_<date>.tif: the 2nd and 3rd dates are cloud over the whole patch, so invalid (zeros).
+  assert e[contract.VALID].all(axis=(1, 2)).tolist() == [True, False, False, True, True]
+  assert not e[contract.IMAGE][1:3].any()
   r, c_ = int(e[contract.ROW]), int(e[contract.COL])
   window = rasterio.windows.Window(c_, r, 16, 16)
   with rasterio.open(folder / "s2l1c" / "S2_L1C_20150830.tif") as src:
@@ -149,3 +152,17 @@ def test_a_folder_without_the_data_is_one_line_at_build(module, missing, tmp_pat
   with pytest.raises(DataError) as e:
     datasets.prepare(c.data)
   assert str(e.value) == f"{tmp_path / 'empty'}/{missing}"
+
+
+def test_a_products_cloud_mask_option(shared_data, tmp_path):
+  """`cloud_mask` beside a multi-band image (eo-learn's CLM_<date>.tif): nonzero = invalid;
+  a mask that is not there is one error naming the image and the mask."""
+  folder = shared_data / "eolearn_slovenia" / "s2l1c"
+  from ee_jax.geo import products
+  acq = products.acquisition({"path": str(folder / "S2_L1C_20150731.tif"), "date": "2015-07-31",
+                              "cloud_mask": str(folder / "CLM_20150731.tif")}, ["B02"])
+  assert acq.cloud_mask == str(folder / "CLM_20150731.tif") and acq.date == 20150731
+  with pytest.raises(DataError, match=r"S2_L1C_20150731.tif: its cloud_mask .*/CLM_x.tif not "
+                                      r"found$"):
+    products.acquisition({"path": str(folder / "S2_L1C_20150731.tif"),
+                          "cloud_mask": str(folder / "CLM_x.tif")}, ["B02"])

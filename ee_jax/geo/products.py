@@ -94,16 +94,16 @@ def resolve_offset(product_id: str, remove_offset) -> int:
 
 def product_folder(path: str, band_names: Sequence[str], *, date: int | None = None,
                    remove_offset="auto", product_id: str | None = None,
-                   nodata: float | None = None) -> Acquisition:
+                   nodata: float | None = None, cloud_mask: str | None = None) -> Acquisition:
   """A folder with one raster per band at native resolution (SAFE IMG_DATA, Major TOM, ...)."""
   if not os.path.isdir(path):
     raise DataError(f"{path}: product folder not found")
   product_id = product_id or os.path.basename(os.path.normpath(path))
   by_band: dict[str, list[str]] = {}
-  cloud_mask = scl = None
+  given_mask, cloud_mask, scl = _given_cloud_mask(path, cloud_mask), None, None
   for f in _raster_files(path):
     name = os.path.basename(f).lower()
-    if name in CLOUD_MASK_NAMES:
+    if name in CLOUD_MASK_NAMES or f == given_mask:
       cloud_mask = f
       continue
     if "scl" in re.split(r"[_\-.]", name):
@@ -121,13 +121,13 @@ def product_folder(path: str, band_names: Sequence[str], *, date: int | None = N
                      date=bandlib.sensing_date(product_id) if date is None
                      else bandlib.parse_date(date, path),
                      bands=chosen, offset=resolve_offset(product_id, remove_offset),
-                     cloud_mask=cloud_mask, scl=scl, nodata=nodata)
+                     cloud_mask=given_mask or cloud_mask, scl=scl, nodata=nodata)
 
 
 def multiband_file(path: str, band_names: Sequence[str], *,
                    band_order: Sequence[str] | None = None, date: int | None = None,
                    remove_offset="auto", product_id: str | None = None,
-                   nodata: float | None = None) -> Acquisition:
+                   nodata: float | None = None, cloud_mask: str | None = None) -> Acquisition:
   """One GeoTIFF holding several bands; their order is declared, or read from descriptions."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: image file not found")
@@ -158,7 +158,17 @@ def multiband_file(path: str, band_names: Sequence[str], *,
                      date=bandlib.sensing_date(product_id) if date is None
                      else bandlib.parse_date(date, path),
                      bands=chosen, offset=resolve_offset(product_id, remove_offset),
-                     nodata=nodata)
+                     nodata=nodata, cloud_mask=_given_cloud_mask(path, cloud_mask))
+
+
+def _given_cloud_mask(path: str, cloud_mask: str | None) -> str | None:
+  """A product's `cloud_mask` option (a raster on its grid, nonzero = cloud), checked."""
+  if not cloud_mask:
+    return None
+  cloud_mask = os.path.expanduser(os.fspath(cloud_mask))
+  if not os.path.isfile(cloud_mask):
+    raise DataError(f"{path}: its cloud_mask {cloud_mask} not found")
+  return cloud_mask
 
 
 def parse_nodata(value) -> float | None:
@@ -172,14 +182,16 @@ def parse_nodata(value) -> float | None:
 
 
 def acquisition(spec, band_names: Sequence[str], **defaults) -> Acquisition:
-  """A folder or a file path, or a mapping {path, date, band_order, remove_offset, ...}."""
+  """A folder or a file path, or a mapping {path, date, band_order, remove_offset,
+  product_id, nodata, cloud_mask}."""
   if isinstance(spec, (str, os.PathLike)):
     spec = {"path": os.fspath(spec)}
   spec = dict(spec)
   path = os.path.expanduser(spec.pop("path"))
   options = {**defaults, **spec}
   options["nodata"] = parse_nodata(options.get("nodata"))
-  unknown = set(options) - {"date", "remove_offset", "product_id", "nodata", "band_order"}
+  unknown = set(options) - {"date", "remove_offset", "product_id", "nodata", "band_order",
+                            "cloud_mask"}
   if unknown:
     raise DataError(f"{path}: unknown product option(s) {sorted(unknown)}")
   if os.path.isdir(path):

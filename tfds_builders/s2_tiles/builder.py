@@ -5,7 +5,7 @@ Sources (`params.source`):
   (13 band files at native resolution); the embedded default data, no manual step.
 - 'manual': `params.products` (or a `manifest` file listing them), each a product folder (one raster per band: SAFE IMG_DATA,
   Major TOM, ...), a multi-band GeoTIFF, or a mapping {path, date, band_order,
-  remove_offset, product_id, nodata}; a path may be a glob pattern (`Hydro/patch_*.tif`:
+  remove_offset, product_id, nodata, cloud_mask}; a path may be a glob pattern (`Hydro/patch_*.tif`:
   one product per match); or, when that list is empty, every product folder and GeoTIFF
   directly under `params.manual_dir`. Product ids (from folder or file names) that repeat
   get their parent folders' names prefixed. With `time_series=True` the products
@@ -76,7 +76,7 @@ def dataset_band_order(params: dict, where: str) -> None:
 def read_manifest(path: str) -> list:
   """Products and their dates from a JSON list (of paths or mappings) or a CSV with a
   header naming at least `path` (and optionally date, band_order, remove_offset,
-  product_id, nodata). Relative paths are taken relative to the manifest."""
+  product_id, nodata, cloud_mask). Relative paths are taken relative to the manifest."""
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
     raise DataError(f"{path}: manifest not found")
@@ -98,7 +98,9 @@ def read_manifest(path: str) -> list:
     entry = {"path": entry} if isinstance(entry, str) else dict(entry)
     if "path" not in entry:
       raise DataError(f"{path}: entry {i} has no 'path'")
-    entry["path"] = os.path.join(base, os.path.expanduser(entry["path"]))
+    for key in ("path", "cloud_mask"):
+      if key in entry:
+        entry[key] = os.path.join(base, os.path.expanduser(entry[key]))
     if "band_order" in entry and isinstance(entry["band_order"], str):
       entry["band_order"] = entry["band_order"].replace(";", " ").replace(",", " ").split()
     products.append(entry)
