@@ -257,6 +257,10 @@ def test_hydro_l2a_patches_meaningless_descriptions(shared_data, tmp_path):
   for i, name in enumerate(bands):
     np.testing.assert_array_equal(e[contract.IMAGE][0, ..., i],
                                   _window(patch, e, 64, HYDRO_ORDER.index(name) + 1))
+  # patch_0's surface reflectance x 10000: visible bands around 1300, none saturated.
+  visible = np.stack([t[contract.IMAGE][0, ..., :3] for t in tiles
+                      if contract.as_text(t[contract.SCENE_ID]) == "patch_0"])
+  assert 500 < visible.mean() < 3000 and visible.max() < 20000
   with pytest.raises(DataError, match=r"patch_0.tif: band\(s\) \['B10'\] not in this file"):
     _build(tmp_path, "hydro_b10", products=[patch], band_order=HYDRO_ORDER,
            bands=list(S2_L1C_BANDS))
@@ -279,6 +283,11 @@ def test_bigearthnet_patch_folders(shared_data, tmp_path):
            and e[contract.ROW] == 40 and e[contract.COL] == 40)
   assert contract.as_text(e[contract.CRS]) == "EPSG:32633"
   np.testing.assert_array_equal(e[contract.IMAGE][0, ..., 3], _window(band("B04"), e, 40))
+  # L2A reflectance x 10000 without an offset (2017, before baseline 04.00): red in a
+  # plausible range, NIR above it over this vegetated patch.
+  assert meta["offsets_removed"][pid] == 0
+  red, nir = e[contract.IMAGE][0, ..., 3].mean(), e[contract.IMAGE][0, ..., 7].mean()
+  assert 100 < red < 3000 and nir > red
   _mean_close(e[contract.IMAGE][0, ..., 4], _window(band("B05"), e, 40, scale=2))
   # The 60 m B01 (20 px) is upsampled smoothly: its 40 px window spans ~7 source pixels.
   _mean_close(e[contract.IMAGE][0, ..., 0], _window(band("B01"), e, 42, scale=6), 0.1)
