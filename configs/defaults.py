@@ -83,6 +83,8 @@ def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.finetune.linear_probe_steps = 0   # LP-FT: first K steps train the head alone; 0 = off
   c.finetune.linear_probe_lr = 1e-2   # ... at this peak learning rate
   c.finetune.class_weights = ()       # per-class loss weights; () = uniform
+  c.finetune.balance_classes = False  # weights inverse to each class's share of the run's
+                                      # labelled pixels, at most 10 (train/finetune.py)
   c.finetune.dihedral = True          # random flips/rotations of tiles and labels
   c.finetune.probe_feature_cache = "auto"  # head-alone steps on the backbone's features of
                                       # the tiles computed once: auto / always / never
@@ -110,23 +112,25 @@ def study_recipes() -> dict:
   }
 
 
-# The recipes a study tries on every run unless told otherwise, for each initialisation
-# alike: full fine-tuning and LP-FT, each run keeping the one with the better validation
-# mIoU. Neither suits both arms: the pretrained arm needs LP-FT (at 1/64 of
-# synthetic_landcover's labels +6.8 over random against +1.8 with `full`, and validation
-# chose it for every pretrained run there), while LP-FT costs random initialisation about 3
-# points at fraction 1 (docs/pretraining.md, sections 2 and 3: 3 seeds, the LP-FT-only
-# study before this default). Every run is fine-tuned with both and evaluated once more on
-# `select_split`; this default's cost and results are not yet measured. One arm alone:
-# `--config.study.candidates.pretrained='("lp_ft",)'`.
-STUDY_CANDIDATES = ("full", "lp_ft")
+# The recipes a study tries on every run unless told otherwise, per initialisation, each
+# run keeping the one with the better validation mIoU. The pretrained arm fine-tunes with
+# LP-FT: at 1/64 of synthetic_landcover's labels it gained +6.8 over random where `full`
+# gained +1.8, and validation chose it for every pretrained run there (docs/pretraining.md,
+# section 2). Random initialisation tries both, LP-FT having cost it about 3 points at
+# fraction 1 (sections 2 and 3), so the gain is measured against random's better recipe.
+# Both arms with both recipes: `--config.study.candidates.pretrained='("full","lp_ft")'`
+# (20 more fine-tunings in the default study).
+STUDY_CANDIDATES = {"pretrained": ("lp_ft",), "random": ("full", "lp_ft")}
 # `:smoke` and `:demo` studies stay one fine-tuning a run (cheap): LP-FT, the recipe the
 # shipped study used alone before the choice per run.
 CHEAP_CANDIDATES = ("lp_ft",)
 
 
-def candidates_per_init(candidates: Sequence[str]) -> dict:
-  """`study.candidates` as a mapping {init: recipes}, the same for both initialisations."""
+def candidates_per_init(candidates) -> dict:
+  """`study.candidates` as a mapping {init: recipes}: a mapping as it is, a sequence the
+  same for both initialisations."""
+  if hasattr(candidates, "keys"):
+    return {init: tuple(recipes) for init, recipes in candidates.items()}
   return {"pretrained": tuple(candidates), "random": tuple(candidates)}
 
 
@@ -145,15 +149,15 @@ def add_study(c: ml_collections.ConfigDict, *, pretrain_config: str, pretrain_ar
               fractions: Sequence[float] = (1.0, 1 / 4, 1 / 16, 1 / 64),
               seeds: Sequence[int] = (0, 1, 2), pretrain_data: dict | None = None,
               smoke: bool = False,
-              candidates: Sequence[str] | None = None) -> ml_collections.ConfigDict:
+              candidates=None) -> ml_collections.ConfigDict:
   """The label-fraction study (`--mode=study`, ee_jax/study.py) on the fine-tuning config `c`:
   every fraction x init x seed fine-tunes `c`, the pretrained arm from the pre-training
   `pretrain_config:pretrain_arg` (run first into W/pretrain unless study.pretrain_workdir
   names a finished run). `pretrain_data` replaces that pre-training's data section (other
   imagery than `c`'s). `smoke`: `c` is already a `:smoke` config (see `smoke_study`).
-  `candidates`: the recipes every run tries, for both initialisations (default
-  STUDY_CANDIDATES, CHEAP_CANDIDATES with `smoke`); stored as {init: recipes}, so each arm
-  can be overridden alone."""
+  `candidates`: the recipes the runs try, a mapping {init: recipes} or one sequence for both
+  initialisations (default STUDY_CANDIDATES, CHEAP_CANDIDATES with `smoke`); stored as
+  {init: recipes}, so each arm can be overridden alone."""
   if candidates is None:
     candidates = CHEAP_CANDIDATES if smoke else STUDY_CANDIDATES
   study = dict(

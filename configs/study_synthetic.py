@@ -4,15 +4,18 @@
 
 Pre-trains first (configs/pretrain_synthetic.py into W3/pretrain) unless
 study.pretrain_workdir names an existing pre-training run; then 4 fractions x 2 inits x 5
-seeds (0-4), each run fine-tuned with both candidate recipes `full` and `lp_ft`
-(`defaults.STUDY_CANDIDATES`, for each arm) and keeping the one with the better validation
-mIoU (ee_jax/study.py): 40 runs, 80 fine-tunings and 80 validation passes, plus the
-classical baselines on 20 (fraction, seed) tile sets. Per arm:
-`--config.study.candidates.pretrained='("lp_ft",)'`. Arguments: `:demo` (2 fractions, 1
-seed, `lp_ft` alone, shorter runs: part of `make demo`), `:smoke` (1 seed, `lp_ft` alone).
+seeds (0-4): the pretrained arm fine-tuned with `lp_ft`, the random arm with both `full` and
+`lp_ft`, each random run keeping the one with the better validation mIoU
+(`defaults.STUDY_CANDIDATES`, ee_jax/study.py): 40 runs, 60 fine-tunings and 20 validation
+passes, plus the classical baselines on 20 (fraction, seed) tile sets. The segmentation
+head sees the input and its 3x3 mean beside the features (`model.head_input='raw3x3'`, both
+arms). Both recipes for the pretrained arm too:
+`--config.study.candidates.pretrained='("full","lp_ft")'`. Arguments: `:demo` (2 fractions,
+1 seed, `lp_ft` alone, shorter runs: part of `make demo`), `:smoke` (1 seed, `lp_ft` alone).
 
-Cost and results of this default (5 seeds, both recipes chosen per run): not yet measured
-(80 fine-tunings and 80 validation passes where the study below had 24 fine-tunings).
+Cost and results of this default (5 seeds, head_input, random's recipe chosen per run): not
+yet measured as a whole; its 1/64 runs on 3 seeds (a 600-step pre-training) are in
+docs/pretraining.md, section 7.
 
 The study as shipped before (3 seeds, `lp_ft` alone for both arms), on the 2-core Intel Xeon
 VM, alone: 28 min 52 s (pre-training 846 s, then 24 runs of 33-40 s; docs/perf_log.md,

@@ -303,3 +303,32 @@ def test_select_best_config_errors(data_dir, tmp_path):
   with pytest.raises(ConfigError, match="select_best: config.data.eval_split 'test' is the"):
     finetune(c, str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+def test_balanced_weights_by_hand():
+  # 402 labelled px over 3 present classes: 402 / (3 x count), capped at 10, 0 when absent
+  w = finetune_lib.balanced_weights([300, 100, 0, 2])
+  np.testing.assert_allclose(w, [402 / 900, 402 / 300, 0.0, 10.0])
+  assert finetune_lib.balanced_weights([0, 0]) == [1.0, 1.0]
+  # balanced: every present class then carries the same total weight (uncapped case)
+  counts = np.array([500, 50, 5])
+  np.testing.assert_allclose(np.asarray(finetune_lib.balanced_weights(counts, 1e9)) * counts,
+                             counts.sum() / 3)
+
+
+def test_balance_classes_weighs_the_runs_own_labelled_tiles(data_dir, tmp_path):
+  """The weights come from the label fraction's tiles (not the whole split) and reach the
+  loss; given weights beside it are refused in one line."""
+  from ee_jax.data import label_fractions
+  c = tiny_finetune_config(data_dir, steps=2, label_fraction=0.25, fraction_seed=1,
+                           balance_classes=True)
+  run_ = finetune_lib.prepare_run(c, str(tmp_path / "a"))
+  hist = label_fractions.class_histograms(run_.builder, "train", run_.num_classes, 255)
+  want = finetune_lib.balanced_weights(hist[np.asarray(run_.indices)].sum(0))
+  assert run_.class_weights == want
+  assert want != finetune_lib.balanced_weights(hist.sum(0))   # the fraction's, not the split's
+  run_.ckpt.close()
+  c.finetune.class_weights = (1.0,) * run_.num_classes
+  with pytest.raises(ConfigError, match="^config.finetune.balance_classes computes"):
+    finetune_lib.prepare_run(c, str(tmp_path / "b"))
+  assert not os.path.exists(tmp_path / "b")   # refused before anything is written

@@ -54,6 +54,13 @@ def check_selection(config) -> None:
                       f"would tune the reported score on the test set")
 
 
+def check_class_weights(config) -> None:
+  """Class weights are given or computed (balance_classes), not both."""
+  if config.finetune.get("balance_classes", False) and list(config.finetune.class_weights):
+    raise ConfigError("config.finetune.balance_classes computes the class weights; leave "
+                      "config.finetune.class_weights empty (or set balance_classes False)")
+
+
 def check_normalisation(ckpt_meta: dict, data_meta: dict, ckpt_path: str, data_path: str):
   """Same per-band statistics (to 0.1 %), or the backbone would see shifted inputs."""
   for key in ("mean", "std"):
@@ -102,6 +109,44 @@ def select_tiles(config, builder, workdir: str, num_classes: int, ignore_index: 
   return indices
 
 
+# `finetune.balance_classes`: a class's pixels weigh in the loss inversely to its share of
+# the run's labelled pixels, so each class counts as it does in the mIoU the runs are scored
+# by, and as it does for the classical baselines (which sample at most 10,000 pixels a
+# class). Capped, so that a class with a handful of labelled pixels does not dominate.
+MAX_BALANCED_WEIGHT = 10.0
+
+
+def balanced_weights(counts, max_weight: float = MAX_BALANCED_WEIGHT) -> list:
+  """Per-class weights from labelled pixel counts [K]: total / (present classes x count),
+  at most `max_weight`; 0 for a class without pixels (it never enters the loss)."""
+  counts = np.asarray(counts, np.float64)
+  present = counts > 0
+  if not present.any():
+    return [1.0] * len(counts)
+  w = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+  return [float(x) for x in np.minimum(w, max_weight)]
+
+
+def loss_class_weights(config, builder, indices, num_classes: int, ignore_index: int):
+  """The run's per-class loss weights (None = uniform): `finetune.class_weights` as given,
+  or with `finetune.balance_classes` from the labelled tiles (`indices`, None = all)."""
+  ft = config.finetune
+  given = list(ft.class_weights)
+  if ft.get("balance_classes", False):
+    from ee_jax.data import label_fractions
+    hist = label_fractions.class_histograms(builder, config.data.train_split, num_classes,
+                                            ignore_index)
+    counts = hist.sum(0) if indices is None else hist[np.asarray(indices)].sum(0)
+    weights = balanced_weights(counts)
+    distributed.log(f"Class weights (balance_classes, {int(counts.sum()):,} labelled px): "
+                    f"{[round(w, 2) for w in weights]}")
+    return weights
+  if given and len(given) != num_classes:
+    raise ConfigError(f"config.finetune.class_weights: {len(given)} weights for "
+                      f"{num_classes} classes")
+  return given or None
+
+
 @dataclasses.dataclass
 class Run:
   """One fine-tuning run set up to train from `start` (prepare_run)."""
@@ -135,6 +180,7 @@ def prepare_run(config, workdir: str) -> Run:
   from ee_jax.data import contract, datasets
   from ee_jax.train.pretrain import dataset_metadata, write_config
   check_selection(config)
+  check_class_weights(config)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
@@ -189,9 +235,7 @@ def prepare_run(config, workdir: str) -> Run:
                   f"label fraction {config.finetune.label_fraction:g}")
 
   indices = select_tiles(config, builder, workdir, k, ignore_index)
-  weights = list(config.finetune.class_weights) or None
-  if weights is not None and len(weights) != k:
-    raise ConfigError(f"config.finetune.class_weights: {len(weights)} weights for {k} classes")
+  weights = loss_class_weights(config, builder, indices, k, ignore_index)
   mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
   ckpt_meta = {**data_meta, "kind": "finetune", "mean": list(mean), "std": list(std),
                "model": model_cfg.to_dict(), "class_names": class_names, "num_classes": k,
