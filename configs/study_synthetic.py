@@ -35,11 +35,12 @@ EPYC VM, about an hour then: within 0.7 points of it; its random arm with `full`
 CPU-minutes more; linear 69.3 / 67.8 / 62.9 / 52.5, LightGBM 75.3 / 73.1 / 65.3 / 52.2 at
 1 ... 1/64 (docs/pretraining.md section 6).
 
-`:demo` (in `make demo`, 2-core AMD EPYC VM; the whole demo 7 min 4 s, `.venv` created):
-per-run test mIoU 48.23 / 38.07 / 45.28 / 39.69 (fractions 1 and 1/16, pretrained and
-random, as docs/perf_log.md lists them; 48.5 / 38.1 / 45.4 / 39.9 on the 2-core Xeon VM,
-2026-12-06, with LightGBM 75.5 / 66.6 and linear 69.3 / 62.9 beside them); its plot is
-docs/img/label_fraction.png.
+`:demo` (in `make demo`; the segmentation head sees the input, `model.head_input`): per-run
+test mIoU 66.6 / 66.8 / 62.3 / 62.1 (fractions 1 and 1/16, pretrained and random), with
+LightGBM 75.5 / 66.6 and linear 69.3 / 62.9 beside them (2-core Xeon VM beside other jobs,
+2026-12-06; before head_input: 48.5 / 38.1 / 45.4 / 39.9); its plot is
+docs/img/label_fraction.png. The whole demo took 7 min 4 s on the 2-core AMD EPYC VM before
+head_input and the baselines (docs/perf_log.md).
 """
 
 from configs import defaults, finetune_synthetic
