@@ -32,3 +32,13 @@ def folder_and_smoke(arg: str | None, path: str, default: str, words: str) -> tu
                      f"'FOLDER,smoke'): no folder {folders[0]}")
   folder = os.path.abspath(os.path.expanduser(folders[0])) if folders else default
   return folder, smoke
+
+
+def short_runs(c):
+  """A small labelled set's fine-tuning: 300 steps (synthetic_landcover's), not
+  finetune_landcover's 2000; longer runs on these sets are not measured
+  (docs/pretraining.md, section 7b)."""
+  c.train.steps = 300
+  c.train.log_every = 20
+  c.optim.warmup_steps = 20
+  return c

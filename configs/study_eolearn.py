@@ -82,8 +82,6 @@ def get_config(arg: str | None = None):
                      pretrain_arg="smoke" if smoke else "demo", pretrain_data=pretrain_data,
                      fractions=(1.0, 1 / 2) if smoke else (1.0, 1 / 2, 1 / 4, 1 / 8),
                      seeds=(0,) if smoke else (0, 1, 2, 3, 4), smoke=smoke)
-  if not smoke:  # a small set: short runs, as on synthetic_landcover
-    c.train.steps = 300
-    c.train.log_every = 20
-    c.optim.warmup_steps = 20
+  if not smoke:
+    _shared_data.short_runs(c)
   return c
