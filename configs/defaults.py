@@ -92,10 +92,9 @@ def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.finetune.test_split = "test"      # split of the final evaluation (eval.json)
   c.finetune.select_best = False      # keep the params of the best data.eval_split mIoU
                                       # (every train.eval_every steps) for eval.json
-  # The segmentation head sees the normalised input and its 3x3 mean beside the features,
-  # for either initialisation (ee_jax/models/input_beside.py): with few labels a per-pixel
-  # classifier of those is the bar to clear (docs/pretraining.md, section 7).
-  c.model.head_input = "raw3x3"
+  # model.head_input stays '' (the features alone): 'raw3x3' gave the pretrained arm +2.0
+  # at 1/64 but cost random initialisation about 2.5 points at 1/16 (docs/pretraining.md,
+  # section 7a), so it is an option, not the default.
   return c
 
 

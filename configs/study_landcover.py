@@ -20,8 +20,7 @@ argument (or use `:smoke` alone and fill the fields in Python) for a tiny, fast 
 By default 4 fractions x 2 inits x 5 seeds (0-4): the pretrained arm fine-tuned with
 `lp_ft`, the random arm with `full` and `lp_ft`, keeping the better on validation
 (`defaults.STUDY_CANDIDATES`; both for both: `--config.study.candidates.pretrained=
-'("full","lp_ft")'`): 60 fine-tunings and 20 validation passes after the pre-training. The
-head sees the input and its 3x3 mean beside the features (`model.head_input`). `smoke`: 2
+'("full","lp_ft")'`): 60 fine-tunings and 20 validation passes after the pre-training. `smoke`: 2
 fractions, 1 seed, `lp_ft` alone.
 
 Produced: not yet run on real data (only on the tests' small rasters); its cost is not yet

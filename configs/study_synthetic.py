@@ -7,15 +7,13 @@ study.pretrain_workdir names an existing pre-training run; then 4 fractions x 2 
 seeds (0-4): the pretrained arm fine-tuned with `lp_ft`, the random arm with both `full` and
 `lp_ft`, each random run keeping the one with the better validation mIoU
 (`defaults.STUDY_CANDIDATES`, ee_jax/study.py): 40 runs, 60 fine-tunings and 20 validation
-passes, plus the classical baselines on 20 (fraction, seed) tile sets. The segmentation
-head sees the input and its 3x3 mean beside the features (`model.head_input='raw3x3'`, both
-arms). Both recipes for the pretrained arm too:
+passes, plus the classical baselines on 20 (fraction, seed) tile sets. Both recipes for the pretrained arm too:
 `--config.study.candidates.pretrained='("full","lp_ft")'`. Arguments: `:demo` (2 fractions,
 1 seed, `lp_ft` alone, shorter runs: part of `make demo`), `:smoke` (1 seed, `lp_ft` alone).
 
-Cost and results of this default (5 seeds, head_input, random's recipe chosen per run): not
-yet measured as a whole; its 1/64 runs on 3 seeds (a 600-step pre-training) are in
-docs/pretraining.md, section 7.
+Cost and results of this default (5 seeds, random's recipe chosen per run): not yet
+measured as a whole. `--config.model.head_input=raw3x3` (the head sees the input beside
+the features): docs/pretraining.md, section 7.
 
 The study as shipped before (3 seeds, `lp_ft` alone for both arms), on the 2-core Intel Xeon
 VM, alone: 28 min 52 s (pre-training 846 s, then 24 runs of 33-40 s; docs/perf_log.md,
@@ -35,12 +33,12 @@ EPYC VM, about an hour then: within 0.7 points of it; its random arm with `full`
 CPU-minutes more; linear 69.3 / 67.8 / 62.9 / 52.5, LightGBM 75.3 / 73.1 / 65.3 / 52.2 at
 1 ... 1/64 (docs/pretraining.md section 6).
 
-`:demo` (in `make demo`; the segmentation head sees the input, `model.head_input`): per-run
-test mIoU 66.6 / 66.8 / 62.3 / 62.1 (fractions 1 and 1/16, pretrained and random), with
-LightGBM 75.5 / 66.6 and linear 69.3 / 62.9 beside them (2-core Xeon VM beside other jobs,
-2026-12-06; before head_input: 48.5 / 38.1 / 45.4 / 39.9); its plot is
-docs/img/label_fraction.png. The whole demo took 7 min 4 s on the 2-core AMD EPYC VM before
-head_input and the baselines (docs/perf_log.md).
+`:demo` (in `make demo`, 2-core AMD EPYC VM; the whole demo 7 min 4 s, `.venv` created):
+per-run test mIoU 48.23 / 38.07 / 45.28 / 39.69 (fractions 1 and 1/16, pretrained and
+random, as docs/perf_log.md lists them; 48.5 / 38.1 / 45.4 / 39.9 on the 2-core Xeon VM,
+2026-12-06, with LightGBM 75.5 / 66.6 and linear 69.3 / 62.9 beside them); its plot is
+docs/img/label_fraction.png. With `--config.model.head_input=raw3x3`: 66.6 / 66.8 / 62.3 /
+62.1 (docs/pretraining.md, section 7).
 """
 
 from configs import defaults, finetune_synthetic
