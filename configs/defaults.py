@@ -93,7 +93,7 @@ def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.finetune.select_best = False      # keep the params of the best data.eval_split mIoU
                                       # (every train.eval_every steps) for eval.json
   # model.head_input stays '' (the features alone): 'raw3x3' gave the pretrained arm +2.0
-  # at 1/64 but cost random initialisation about 2.5 points at 1/16 (docs/pretraining.md,
+  # at 1/64 but cost random initialisation 2.9 points at 1/16 (docs/pretraining.md,
   # section 7a), so it is an option, not the default.
   return c
 
