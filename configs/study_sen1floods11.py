@@ -19,7 +19,8 @@ study).
 
 One chip of one flood: a real sanity check, not a benchmark.
 
-Produced, with `--config.study.seeds='(0,1,2)'` (3 of the 5 default seeds; 2-core VM beside
+Produced, with `--config.study.seeds='(0,1,2)' --config.model.head_input=raw3x3` (3 of the
+5 default seeds; 2-core VM beside
 two other jobs, 2026-12-06): 27 min 28 s. Test mIoU pretrained / random (chosen recipe) /
 linear / LightGBM: 82.7 / 83.5 / 84.0 / 86.5 at 1, 78.6 / 78.4 / 82.1 / 84.6 at 1/16,
 75.7 / 75.6 / 78.6 / 78.4 at 1/64: pre-training on the chip gains nothing and LightGBM
