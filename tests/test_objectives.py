@@ -10,7 +10,7 @@ import pytest
 from ee_jax import models, objectives
 from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError
-from ee_jax.objectives import masked, prototypes, vicreg
+from ee_jax.objectives import barlow, masked, prototypes, vicreg
 
 
 def _mask_cfg(**kw):
@@ -117,6 +117,41 @@ def test_vicreg_matches_numpy_and_penalises_collapse():
   assert float(m_c["vicreg_inv"]) == 0.0
 
 
+def _barlow_reference(p1, p2, w, redundancy):
+  x1, x2 = p1[w].astype(np.float64), p2[w].astype(np.float64)
+  z1 = (x1 - x1.mean(0)) / np.sqrt(x1.var(0) + 1e-6)
+  z2 = (x2 - x2.mean(0)) / np.sqrt(x2.var(0) + 1e-6)
+  c = z1.T @ z2 / len(x1)
+  e = c.shape[0]
+  off = c - np.diag(np.diag(c))
+  return (((1 - np.diag(c)) ** 2).sum() + redundancy / e * (off ** 2).sum()) / e
+
+
+def test_barlow_matches_numpy_and_is_zero_only_for_decorrelated_agreeing_views():
+  rng = np.random.default_rng(2)
+  b, n, e = 3, 40, 5
+  p1 = rng.normal(size=(b, n, e)).astype(np.float32) * 2.0 + 1.0
+  p2 = (0.5 * p1 + 0.3 * rng.normal(size=p1.shape)).astype(np.float32)
+  w = rng.random((b, n)) > 0.3
+  cfg = barlow.default_config()
+  cfg.redundancy = 2.0
+  loss, m = barlow.barlow_loss(p1, p2, w, cfg)
+  np.testing.assert_allclose(loss, _barlow_reference(p1, p2, w, 2.0), rtol=1e-4)
+  # Identical views whose dimensions are uncorrelated: C = I exactly (up to the 1e-6 in
+  # the std), so the loss is ~0; scaling a view changes nothing (standardised).
+  x = rng.normal(size=(b * n, e))
+  q, _ = np.linalg.qr(x - x.mean(0))   # columns: centred (combinations of centred ones), orthonormal
+  white = q.reshape(b, n, e).astype(np.float32)
+  all_in = np.ones((b, n), bool)
+  loss_w, m_w = barlow.barlow_loss(white, 3.0 * white, all_in, cfg)
+  assert float(loss_w) < 1e-3 and abs(float(m_w["barlow_agree"]) - 1.0) < 1e-3
+  # Collapse to one direction: every off-diagonal correlation is 1.
+  one = np.repeat(rng.normal(size=(b, n, 1)), e, axis=-1).astype(np.float32)
+  loss_c, m_c = barlow.barlow_loss(one, one, all_in, cfg)
+  np.testing.assert_allclose(m_c["barlow_off"], 1.0, rtol=1e-3)
+  assert float(loss_c) > 1.0
+
+
 def test_sinkhorn_codes_sum_to_one_and_use_prototypes_equally():
   rng = np.random.default_rng(1)
   k, p = 40, 4
@@ -139,7 +174,7 @@ def _pair_case(seed=4):
   return weights, x1, x2, mask
 
 
-@pytest.mark.parametrize("name", ["vicreg", "prototypes"])
+@pytest.mark.parametrize("name", ["vicreg", "prototypes", "barlow"])
 def test_two_devices_equal_one_device_loss_and_grads(name):
   weights, x1, x2, mask = _pair_case()
   centres = np.random.default_rng(5).normal(size=(3, 8)).astype(np.float32)
@@ -147,6 +182,8 @@ def test_two_devices_equal_one_device_loss_and_grads(name):
   def loss_fn(wts, x1, x2, mask, axis_name):
     if name == "vicreg":
       return vicreg.vicreg_loss(x1 @ wts, x2 @ wts, mask, vicreg.default_config(), axis_name)
+    if name == "barlow":
+      return barlow.barlow_loss(x1 @ wts, x2 @ wts, mask, barlow.default_config(), axis_name)
     unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)   # noqa: E731
     c = unit(jnp.asarray(centres))
     cfg = prototypes.default_config()
@@ -170,7 +207,7 @@ def test_two_devices_equal_one_device_loss_and_grads(name):
 
 
 def test_active_objectives_and_heads():
-  assert objectives.names() == ("infonce", "masked", "vicreg", "prototypes")
+  assert objectives.names() == ("infonce", "masked", "vicreg", "prototypes", "barlow")
   cfg = objectives.default_config()
   assert objectives.active(cfg) == {"infonce": 1.0}
   assert objectives.heads(cfg) == ()

@@ -12,6 +12,8 @@ an objective is one new module plus its weight in a config (`config.loss.weights
   normalised input there.
 - `vicreg`: negative-free invariance between the pairs, with variance and covariance terms
   against collapse.
+- `barlow`: Barlow Twins per pixel pair: the views agree dimension by dimension, the
+  dimensions decorrelated over the global batch of pairs.
 - `prototypes`: swapped prediction of Sinkhorn cluster codes over K learnt prototypes, so
   pixels of different fields that look alike share a code.
 
