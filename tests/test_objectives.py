@@ -88,6 +88,50 @@ def test_reconstruction_loss_counts_unseen_observed_values_only():
   np.testing.assert_allclose(loss, (9.0 + 25.0) / (n_hidden + c), rtol=1e-6)
 
 
+def test_spectral_shape_is_brightness_free_and_standardised_per_band():
+  rng = np.random.default_rng(3)
+  mean, std = np.array([1000.0, 2000.0, 500.0], np.float32), np.array([300.0, 600.0, 200.0],
+                                                                       np.float32)
+  dn = rng.uniform(200, 4000, size=(2, 3, 4, 4, 3)).astype(np.float32)
+  observed = rng.random((2, 3, 4, 4)) > 0.2
+  shape = np.asarray(masked.spectral_shape((dn - mean) / std, observed, mean, std))
+  # By hand: (x_c - m) / (x_c + m + 1), m the mean over bands; standardised per band over
+  # the observed pixels; unobserved pixels 0.
+  m = dn.mean(-1, keepdims=True)
+  raw = (dn - m) / (dn + m + 1.0)
+  obs = raw[observed]
+  want = (raw - obs.mean(0)) / np.sqrt(obs.var(0) + 1e-6)
+  np.testing.assert_allclose(shape[observed], want[observed], rtol=1e-3, atol=1e-4)
+  assert (shape[~observed] == 0).all()
+  # Twice as bright, the same shape (up to the +1 DN in the denominator: relative ~1/m).
+  bright = np.asarray(masked.spectral_shape((2 * dn - mean) / std, observed, mean, std))
+  np.testing.assert_allclose(bright, shape, atol=2e-2)
+  assert np.abs(shape[observed]).max() > 0.5   # not trivially zero
+
+
+def test_masked_shape_weight_adds_the_shape_error():
+  b, t, s, c = 2, 2, 4, 3
+  rng = np.random.default_rng(4)
+  clean = rng.normal(size=(b, t, s, s, c)).astype(np.float32)
+  observed = np.ones((b, t, s, s), bool)
+  date_valid = np.ones((b, t, s, s), bool)
+  hidden = rng.random((b, t, s, s, c)) > 0.5
+  mean, std = np.full(c, 1000.0, np.float32), np.full(c, 300.0, np.float32)
+  recon = rng.normal(size=(b, s, s, t * c)).astype(np.float32)
+  recon_shape = rng.normal(size=(b, s, s, t * c)).astype(np.float32)
+  cfg = _mask_cfg(shape_weight=0.5, visible_weight=1.0)
+  shared = objectives.Shared(
+      out={"recon": recon, "recon_shape": recon_shape},
+      view={"clean": clean, "observed": observed, "date_valid": date_valid}.__getitem__,
+      extras={"hidden": hidden}, mean=mean, std=std)
+  loss, m = masked.OBJECTIVE.loss(shared, ml_collections.ConfigDict({"masked": cfg}), None)
+  target = masked.spectral_shape(clean, observed, mean, std)
+  plain, _ = masked.reconstruction_loss(recon, clean, observed, date_valid, hidden, cfg)
+  extra, _ = masked.reconstruction_loss(recon_shape, target, observed, date_valid, hidden, cfg)
+  np.testing.assert_allclose(loss, plain + 0.5 * extra, rtol=1e-6)
+  assert float(extra) > 0.5 and "masked_shape" in m
+
+
 def _vicreg_reference(p1, p2, w, cfg):
   x1, x2 = p1[w], p2[w]
   inv = np.mean((x1 - x2) ** 2)
@@ -215,7 +259,7 @@ def test_active_objectives_and_heads():
   cfg.weights.prototypes = 0.1
   assert objectives.active(cfg) == {"infonce": 1.0, "masked": 0.5, "prototypes": 0.1}
   assert [dict(h.options) for h in objectives.heads(cfg)] == [
-      {"hidden": cfg.masked.hidden}, {"num": cfg.prototypes.num}]
+      {"hidden": cfg.masked.hidden, "shape": False}, {"num": cfg.prototypes.num}]
   assert objectives.active(ml_collections.ConfigDict({"num_anchors": 4})) == {"infonce": 1.0}
   # Older runs' configs name the removed `latent` objective with weight 0: nothing to turn on.
   assert objectives.active(ml_collections.ConfigDict(

@@ -84,8 +84,11 @@ class Pairs:
 class Shared:
   """What the step computes once for every objective: the model's outputs on both views
   (view 1's examples first, then view 2's), the views' fields, the extras objectives'
-  `prepare_views` added, and the matched pairs (None when no objective compares pairs)."""
+  `prepare_views` added, the matched pairs (None when no objective compares pairs), and
+  the dataset's per-band `mean` and `std` [C] (digital numbers = normalised x std + mean)."""
   out: dict
   view: Callable[[str], Any]   # field name -> both views' values concatenated, [2B, ...]
   extras: dict
   pairs: Optional[Pairs] = None
+  mean: Any = None
+  std: Any = None

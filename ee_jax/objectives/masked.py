@@ -13,7 +13,8 @@ synthetic clouds and date dropping) and the tile observed it.
 Why: to fill in a hidden date, band group or patch, the features must carry the pixel's
 spectral-temporal signature, completed from the dates, bands and neighbours that are seen
 (SITS-BERT, Presto, SatMAE); unlike pixel-instance contrast there are no negatives, so
-pixels of other fields of the same class are never pushed apart.
+pixels of other fields of the same class are never pushed apart. With `shape_weight` the
+head also reconstructs each date's brightness-free spectral shape (`spectral_shape`).
 """
 
 import jax
@@ -37,7 +38,33 @@ def default_config() -> ml_collections.ConfigDict:
   c.patch_size = 4        # patch side, pixels
   c.hidden = 0            # reconstruction head: 0 = linear 1x1 conv, > 0 = hidden width
   c.visible_weight = 0.0  # weight of the error where the value was seen (0 = hidden only)
+  c.shape_weight = 0.0    # > 0: also reconstruct each date's spectral shape (`spectral_shape`)
+                          # with this weight; the head predicts it beside the bands
   return c
+
+
+def spectral_shape(clean, observed, mean, std, axis_name=None):
+  """Each date's spectrum without its brightness, on an equal footing across bands.
+
+  clean [B, T, S, S, C] normalised -> digital numbers x (clipped at 0) -> (x_c - m) /
+  (x_c + m), m the mean over the bands of that pixel and date: a normalised difference of
+  each band against the pixel's brightness, in [-1, 1] (FG-MAE reconstructs such indices;
+  this one needs no band names). Each band's index is then standardised over the observed
+  pixels of the global batch (statistics not differentiated: they are targets), so a small
+  spectral difference weighs as much in the error as a large one. Why: the error on the
+  standardised bands alone is dominated by a few directions of large variance (brightness,
+  vigour), and the features keep those and drop the rest (docs/pretraining.md, section 1)."""
+  _, psum, _, _ = collectives(axis_name)
+  dn = jnp.maximum(clean.astype(jnp.float32) * std + mean, 0.0)
+  m = jnp.mean(dn, axis=-1, keepdims=True)
+  shape = (dn - m) / (dn + m + 1.0)
+  w = jnp.broadcast_to(observed[..., None], shape.shape).astype(jnp.float32)
+  axes = (0, 1, 2, 3)
+  n = jnp.maximum(psum(jnp.sum(w, axis=axes)), 1.0)
+  mu = psum(jnp.sum(shape * w, axis=axes)) / n
+  var = psum(jnp.sum(jnp.square(shape - mu) * w, axis=axes)) / n
+  out = (shape - mu) / jnp.sqrt(var + 1e-6)
+  return jax.lax.stop_gradient(jnp.where(w > 0, out, 0.0))
 
 
 def hide_mask(key, t: int, s: int, c: int, cfg):
@@ -95,11 +122,14 @@ def reconstruction_loss(recon, clean, observed, date_valid, hidden, cfg, axis_na
   return loss, metrics
 
 
-def _recon_head(x, out, *, dtype, conv_impl, hidden):
-  """The head predicting every date and band of the input: [B, H, W, T * C]."""
-  head = ReconstructionHead(out=x.shape[1] * x.shape[4], hidden=hidden, dtype=dtype,
+def _recon_head(x, out, *, dtype, conv_impl, hidden, shape):
+  """The head predicting every date and band of the input: [B, H, W, T * C]; with `shape`
+  also each date's spectral shape, `recon_shape` [B, H, W, T * C]."""
+  size = x.shape[1] * x.shape[4]
+  head = ReconstructionHead(out=size * (2 if shape else 1), hidden=hidden, dtype=dtype,
                             conv_impl=conv_impl, name="recon")
-  return {"recon": head(out["features"])}
+  y = head(out["features"])
+  return {"recon": y[..., :size], "recon_shape": y[..., size:]} if shape else {"recon": y}
 
 
 class Masked(Objective):
@@ -110,7 +140,8 @@ class Masked(Objective):
     return default_config()
 
   def head(self, loss_cfg):
-    return Head(_recon_head, (("hidden", int(loss_cfg.masked.hidden)),))
+    return Head(_recon_head, (("hidden", int(loss_cfg.masked.hidden)),
+                              ("shape", float(loss_cfg.masked.get("shape_weight", 0.0)) > 0)))
 
   def prepare_views(self, keys, v1, v2, loss_cfg):
     mask_keys = jax.vmap(lambda k: jax.random.fold_in(k, MASK_SALT))(keys)
@@ -121,9 +152,19 @@ class Masked(Objective):
     return v1, v2, {"hidden": jnp.concatenate([h1, h2], axis=0)}
 
   def loss(self, shared, loss_cfg, axis_name):
-    return reconstruction_loss(shared.out["recon"], shared.view("clean"),
-                               shared.view("observed"), shared.view("date_valid"),
-                               shared.extras["hidden"], loss_cfg.masked, axis_name)
+    cfg = loss_cfg.masked
+    where = (shared.view("observed"), shared.view("date_valid"), shared.extras["hidden"], cfg,
+             axis_name)
+    loss, metrics = reconstruction_loss(shared.out["recon"], shared.view("clean"), *where)
+    weight = float(cfg.get("shape_weight", 0.0))
+    if weight > 0:
+      target = spectral_shape(shared.view("clean"), shared.view("observed"), shared.mean,
+                              shared.std, axis_name)
+      shape_loss, shape_metrics = reconstruction_loss(shared.out["recon_shape"], target, *where)
+      loss = loss + weight * shape_loss
+      metrics.update(masked_shape=shape_metrics["masked"],
+                     masked_shape_seen=shape_metrics["masked_seen"])
+    return loss, metrics
 
 
 OBJECTIVE = Masked()

@@ -79,7 +79,8 @@ def _objectives(model, params, batch, base_key, step, mean, std, aug_cfg, loss_c
     extras.update(more)
   both = lambda k: jnp.concatenate([v1[k], v2[k]], axis=0)   # noqa: E731
   out = model.apply({"params": params}, both("image"), both("date_valid"), all_outputs=True)
-  shared = objectives.Shared(out=out, view=both, extras=extras)
+  shared = objectives.Shared(out=out, view=both, extras=extras,
+                             mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32))
 
   # The pair objectives last, after the pairs are sampled (the order the terms were always
   # summed in, so results stay the same to the bit).
