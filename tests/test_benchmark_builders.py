@@ -356,18 +356,20 @@ def tfrecord(record, corrupt=False):
 MTLCC_DOY = {16: [200, 0, 15, 100, 0], 17: [30, 60, 0, 0, 0]}  # 0 = padding
 
 
-def mtlcc_arrays(tileid, year):
+def mtlcc_arrays(tileid, year, px=24):
   rng = np.random.default_rng(int(tileid) * 100 + year)
   t = len(MTLCC_DOY[year])
-  return {"x10": rng.integers(0, 9000, (t, 24, 24, 4)),
-          "x20": rng.integers(0, 9000, (t, 12, 12, 6)),
-          "x60": rng.integers(0, 9000, (t, 4, 4, 3)),
-          "labels": np.broadcast_to(rng.integers(0, 4, (24, 24)), (t, 24, 24))}
+  return {"x10": rng.integers(0, 9000, (t, px, px, 4)),
+          "x20": rng.integers(0, 9000, (t, px // 2, px // 2, 6)),
+          "x60": rng.integers(0, 9000, (t, px // 6, px // 6, 3)),
+          "labels": np.broadcast_to(rng.integers(0, 4, (px, px)), (t, px, px))}
 
 
-def write_mtlcc(root, packed=True):
+def write_mtlcc(root, packed=True, size=240):
+  """The MTLCC layout under `root` (`size`: 240 or 480 m tiles; benchmarks/mtlcc_build.py
+  uses 480 for a bigger fixture)."""
   import gzip
-  base = root / "data_IJGI18" / "datasets" / "full" / "240"
+  base = root / "data_IJGI18" / "datasets" / "full" / str(size)
   os.makedirs(base / "tileids")
   splits = {"train_fold0": ["101", "102"], "test_fold0": ["201"], "eval": ["301"]}
   for name, ids in splits.items():
@@ -381,7 +383,7 @@ def write_mtlcc(root, packed=True):
   for year in (16, 17):
     os.makedirs(base / f"data{year}")
     for tid in (t for ids in splits.values() for t in ids):
-      a = mtlcc_arrays(tid, year)
+      a = mtlcc_arrays(tid, year, size // 10)
       feats = {}
       for key in ("x10", "x20", "x60", "labels"):
         arr = np.ascontiguousarray(a[key]).astype("<i8")
