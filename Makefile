@@ -65,6 +65,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	"$(PY)" benchmarks/input_pipeline.py
 	"$(PY)" benchmarks/build_scene.py
+	"$(PY)" benchmarks/mtlcc_build.py
 
 clean:
 	rm -rf "$(VENV)" .data workdirs *.egg-info

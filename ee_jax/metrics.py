@@ -103,6 +103,18 @@ def _ratio(num: float, den: float) -> float | None:
   return float(num) / float(den) if den > 0 else None
 
 
+def _kappa(cm: np.ndarray) -> float | None:
+  """Cohen's kappa of an int64 confusion matrix; None when undefined (segmentation_scores)."""
+  n = int(cm.sum())
+  if n == 0:
+    return None
+  # Python ints: truth_k * pred_k reaches N^2, past int64 once N > 3e9 pixels.
+  chance = int(sum(int(t) * int(p) for t, p in zip(cm.sum(axis=1), cm.sum(axis=0))))
+  if chance == n * n:
+    return None
+  return (int(np.trace(cm)) * n - chance) / (n * n - chance)
+
+
 def segmentation_scores(cm, class_names: Sequence[str] | None = None) -> dict[str, Any]:
   """Scores of a (host, summed) confusion matrix [K, K] (rows truth, columns prediction).
 
@@ -114,6 +126,11 @@ def segmentation_scores(cm, class_names: Sequence[str] | None = None) -> dict[st
   * `per_class_iou`: {class name: TP / (TP + FP + FN)}, None for a class absent from both
     truth and prediction (TP + FP + FN == 0): such a class is excluded from `miou`, not
     counted as 0 or 1. A class present in truth but never predicted has IoU 0 and counts.
+  * `kappa`: Cohen's kappa (po - pe) / (1 - pe), po = `oa`, pe = sum_k truth_k * pred_k /
+    N^2 (chance agreement), in [-1, 1]; as the crop-type benchmarks report it. None if no
+    pixel was counted or pe == 1 (one class everywhere in truth and prediction: 0 / 0).
+  * `per_class_f1`: {class name: 2 TP / (2 TP + FP + FN)}, None for a class absent from
+    both truth and prediction, as for IoU.
   * `per_class_pixels`: {class name: truth pixels}.
   * `confusion_matrix`: the matrix as a list of lists of ints; `num_pixels`: its sum;
     `class_names`: the names, in matrix order.
@@ -143,10 +160,13 @@ def segmentation_scores(cm, class_names: Sequence[str] | None = None) -> dict[st
   ious = [_ratio(tp[c], union[c]) for c in range(k)]
   present = [v for v in ious if v is not None]
   total = int(cm.sum())
+  f1s = [_ratio(2 * tp[c], union[c] + tp[c]) for c in range(k)]
   return {
       "miou": float(np.mean(present)) if present else None,
       "oa": _ratio(np.trace(cm), total),
+      "kappa": _kappa(cm),
       "per_class_iou": dict(zip(names, ious)),
+      "per_class_f1": dict(zip(names, f1s)),
       "per_class_pixels": {n: int(t) for n, t in zip(names, truth)},
       "confusion_matrix": cm.tolist(),
       "num_pixels": total,

@@ -108,8 +108,14 @@ def deep_vs_classical(runs, baselines, row: dict) -> dict | None:
   return {"deep": deep, "classical": classical, **gain}
 
 
+def _scores(sel: list[dict]) -> dict:
+  """mIoU, OA and kappa statistics (x100) of runs `sel`; kappa n/a in runs scored before
+  eval.json had it."""
+  return {m: _stats([r.get(m) for r in sel]) for m in ("miou", "oa", "kappa")}
+
+
 def summarise(runs: list[dict], baselines: list[dict] = ()) -> list[dict]:
-  """One row per fraction: mIoU/OA statistics (in %) per init and the paired gains (points);
+  """One row per fraction: mIoU/OA/kappa statistics (x100) per init, paired gains (points);
   with `baselines` (classical runs, each naming its `baseline`) their statistics under
   `baselines` and the best deep arm against the best of them (`deep_vs_classical`)."""
   rows = []
@@ -117,8 +123,7 @@ def summarise(runs: list[dict], baselines: list[dict] = ()) -> list[dict]:
     row = {"fraction": fraction}
     for init in sorted({r["init"] for r in runs}):
       sel = [r for r in runs if r["fraction"] == fraction and r["init"] == init]
-      row[init] = {"miou": _stats([r["miou"] for r in sel]),
-                   "oa": _stats([r["oa"] for r in sel])}
+      row[init] = _scores(sel)
       chosen = [r["recipe"] for r in sel if r.get("recipe")]
       if chosen:
         row[init]["recipes"] = {name: chosen.count(name) for name in sorted(set(chosen))}
@@ -132,8 +137,7 @@ def summarise(runs: list[dict], baselines: list[dict] = ()) -> list[dict]:
       row["baselines"] = {}
       for name in sorted({r["baseline"] for r in baselines}):
         sel = [r for r in baselines if r["fraction"] == fraction and r["baseline"] == name]
-        row["baselines"][name] = {"miou": _stats([r["miou"] for r in sel]),
-                                  "oa": _stats([r["oa"] for r in sel]),
+        row["baselines"][name] = {**_scores(sel),
                                   "indices": sel[0].get("indices", []) if sel else []}
       row["deep_vs_classical"] = deep_vs_classical(runs, baselines, row)
     rows.append(row)
@@ -180,7 +184,8 @@ def table(summary: list[dict]) -> str:
   head = "| fraction | " + " | ".join(f"{i} mIoU" for i in inits)
   head += (" | paired gain (mIoU pts) | gain vs noise" if paired else "")
   head += " | " + " | ".join(f"{i} OA" for i in inits)
-  head += (" | paired gain (OA pts)" if paired else "") + " |"
+  head += (" | paired gain (OA pts)" if paired else "")
+  head += " | " + " | ".join(f"{i} kappa" for i in inits) + " |"
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for row in summary:
     cells = [_fraction_label(row["fraction"])] + [_pm(row[i]["miou"]) for i in inits]
@@ -189,23 +194,26 @@ def table(summary: list[dict]) -> str:
     cells += [_pm(row[i]["oa"]) for i in inits]
     if paired:
       cells.append(_pm(row["gain_oa"], "+"))
+    cells += [_pm(row[i]["kappa"]) for i in inits]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def baseline_table(summary: list[dict]) -> str:
-  """mIoU and OA of each classical baseline, and the best deep arm's paired gain over the
-  best of them."""
+  """mIoU, OA and kappa of each classical baseline, and the best deep arm's paired gain over
+  the best of them."""
   names = sorted(summary[0]["baselines"])
   head = ("| fraction | " + " | ".join(f"{n} mIoU" for n in names) + " | "
-          + " | ".join(f"{n} OA" for n in names)
+          + " | ".join(f"{n} OA" for n in names) + " | "
+          + " | ".join(f"{n} kappa" for n in names)
           + " | best deep - best classical (mIoU pts) | gain vs noise |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for row in summary:
     cmp_ = row.get("deep_vs_classical")
     cells = ([_fraction_label(row["fraction"])]
              + [_pm(row["baselines"][n]["miou"]) for n in names]
-             + [_pm(row["baselines"][n]["oa"]) for n in names])
+             + [_pm(row["baselines"][n]["oa"]) for n in names]
+             + [_pm(row["baselines"][n]["kappa"]) for n in names])
     cells += ([f"{_pm(cmp_, '+')} ({cmp_['deep']} - {cmp_['classical']})", _verdict(cmp_)]
               if cmp_ else ["n/a", "n/a"])
     lines.append("| " + " | ".join(cells) + " |")
@@ -239,7 +247,7 @@ def _baseline_section(summary) -> list[str]:
                       if r["baselines"][n]["indices"]), []) for n in names}
   return ["## Classical baselines", "",
           "On the same labelled tiles as the deep runs of each fraction and seed, scored on "
-          "the same test pixels with the same mIoU/OA code. "
+          "the same test pixels with the same mIoU/OA/kappa code. "
           + baselines.describe(names, indices)
           + " Gain = best deep arm - best classical baseline (each the best by mean mIoU "
           f"at that fraction), paired by seed; {NOISE_RULE}.", "",
@@ -385,7 +393,7 @@ def write_report(workdir, summary, config, pretrain_dir, objective: dict | None 
       "",
       f"Dataset `{config.data.name}/{config.data.config_name}`; fine-tuning "
       f"{config.train.steps} steps per run; seeds {list(st.seeds)}; {source}. Test split "
-      f"`{config.finetune.test_split}`; {spread_note(summary)}, in %.",
+      f"`{config.finetune.test_split}`; {spread_note(summary)}, in % (Cohen's kappa x 100).",
       "",
       *_gain_note(summary),
       table(summary),

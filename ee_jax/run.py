@@ -41,8 +41,8 @@ def evaluate(config, workdir) -> None:
   from ee_jax.train.finetune import evaluate as run_evaluate  # pylint: disable=import-outside-toplevel
   result = run_evaluate(config, workdir)
   from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
-  distributed.log(json.dumps({k: result[k] for k in ("split", "miou", "oa", "per_class_iou")},
-                             indent=2))
+  keys = ("split", "miou", "oa", "kappa", "per_class_iou")
+  distributed.log(json.dumps({k: result[k] for k in keys}, indent=2))
 
 
 def study(config, workdir) -> None:

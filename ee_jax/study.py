@@ -154,8 +154,9 @@ def run_study(config, workdir: str) -> dict:
           rundir, result, extra = _best_recipe(config, workdir, name, recipes, (
               fraction, init, seed, pretrain_dir, model))
         runs.append({"name": name, "fraction": fraction, "init": init, "seed": seed,
-                     "miou": result["miou"], "oa": result["oa"],
-                     "per_class_iou": result["per_class_iou"], "workdir": rundir, **extra})
+                     "miou": result["miou"], "oa": result["oa"], "kappa": result.get("kappa"),
+                     "per_class_iou": result["per_class_iou"],
+                     "per_class_f1": result.get("per_class_f1"), "workdir": rundir, **extra})
         if distributed.is_primary():  # one writer (the others would race on study.json.tmp)
           report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
                                   objective=objective)
@@ -290,8 +291,9 @@ def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
     result = runner.run_baseline(run_config(config, fraction, "random", seed, "", None,
                                             recipe), name, rundir)
   return {"name": run, "fraction": fraction, "baseline": name, "seed": seed,
-          "miou": result["miou"], "oa": result["oa"],
-          "per_class_iou": result["per_class_iou"], "indices": result.get("indices", []),
+          "miou": result["miou"], "oa": result["oa"], "kappa": result.get("kappa"),
+          "per_class_iou": result["per_class_iou"], "per_class_f1": result.get("per_class_f1"),
+          "indices": result.get("indices", []),
           "workdir": rundir}
 
 

@@ -139,7 +139,8 @@ def test_smoke_study_adds_baseline_rows_on_the_deep_runs_tiles(labelled_data_dir
   for b in study["baselines"]:
     assert 0 < b["miou"] <= 1
     result = json.load(open(os.path.join(b["workdir"], "eval.json")))
-    assert {"miou", "oa", "per_class_iou"} <= set(result)
+    assert {"miou", "oa", "kappa", "per_class_iou", "per_class_f1"} <= set(result)
+    assert b["kappa"] == result["kappa"] and -1 <= b["kappa"] <= 1
   # The same labelled tiles as the deep run of that fraction and seed.
   deep = json.load(open(tmp_path / "runs" / "frac0.25_random_seed0" / "label_fraction.json"))
   for name in ("linear", "lightgbm"):
@@ -147,6 +148,7 @@ def test_smoke_study_adds_baseline_rows_on_the_deep_runs_tiles(labelled_data_dir
     assert mine["indices"] == deep["indices"] and len(mine["indices"]) == 8
   text = open(tmp_path / "report.md").read()
   assert "## Classical baselines" in text and "| fraction | lightgbm mIoU | linear mIoU |" in text
+  assert "| lightgbm kappa | linear kappa |" in text
   assert "- 1/4: the best deep arm (random" in text and "1 seed: not judged" in text
   # A rerun reuses the baselines' eval.json.
   path = tmp_path / "runs" / "frac0.25_lightgbm_seed0" / "eval.json"

@@ -356,18 +356,20 @@ def tfrecord(record, corrupt=False):
 MTLCC_DOY = {16: [200, 0, 15, 100, 0], 17: [30, 60, 0, 0, 0]}  # 0 = padding
 
 
-def mtlcc_arrays(tileid, year):
+def mtlcc_arrays(tileid, year, px=24):
   rng = np.random.default_rng(int(tileid) * 100 + year)
   t = len(MTLCC_DOY[year])
-  return {"x10": rng.integers(0, 9000, (t, 24, 24, 4)),
-          "x20": rng.integers(0, 9000, (t, 12, 12, 6)),
-          "x60": rng.integers(0, 9000, (t, 4, 4, 3)),
-          "labels": np.broadcast_to(rng.integers(0, 4, (24, 24)), (t, 24, 24))}
+  return {"x10": rng.integers(0, 9000, (t, px, px, 4)),
+          "x20": rng.integers(0, 9000, (t, px // 2, px // 2, 6)),
+          "x60": rng.integers(0, 9000, (t, px // 6, px // 6, 3)),
+          "labels": np.broadcast_to(rng.integers(0, 4, (px, px)), (t, px, px))}
 
 
-def write_mtlcc(root, packed=True):
+def write_mtlcc(root, packed=True, size=240):
+  """The MTLCC layout under `root` (`size`: 240 or 480 m tiles; benchmarks/mtlcc_build.py
+  uses 480 for a bigger fixture)."""
   import gzip
-  base = root / "data_IJGI18" / "datasets" / "full" / "240"
+  base = root / "data_IJGI18" / "datasets" / "full" / str(size)
   os.makedirs(base / "tileids")
   splits = {"train_fold0": ["101", "102"], "test_fold0": ["201"], "eval": ["301"]}
   for name, ids in splits.items():
@@ -381,7 +383,7 @@ def write_mtlcc(root, packed=True):
   for year in (16, 17):
     os.makedirs(base / f"data{year}")
     for tid in (t for ids in splits.values() for t in ids):
-      a = mtlcc_arrays(tid, year)
+      a = mtlcc_arrays(tid, year, size // 10)
       feats = {}
       for key in ("x10", "x20", "x60", "labels"):
         arr = np.ascontiguousarray(a[key]).astype("<i8")
@@ -395,16 +397,58 @@ def write_mtlcc(root, packed=True):
   return base
 
 
-def test_crc32c_known_vector_and_example_round_trip():
-  from tfds_builders.mtlcc import crc32c, parse_example
-  assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-  assert crc32c(b"") == 0
-  for packed in (True, False):
+# CRC-32C check values: b"123456789" (the standard check), RFC 3720 B.4 and b"a".
+CRC32C_VECTORS = {b"": 0, b"a": 0xC1D04330, b"123456789": 0xE3069283,
+                  bytes(32): 0x8A9136AA, b"\xff" * 32: 0x62A8AB43,
+                  bytes(range(32)): 0x46DD794E, bytes(range(31, -1, -1)): 0x113FDB5C}
+
+
+def test_crc32c_google_and_table_agree_on_known_vectors():
+  from tfds_builders.mtlcc import tfrecord
+  assert tfrecord.CRC32C_IMPL.startswith("google-crc32c")  # installed: setup.cfg needs it
+  rng = np.random.default_rng(0)
+  extra = [rng.bytes(n) for n in (1, 7, 1000, 65537)]
+  for data in [*CRC32C_VECTORS, *extra]:
+    assert tfrecord.crc32c(data) == tfrecord.crc32c_table(data), data[:16]
+  for data, want in CRC32C_VECTORS.items():
+    assert tfrecord.crc32c(data) == want and tfrecord.crc32c_table(data) == want
+
+
+def test_crc32c_falls_back_to_the_table_without_google_crc32c(monkeypatch):
+  import importlib
+  import sys
+
+  from tfds_builders.mtlcc import tfrecord
+  try:
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # import raises ImportError
+    importlib.reload(tfrecord)
+    assert tfrecord.CRC32C_IMPL == "python table" and tfrecord.crc32c is tfrecord.crc32c_table
+    assert tfrecord.crc32c(b"123456789") == 0xE3069283
+  finally:
+    monkeypatch.undo()
+    importlib.reload(tfrecord)
+  assert tfrecord.CRC32C_IMPL.startswith("google-crc32c")
+
+
+def test_example_decoding_of_packed_unpacked_and_empty_features():
+  from tensorflow_datasets.proto import tf_example_pb2
+
+  from tfds_builders.mtlcc import parse_example
+  from tfds_builders.mtlcc.example import WireError
+  for packed in (True, False):  # the test's own encoder: both int64 wire forms
     got = parse_example(encode_example({"i": [3, -2, 1 << 40], "f": [0.5, -1.25],
                                         "b": [b"ab", b""]}, packed))
     np.testing.assert_array_equal(got["i"], [3, -2, 1 << 40])
+    assert got["i"].dtype == np.int64
     np.testing.assert_array_equal(got["f"], np.array([0.5, -1.25], np.float32))
-    assert got["b"] == [b"ab", b""]
+    assert got["f"].dtype == np.float32 and got["b"] == [b"ab", b""]
+  e = tf_example_pb2.Example()
+  e.features.feature["none"].SetInParent()  # a Feature holding no list
+  e.features.feature["ints"].int64_list.value.extend([])
+  got = parse_example(e.SerializeToString())
+  assert got["none"] == [] and got["ints"].size == 0 and got["ints"].dtype == np.int64
+  with pytest.raises(WireError):
+    parse_example(b"\x0a\xff")  # field 1, a length varint cut short
 
 
 def test_mtlcc_tiles_bands_dates_labels_georeference(tmp_path):
@@ -448,6 +492,11 @@ def test_mtlcc_corrupt_record_and_missing_tile(tmp_path):
     f.write(bytes(blob))
   with pytest.raises(DataError, match=r"data17/201\.tfrecord\.gz: corrupt record at byte 0 "
                                       r"\(data CRC mismatch\)"):
+    datasets.prepare(data_cfg(tmp_path, "mtlcc", manual_dir=str(tmp_path / "src")))
+  with gzip.open(path, "wb") as f:
+    f.write(tfrecord(b"\x0a\x05ab"))  # valid CRCs, an Example cut short
+  with pytest.raises(DataError, match=r"data17/201\.tfrecord\.gz: not a tf\.train\.Example "
+                                      r"\(.*\)$"):
     datasets.prepare(data_cfg(tmp_path, "mtlcc", manual_dir=str(tmp_path / "src")))
   os.remove(path)
   with pytest.raises(DataError, match=r"missing file .*data17/201\.tfrecord\.gz"):

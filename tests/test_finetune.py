@@ -121,6 +121,8 @@ def test_eval_counts_every_example_once_on_two_devices(data_dir, tmp_path):
   np.testing.assert_array_equal(cm_two, cm_one)
   np.testing.assert_array_equal(cm_two, result["confusion_matrix"])
   assert metrics.segmentation_scores(cm_one)["miou"] == pytest.approx(result["miou"])
+  assert metrics.segmentation_scores(cm_one)["kappa"] == pytest.approx(result["kappa"])
+  assert list(result["per_class_f1"]) == result["class_names"]
   # --mode=evaluate writes the same result again.
   os.remove(tmp_path / "eval.json")
   run.evaluate(c, str(tmp_path))

@@ -80,9 +80,51 @@ def test_nothing_counted_gives_none_not_nan():
   cm = cm_of(PRED, np.full_like(LABEL, IGNORE))
   assert not cm.any()
   s = metrics.segmentation_scores(cm, ["a", "b", "c"])
-  assert s["miou"] is None and s["oa"] is None and s["num_pixels"] == 0
-  assert set(s["per_class_iou"].values()) == {None}
+  assert s["miou"] is None and s["oa"] is None and s["kappa"] is None and s["num_pixels"] == 0
+  assert set(s["per_class_iou"].values()) == {None} == set(s["per_class_f1"].values())
   json.dumps(s, allow_nan=False)
+
+
+def test_kappa_and_f1_by_hand_with_an_absent_class():
+  # Rows truth, columns prediction; class 3 absent from both. N = 16, trace 12.
+  cm = np.array([[5, 1, 0, 0],
+                 [2, 3, 1, 0],
+                 [0, 0, 4, 0],
+                 [0, 0, 0, 0]])
+  s = metrics.segmentation_scores(cm)
+  # po = 12/16; truth (6, 6, 4, 0), predicted (7, 4, 5, 0): pe = (42 + 24 + 20) / 256.
+  po, pe = 12 / 16, 86 / 256
+  assert s["kappa"] == pytest.approx((po - pe) / (1 - pe)) and s["kappa"] == pytest.approx(53 / 85)
+  # F1 = 2TP / (2TP + FP + FN): 0: TP 5, FP 2, FN 1; 1: TP 3, FP 1, FN 3; 2: TP 4, FP 1, FN 0.
+  assert s["per_class_f1"]["3"] is None  # absent from truth and prediction: no score
+  assert {c: s["per_class_f1"][c] for c in "012"} == pytest.approx(
+      {"0": 10 / 13, "1": 6 / 10, "2": 8 / 9})
+  for c in "012":  # F1 = 2 IoU / (1 + IoU), a second route to the same numbers
+    iou = s["per_class_iou"][c]
+    assert s["per_class_f1"][c] == pytest.approx(2 * iou / (1 + iou))
+  json.dumps(s, allow_nan=False)
+
+
+def test_kappa_perfect_worse_than_chance_and_undefined():
+  assert metrics.segmentation_scores(np.diag([3, 4, 5]))["kappa"] == 1.0
+  # Always wrong: po = 0, pe = (3*2 + 2*3) / 25 -> kappa = -12/25 / (13/25) = -12/13.
+  assert metrics.segmentation_scores([[0, 3], [2, 0]])["kappa"] == pytest.approx(-12 / 13)
+  # Prediction independent of truth (pe = po): kappa 0 although OA is 1/2.
+  s = metrics.segmentation_scores([[2, 2], [2, 2]])
+  assert s["kappa"] == 0.0 and s["oa"] == 0.5
+  # One class in truth and prediction: pe = 1, kappa 0/0 -> None; F1 of the other None.
+  s = metrics.segmentation_scores([[7, 0], [0, 0]])
+  assert s["kappa"] is None and s["per_class_f1"] == {"0": 1.0, "1": None} and s["oa"] == 1.0
+  json.dumps(s, allow_nan=False)
+
+
+def test_kappa_of_an_evaluation_whose_chance_products_overflow_int64():
+  big = 4 * 10 ** 9  # 8e9 pixels (a large evaluation): truth_k * pred_k ~ 1.6e19 > 2^63
+  cm = np.array([[big, 1], [0, big]], np.int64)
+  n = 2 * big + 1
+  chance = big * (big + 1) + (big + 1) * big  # truth (big+1, big), predicted (big, big+1)
+  want = (2 * big * n - chance) / (n * n - chance)
+  assert metrics.segmentation_scores(cm)["kappa"] == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("method", ["bincount", "matmul"])

@@ -60,6 +60,30 @@ def test_report_and_study_json_carry_the_paired_gains(tmp_path):
   assert "|mean| < 2 x its standard error" in text
 
 
+def test_kappa_beside_miou_and_oa_and_n_a_where_eval_json_predates_it(tmp_path):
+  runs = [{**r, "kappa": r["miou"] - 0.2} for r in RUNS]
+  linear = {"name": "l", "fraction": 1.0, "baseline": "linear", "seed": 0, "miou": 0.4,
+            "oa": 0.5, "kappa": 0.25, "per_class_iou": [], "indices": []}
+  summary = report.summarise(runs, [linear])
+  rows = {row["fraction"]: row for row in summary}
+  assert rows[1.0]["pretrained"]["kappa"]["mean"] == pytest.approx(40.0)  # 0.3, 0.4, 0.5
+  # random: 46, 25, 30 points; deviations 37/3, -26/3, -11/3 -> variance 2166/9 / 2 = 361/3.
+  assert rows[1.0]["random"]["kappa"]["std"] == pytest.approx(19 / math.sqrt(3))
+  assert rows[1.0]["baselines"]["linear"]["kappa"] == pytest.approx(
+      {"mean": 25.0, "std": None, "se": None, "n": 1})
+  c = study_synthetic.get_config("smoke")
+  report.write_report(str(tmp_path), summary, c, "/pre")
+  text = open(tmp_path / "report.md").read()
+  assert "| pretrained OA | random OA | paired gain (OA pts) | pretrained kappa | random kappa |" \
+      in text and "(Cohen's kappa x 100)" in text
+  assert ("| 1 | 60.0 ± 10.0 | 53.7 ± 11.0 | +6.3 ± 3.2 | beyond noise (3 seeds) | 70.0 ± 10.0 "
+          "| 63.7 ± 11.0 | +6.3 ± 3.2 | 40.0 ± 10.0 | 33.7 ± 11.0 |") in text
+  assert "| linear mIoU | linear OA | linear kappa |" in text
+  assert "| 1 | 40.0 (1 seed) | 50.0 (1 seed) | 25.0 (1 seed) |" in text
+  # Records from an eval.json written before kappa existed: n/a, not 0 and no crash.
+  assert report.table(report.summarise(RUNS)).splitlines()[2].endswith("| n/a | n/a |")
+
+
 def test_one_seed_says_so_instead_of_a_zero_spread(tmp_path):
   runs = [r for r in RUNS if r["seed"] == 0]
   c = study_synthetic.get_config("smoke")

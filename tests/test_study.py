@@ -22,8 +22,12 @@ def test_smoke_study_writes_report_json_and_plot(labelled_data_dir, tmp_path):
     assert os.path.getsize(tmp_path / name) > 0, name
   study = json.load(open(tmp_path / "study.json"))
   assert study["complete"] and len(study["runs"]) == 4
+  for r in study["runs"]:  # kappa and per-class F1 flow from each run's eval.json
+    scores = json.load(open(os.path.join(r["workdir"], "eval.json")))
+    assert r["kappa"] == scores["kappa"] and r["per_class_f1"] == scores["per_class_f1"]
+    assert -1 <= r["kappa"] <= 1
   text = open(tmp_path / "report.md").read()
-  assert "| 1/4 |" in text and "gain" in text
+  assert "| 1/4 |" in text and "gain" in text and "| pretrained kappa | random kappa |" in text
   with open(tmp_path / "label_fraction.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   # The pretrained arm is named by the objective its checkpoint was trained with.

@@ -114,7 +114,9 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
   else:  # nothing to fit: no score (the summary skips it), the study goes on
     distributed.log(f"{workdir}: no labelled, observed pixel in the {len(indices)} training "
                     f"tiles; no score")
-    result = {"miou": None, "oa": None, "per_class_iou": dict.fromkeys(data.class_names)}
+    result = {"miou": None, "oa": None, "kappa": None,
+              "per_class_iou": dict.fromkeys(data.class_names),
+              "per_class_f1": dict.fromkeys(data.class_names)}
   result.update(
       split=split, num_examples=num_test, baseline=name,
       train_tiles=int(len(indices)), train_pixels=int(len(y)), max_pixels_per_class=cap,

@@ -11,9 +11,14 @@ in-memory shuffle buffer (`shuffle.MAX_MEM_BUFFER_SIZE`) into temporary bucket f
 tiles) fails with "No module named 'tensorflow'". When TensorFlow is absent we give those
 bucket files plain `epath` I/O (same byte format), and lower the in-memory buffer so a
 build's peak memory stays well under 2 GiB. Nothing changes when TensorFlow is installed.
+
+Both use private TFDS names (no public API offers either), so setup.cfg pins
+tensorflow-datasets below the next minor release and `private_api_problems()` (run by
+tests/test_tfds_compat.py) says which of those names moved before raising the bound.
 """
 
 import importlib.util
+import inspect
 import logging
 import struct
 import sys
@@ -67,6 +72,61 @@ def install() -> None:
   bucket.add, bucket.read_values, bucket.del_file = _add, _read_values, _del_file
   shuffle.MAX_MEM_BUFFER_SIZE = SHUFFLE_BUFFER_BYTES
   _patched = True
+
+
+def _name(owner) -> str:
+  return owner.__name__ if inspect.ismodule(owner) else f"{owner.__module__}.{owner.__qualname__}"
+
+
+def private_api_problems() -> list[str]:
+  """One line per private TFDS name this module relies on that is gone or changed shape
+  (empty when all are as in the TFDS versions setup.cfg allows)."""
+  problems = []
+
+  def moved(what: str, detail: str) -> None:
+    problems.append(f"ee_jax/data/tfds_compat.py relies on {what}: {detail} in "
+                    f"tensorflow-datasets {tfds_version()}")
+
+  def need(owner, name: str, params=None) -> None:
+    obj = getattr(owner, name, None)
+    if obj is None:
+      return moved(f"{_name(owner)}.{name}", "it is gone")
+    if params is not None and list(inspect.signature(obj).parameters) != params:
+      moved(f"{_name(owner)}.{name}({', '.join(params)})",
+            f"it takes ({', '.join(inspect.signature(obj).parameters)})")
+
+  for name in ("_hkey_to_bytes", "_read_hkey", "HKEY_SIZE_BYTES", "MAX_MEM_BUFFER_SIZE",
+               "_Bucket", "Shuffler"):
+    need(shuffle, name)
+  bucket = getattr(shuffle, "_Bucket", None)
+  if bucket is not None:
+    for name, params in (("add", ["self", "key", "data"]), ("read_values", ["self"]),
+                         ("del_file", ["self"]), ("flush", ["self"])):
+      need(bucket, name, params)
+    try:
+      fields = vars(bucket("unused_path"))  # __init__ opens nothing
+    except TypeError as e:
+      fields = {}
+      moved(f"{_name(bucket)}(path)", f"it raises {e}")
+    for field in ("_path", "_fobj", "_length", "_size"):
+      if fields and field not in fields:
+        moved(f"the instance attribute {_name(bucket)}.{field}", "it is gone")
+  shuffler = getattr(shuffle, "Shuffler", None)
+  if shuffler is not None:  # the patches act only through module globals Shuffler reads
+    read = {n for f in vars(shuffler).values() if hasattr(f, "__code__")
+            for n in f.__code__.co_names}
+    for global_name in ("MAX_MEM_BUFFER_SIZE", "_Bucket"):
+      if global_name not in read:
+        moved(f"{_name(shuffler)} reading shuffle.{global_name}", "no method of it does")
+  for name in ("_log_download_bytes", "_log_download_done"):
+    need(dataset_builder.DatasetBuilder, name, ["self"])
+  need(tqdm_utils, "display_progress_bar", ["enable"])
+  return problems
+
+
+def tfds_version() -> str:
+  import tensorflow_datasets  # pylint: disable=import-outside-toplevel
+  return tensorflow_datasets.__version__
 
 
 # ---------------------------------------------------------------------------- quiet

@@ -822,7 +822,8 @@ def write_test_result(config, workdir: str, source_dir: str) -> dict:
   """Evaluates `source_dir`'s params on the test split into <workdir>/eval.json."""
   result = evaluate(config, workdir, checkpoint=source_dir)
   distributed.log(f"{config.finetune.test_split}: mIoU {_fmt(result['miou'])}, "
-                  f"OA {_fmt(result['oa'])} -> {os.path.join(workdir, 'eval.json')}")
+                  f"OA {_fmt(result['oa'])}, kappa x100 {_fmt(result['kappa'])} -> "
+                  f"{os.path.join(workdir, 'eval.json')}")
   return {"test_miou": result["miou"], "test_oa": result["oa"]}
 
 

@@ -2,6 +2,6 @@
 
 from tfds_builders.mtlcc.builder import Mtlcc
 from tfds_builders.mtlcc.example import parse_example
-from tfds_builders.mtlcc.tfrecord import crc32c, masked_crc32c, read_records
+from tfds_builders.mtlcc.tfrecord import crc32c, crc32c_table, masked_crc32c, read_records
 
-__all__ = ["Mtlcc", "crc32c", "masked_crc32c", "parse_example", "read_records"]
+__all__ = ["Mtlcc", "crc32c", "crc32c_table", "masked_crc32c", "parse_example", "read_records"]

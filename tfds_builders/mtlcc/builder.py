@@ -9,13 +9,14 @@ validation = test_fold<k>, test = eval (`fold` = k); each tile appears once per 
 
 Features `x10/data` [T,H,W,4], `x20/data` [T,H/2,W/2,6], `x60/data` [T,H/6,W/6,3],
 `labels/data` [T,H,W], `dates/doy` (each `*/data` one raw little-endian int64 array in a
-BytesList, its shape in `*/shape`). Both CRCs of every record are checked (tfrecord.py)
-and the Example decoded from wire format (example.py): no TensorFlow. 20 m and 60 m bands
-are repeated onto the 10 m grid; steps with doy 0 (padding) are dropped, the rest sorted
-and padded at the end to the stored length T (valid=False, date 0), so T is that of the
-files. The year comes from the folder name (the year field is unreliable). Labels are
-constant in time (the first step is used); raw ids named in `ignore_names` (default
-'unknown') or absent from classes.txt become 255, the others are numbered in file order.
+BytesList, its shape in `*/shape`). Both CRCs of every record are checked (tfrecord.py,
+google-crc32c) and the Example decoded with TFDS's tf_example_pb2 (example.py): no
+TensorFlow. 20 m and 60 m bands are repeated onto the 10 m grid; steps with doy 0 (padding)
+are dropped, the rest sorted and padded at the end to the stored length T (valid=False, date
+0), so T is that of the files. The year comes from the folder name (the year field is
+unreliable). Labels are constant in time (the first step is used); raw ids named in
+`ignore_names` (default 'unknown') or absent from classes.txt become 255, the others are
+numbered in file order.
 """
 
 import csv
