@@ -35,6 +35,7 @@ import os
 import ml_collections
 
 from ee_jax import baselines as baselines_lib
+from ee_jax import config_files
 from ee_jax import checkpoints, models, objectives, report
 from ee_jax.runtime import distributed, persistent_cache
 from ee_jax.data import datasets
@@ -47,12 +48,10 @@ INITS = ("pretrained", "random")
 
 def load_config_file(path: str, arg: str | None = None,
                      what: str = "config.study.pretrain_config") -> ml_collections.ConfigDict:
-  """get_config(arg) of a config file given by path (relative to the repo root or cwd);
-  `what` names the setting the path came from, for the error."""
-  candidates = [path, os.path.join(os.path.dirname(os.path.dirname(__file__)), path)]
-  found = next((p for p in candidates if os.path.isfile(p)), None)
-  if found is None:
-    raise ConfigError(f"{what}: file not found: {path}")
+  """get_config(arg) of a config file given by path (relative to the cwd) or by a shipped
+  config's name (ee_jax/config_files.py); `what` names the setting the path came from, for
+  the error."""
+  found = config_files.resolve(path, what)
   spec = importlib.util.spec_from_file_location("study_pretrain_config", found)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -122,7 +122,7 @@ def test_killed_build_never_looks_complete_and_rebuild_works(tmp_path):
     (["--config=configs/pretrain_synthetic.py:smoke", "--mode=train"],
      "error: --mode=train: value should be one of <build|embed|evaluate|finetune|predict|"
      "pretrain|study>"),
-    (["--config=configs/no_such.py"], "error: --config: no config file 'configs/no_such.py'"),
+    (["--config=configs/no_such.py"], "error: --config: file not found: configs/no_such.py"),
     (["--mode=build"], "error: --config is required"),
     (["--config={tmp}/offset.py"], "error: --config={tmp}/offset.py: 'remove_offset' takes a "
      "str, not the bool False; write it as a str (e.g. 'false')"),
