@@ -7,6 +7,14 @@ may also be the path of a manifest (.csv with a header naming path, date, ...; o
 as `s2_tiles`'s `manifest`.
 `params.band_order` gives the band order once for every multi-band image without its own.
 
+`label` may instead be a vector file of polygons (GeoJSON, GeoPackage; Shapefile and other
+OGR formats with pyogrio) with `label_column` naming its class column: reprojected and
+rasterised onto the image grid (ee_jax/geo/vector_labels.py). Optional per scene:
+`label_mapping` {column value: class name or index} (else the classes' raw values, then
+their names), `label_layer` (a file with several layers), `label_border_px` (ignore that
+many pixels at parcel borders, as PASTIS) and `label_outside` ('error': a polygon outside
+the image is an error; 'skip': dropped, for a file that covers several scenes).
+
 `params.classes` is the class map: a list of [name, raw value or list of raw values]; the
 class index is the position in the list. Raw values not listed, and the label raster's
 nodata, become `ignore_index` (255). Image and label must share CRS, transform and size;
@@ -24,10 +32,17 @@ from ee_jax.errors import ConfigError, DataError
 from ee_jax.geo import bands as bandlib
 from ee_jax.geo import products as productlib
 from ee_jax.geo.reader import Grid, open_raster
+from ee_jax.geo.vector_labels import VectorLabels
+from ee_jax.geo.vector_read import is_vector
 from tfds_builders.common import TileBuilder
 from tfds_builders.s2_tiles.builder import (TILING_DEFAULTS, dataset_band_order, read_manifest,
                                             validate_tiling)
 from tfds_builders.scenes import Scene, scene_tiles
+
+
+# Scene keys of a vector label file (the module docstring).
+VECTOR_KEYS = ("label_column", "label_mapping", "label_layer", "label_border_px",
+               "label_outside")
 
 
 class LabelReader:
@@ -100,6 +115,13 @@ class LandcoverTiles(TileBuilder):
     for i, s in enumerate(p["scenes"]):
       if not isinstance(s, dict) or "label" not in s or not ("images" in s or "image" in s):
         raise ConfigError(f"{where}: scenes[{i}] needs 'images' (or 'image') and 'label'")
+      vector_keys = sorted(k for k in s if k in VECTOR_KEYS)
+      if is_vector(s["label"]) and not s.get("label_column"):
+        raise ConfigError(f"{where}: scenes[{i}]: label {s['label']} is a vector file; name "
+                          f"its class column with 'label_column'")
+      if not is_vector(s["label"]) and vector_keys:
+        raise ConfigError(f"{where}: scenes[{i}]: {', '.join(vector_keys)} apply to a vector "
+                          f"label file (.gpkg, .geojson, .shp, ...), not {s['label']}")
     if not p["classes"] or len(p["classes"]) > 255:
       raise ConfigError(f"{where}: classes must list 1..255 [name, raw values] pairs")
     for i, c in enumerate(p["classes"]):
@@ -137,8 +159,15 @@ class LandcoverTiles(TileBuilder):
     p = self.params
     for scene, spec in self._scenes():
       first_image = scene.acquisitions[0].files[0]
-      labels = LabelReader(spec["label"], scene.grid, p["classes"], p["label_nodata"],
-                           p["allow_reproject"], first_image)
+      if is_vector(spec["label"]):
+        labels = VectorLabels(spec["label"], spec["label_column"], scene.grid, p["classes"],
+                              first_image, mapping=spec.get("label_mapping"),
+                              border_px=spec.get("label_border_px", 0),
+                              layer=spec.get("label_layer"),
+                              outside=spec.get("label_outside", "error"))
+      else:
+        labels = LabelReader(spec["label"], scene.grid, p["classes"], p["label_nodata"],
+                             p["allow_reproject"], first_image)
       try:
         yield from scene_tiles(scene, p["bands"], p, split, label_window=labels)
       finally:
