@@ -256,3 +256,18 @@ def test_landcover_tiles_builds_from_a_vector_label_file(tmp_path):
                      r"file; name its class column with 'label_column'"):
     datasets.make_builder(data_cfg(tmp_path, name="landcover_tiles", config_name="bad",
                                    scenes=[bad], classes=CLASSES, bands=BANDS))
+
+
+@pytest.mark.parametrize("driver, suffix", [("GPKG", "gpkg"), ("ESRI Shapefile", "shp"),
+                                            ("GeoJSON", "geojson")])
+def test_files_written_by_gdal_read_the_same(tmp_path, driver, suffix):
+  """Needs the [vector] extra (pyogrio) to write them; the GeoPackage and GeoJSON are then
+  read without it, the Shapefile through it."""
+  raw = pytest.importorskip("pyogrio.raw", reason="pyogrio not installed (extra [vector])")
+  image, grid = _grid(tmp_path)
+  wkbs = np.array([_wkb_polygon(_rect(1, 1, 4, 5)), _wkb_polygon(_rect(4, 1, 7, 5))], object)
+  path = str(tmp_path / f"parcels.{suffix}")
+  raw.write(path, wkbs, [np.array([1, 3], np.int32)], fields=["cls"], crs="EPSG:32633",
+            geometry_type="Polygon", driver=driver)
+  labels = VectorLabels(path, "cls", grid, CLASSES, image)
+  np.testing.assert_array_equal(labels(Window(0, 0, 8, 8)), EXPECTED)

@@ -112,12 +112,13 @@ def _read_gpkg(path, column, layer) -> Layer:
 
 def _read_ogr(path, column, layer) -> Layer:
   try:
+    import pyogrio  # pylint: disable=import-outside-toplevel
     from pyogrio import raw  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise DataError(f"{path}: this vector format needs pyogrio (pip install "
                     f"'ee-jax[vector]'); GeoJSON and GeoPackage need nothing more") from e
   try:
-    meta = raw.read_info(path, layer=layer)
+    meta = pyogrio.read_info(path, layer=layer)
     if column not in list(meta["fields"]):
       raise _missing_column(path, column, set(meta["fields"]))
     meta, _, wkbs, fields = raw.read(path, layer=layer, columns=[column])[:4]
