@@ -91,7 +91,7 @@ def test_the_wheel_carries_configs_the_entry_point_and_the_licence(tmp_path):
     entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
   assert {"configs/__init__.py", "configs/study_synthetic.py", "configs/defaults.py",
           "ee_jax/cli.py", "ee_jax/config_files.py",
-          "tfds_builders/landcover_tiles/builder.py"} <= names
+          "ee_jax/geo/vector_labels.py", "tfds_builders/landcover_tiles/builder.py"} <= names
   assert any(n.endswith("/LICENSE") for n in names if ".dist-info/" in n)
   assert any(n.endswith("/CITATION.cff") for n in names if ".dist-info/" in n)
   assert "[console_scripts]" in entry_points
