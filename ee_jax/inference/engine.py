@@ -50,6 +50,7 @@ class LoadedModel:
   channels: int            # K: classes (predict) or features D (embed)
   checkpoint: str
   step: int
+  module: object = None    # the Flax module `apply` runs (segmentation model or backbone)
 
 
 def load_model(workdir: str, mode: str) -> LoadedModel:
@@ -79,15 +80,21 @@ def load_model(workdir: str, mode: str) -> LoadedModel:
     def apply(p, x, v):
       return jax.nn.softmax(model.apply({"params": p}, x, v).astype(jnp.float32), axis=-1)
 
-    return LoadedModel(apply, params, meta, k, workdir, step)
+    return LoadedModel(apply, params, meta, k, workdir, step, model)
   if mode == "embed":
     backbone = models.build_backbone(cfg)
-
-    def apply(p, x, v):
-      return backbone.apply({"params": p}, x, v).astype(jnp.float32)
-
-    return LoadedModel(apply, params[models.BACKBONE], meta, int(cfg.features), workdir, step)
+    return backbone_model(backbone, params[models.BACKBONE], meta, workdir, step)
   raise ValueError(f"unknown inference mode '{mode}'")
+
+
+def backbone_model(backbone, params, meta: dict, checkpoint: str, step: int) -> LoadedModel:
+  """A backbone and its params as the per-pixel feature function of `--mode=embed` (also
+  `ee_jax.api.embed`, with params a user may have fine-tuned)."""
+  def apply(p, x, v):
+    return backbone.apply({"params": p}, x, v).astype(jnp.float32)
+
+  return LoadedModel(apply, params, meta, int(meta["model"]["features"]), checkpoint, step,
+                     backbone)
 
 
 class TileRunner:
@@ -104,9 +111,8 @@ class TileRunner:
     win = jnp.asarray(window)
 
     def step(params, image, valid):
-      x = augment.normalize(image, mean, std)
-      x = jnp.where(valid[..., None], x, 0.0)   # nodata -> the band mean, as in training
-      out = loaded.apply(params, x, valid.astype(jnp.float32))
+      x, weight = augment.model_input(image, valid, mean, std)  # nodata -> the band mean
+      out = loaded.apply(params, x, weight)
       return out * win[None, :, :, None]
 
     self._step = parallel.pmap_step(step)
