@@ -34,6 +34,9 @@ flags.DEFINE_string("scene", None, "--mode=predict/embed: a product folder or mu
                     "time series.")
 flags.DEFINE_string("out", None, "--mode=predict/embed: the output GeoTIFF (class map or "
                     "embedding); further outputs are named after it.")
+flags.DEFINE_string("points", None, "--mode=embed: a CSV of points (columns x,y in the "
+                    "scene's CRS or lon,lat in degrees; others such as label carried over): "
+                    "also writes their embeddings as a table, <out stem>_points.csv.")
 # Multi-process runs (docs/scaling.md): every process runs the same command.
 flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize) "
                   "first: TPU VM pod slices, multi-GPU/multi-node, CPU clusters.")
@@ -121,7 +124,8 @@ def main(argv):
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     except ConfigError as e:
       sys.exit(f"error: {e}")
-  run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, scene=FLAGS.scene, out=FLAGS.out)
+  run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, scene=FLAGS.scene, out=FLAGS.out,
+              points=FLAGS.points)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,16 @@ def test_importing_the_package_loads_no_jax():
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_readme_snippet_runs(ckpt):
+  """The README's first Python block, on a tiny checkpoint in place of the demo's."""
+  text = (REPO / "README.md").read_text()
+  start = text.index("## Use a pre-trained backbone in your own code")
+  block = text[text.index("```python\n", start) + 10:]
+  block = block[:block.index("```")]
+  assert 'load_pretrained("workdirs/demo/pretrain_s2")' in block
+  scope = {}
+  exec(block.replace("workdirs/demo/pretrain_s2", ckpt), scope)  # pylint: disable=exec-used
+  assert scope["features"].shape == (1, 64, 64, 8) and scope["emb"].shape == (64, 64, 8)
+  assert np.isfinite(scope["emb"]).all()        # no band at 0: every pixel observed
