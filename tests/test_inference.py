@@ -558,12 +558,20 @@ def test_launch_predict_and_embed(tmp_path, ft_ckpt):
   common = [sys.executable, os.path.join(repo, "launch.py"),
             "--config=" + os.path.join(repo, "configs", "finetune_synthetic.py:smoke"),
             f"--workdir={ft_ckpt}", f"--scene={scene}"]
-  for mode, out in (("predict", "map.tif"), ("embed", "emb.tif")):
-    proc = subprocess.run(common + [f"--mode={mode}", f"--out={tmp_path / out}"], cwd=repo,
-                          capture_output=True, text=True, timeout=300)
+  x0, y0 = rasters.ORIGIN
+  points = _write_points(tmp_path / "pts.csv", ["x", "y", "label"],
+                         [(x0 + 5, y0 - 5, "a"), (x0 + 105, y0 - 305, "b")])
+  for mode, out, extra in (("predict", "map.tif", []),
+                           ("embed", "emb.tif", [f"--points={points}"])):
+    proc = subprocess.run(common + [f"--mode={mode}", f"--out={tmp_path / out}"] + extra,
+                          cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(tmp_path / out) in proc.stdout and "Mpx/s" in proc.stdout
   assert os.path.exists(tmp_path / "emb_kmeans.tif") and os.path.exists(tmp_path / "emb_pca.png")
+  with open(tmp_path / "emb_points.csv", encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 3 and lines[2].startswith(f"{x0 + 105},{y0 - 305},b,")
+  assert str(tmp_path / "emb_points.csv") in proc.stdout
   proc = subprocess.run(common + ["--mode=predict"], cwd=repo, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode != 0 and "error: --out is required" in proc.stderr
