@@ -667,12 +667,15 @@ def test_points_outside_the_scene_or_malformed_are_one_line(tmp_path, pre_ckpt):
                                             (x0 - 1, y0, "c")]),
       "columns.csv": (["east", "north"], [inside[:2]]),
       "text.csv": (["x", "y"], [inside[:2], ("12a", y0 - 5)]),
+      "ragged.csv": (["x", "y"], [inside[:2], inside]),
   }
   messages = {
       "outside.csv": r"outside.csv, line 4: point \(x=500405.0, y=4599995.0\) lies outside "
-                     r"the scene .* 2 of 4 points are outside",
+                     r"the scene .*\(x 500000 to 500400, y 4599600 to 4600000 in "
+                     r"EPSG:32633\); 2 of 4 points are outside",
       "columns.csv": r"columns.csv: needs columns x,y .* or lon,lat",
       "text.csv": r"text.csv, line 3: x='12a' is not a number",
+      "ragged.csv": r"ragged.csv, line 3: 3 values for the 2 columns \['x', 'y'\]",
   }
   cfg = ml_collections.ConfigDict({"inference": inference.default_config()})
   cfg.inference.update(FAST)

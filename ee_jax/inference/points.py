@@ -31,9 +31,14 @@ class Points:
     if not os.path.isfile(path):
       raise DataError(f"--points: no file '{path}' (a CSV with columns x,y or lon,lat)")
     with open(path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.DictReader(f)
-      self.columns = [c.strip() for c in reader.fieldnames or []]
-      rows = [[(v or "").strip() for v in r.values()] for r in reader]
+      lines = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if r]  # blank lines: none
+    self.columns = [c.strip() for c in lines[0][1]] if lines else []
+    for n, r in lines[1:]:
+      if len(r) != len(self.columns):
+        raise DataError(f"{path}, line {n}: {len(r)} values for the {len(self.columns)} "
+                        f"columns {self.columns}")
+    self.lines = [n for n, _ in lines[1:]]
+    rows = [[v.strip() for v in r] for _, r in lines[1:]]
     names = next((pair for pair in COORDINATES if set(pair) <= set(self.columns)), None)
     if names is None:
       raise DataError(f"{path}: needs columns x,y (in the scene's CRS) or lon,lat (degrees); "
@@ -62,10 +67,10 @@ class Points:
     if len(outside):
       i = int(outside[0])
       left, bottom, right, top = grid.bounds
+      given = ", ".join(f"{n}={rows[i][self.columns.index(n)]}" for n in names)
       raise DataError(
-          f"{path}, line {i + 2}: point ({names[0]}={rows[i][self.columns.index(names[0])]}, "
-          f"{names[1]}={rows[i][self.columns.index(names[1])]}) lies outside the scene "
-          f"{scene_id} (x {left:.6g} to {right:.6g}, y {bottom:.6g} to {top:.6g} in "
+          f"{path}, line {self.lines[i]}: point ({given}) lies outside the scene {scene_id} "
+          f"(x {left:.10g} to {right:.10g}, y {bottom:.10g} to {top:.10g} in "
           f"{grid.crs.to_string() if grid.crs else 'pixels'}); {len(outside)} of "
           f"{len(rows)} points are outside")
     self.embedding = np.full((len(rows), features), np.nan, np.float32)
@@ -77,7 +82,7 @@ class Points:
     except ValueError:
       value = math.nan
     if not math.isfinite(value):
-      raise DataError(f"{self.path}, line {i + 2}: {name}='{text}' is not a number")
+      raise DataError(f"{self.path}, line {self.lines[i]}: {name}='{text}' is not a number")
     return value
 
   def take(self, first: int, feats: np.ndarray) -> None:
