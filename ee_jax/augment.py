@@ -99,6 +99,15 @@ def normalize(image, mean, std):
   return (image.astype(jnp.float32) - mean) / std
 
 
+def model_input(image, valid, mean, std):
+  """What every backbone is fed, in training, fine-tuning, scene inference and `ee_jax.api`
+  alike: uint16 [..., T, H, W, C] and bool [..., T, H, W] -> (normalised float32 with
+  unobserved pixels at 0, the band mean; the dates' float weights [..., T, H, W])."""
+  x = normalize(image, mean, std)
+  x = jnp.where(valid[..., None], x, 0.0)
+  return x, valid.astype(jnp.float32)
+
+
 # ---------------------------------------------------------------- dihedral group (8 elements)
 # k in 0..7: k >= 4 flips left-right first, then rotates by 90 degrees (k % 4) times.
 
@@ -254,8 +263,7 @@ def _example(key, image, valid, mean, std, cfg: AugmentConfig):
   kr, kc = jax.random.split(k_crop)
   base = jnp.stack([jax.random.randint(kr, (), 0, h - s + 1),
                     jax.random.randint(kc, (), 0, w - s + 1)]).astype(jnp.int32)
-  x = normalize(image, mean, std)
-  x = jnp.where(valid[..., None], x, 0.0)  # nodata -> the band mean
+  x, _ = model_input(image, valid, mean, std)  # nodata -> the band mean
   split = ({}, {})
   if cfg.disjoint_dates:
     split = _disjoint_dates(jax.random.fold_in(k_crop, 1), t, cfg)

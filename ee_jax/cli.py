@@ -39,6 +39,9 @@ def _define_flags() -> None:
                       "time series.")
   flags.DEFINE_string("out", None, "--mode=predict/embed: the output GeoTIFF (class map or "
                       "embedding); further outputs are named after it.")
+  flags.DEFINE_string("points", None, "--mode=embed: a CSV of points (columns x,y in the "
+                      "scene's CRS or lon,lat in degrees; others such as label carried over): "
+                      "also writes their embeddings as a table, <out stem>_points.csv.")
   # Multi-process runs (docs/scaling.md): every process runs the same command.
   flags.DEFINE_bool("distributed", False, "Join a multi-process run "
                     "(jax.distributed.initialize) first: TPU VM pod slices, "
@@ -135,7 +138,8 @@ def _run(argv):
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     except ConfigError as e:
       sys.exit(f"error: {e}")
-  run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, scene=FLAGS.scene, out=FLAGS.out)
+  run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, scene=FLAGS.scene, out=FLAGS.out,
+              points=FLAGS.points)
 
 
 def main(argv=None) -> None:

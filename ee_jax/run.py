@@ -61,10 +61,11 @@ def predict(config, workdir, scene=None, out=None) -> None:
   inference.predict_mode(config, workdir, scene=scene, out=out)
 
 
-def embed(config, workdir, scene=None, out=None) -> None:
-  """Embedding GeoTIFF, PCA preview and k-means map of a whole scene from --workdir."""
+def embed(config, workdir, scene=None, out=None, points=None) -> None:
+  """Embedding GeoTIFF, PCA preview and k-means map of a whole scene from --workdir; with
+  --points, also a table of the embedding at those points."""
   from ee_jax import inference  # pylint: disable=import-outside-toplevel
-  inference.embed_mode(config, workdir, scene=scene, out=out)
+  inference.embed_mode(config, workdir, scene=scene, out=out, points=points)
 
 
 MODES = {"build": build, "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate,
@@ -72,7 +73,8 @@ MODES = {"build": build, "pretrain": pretrain, "finetune": finetune, "evaluate":
 
 
 def run(mode: str, config, workdir: str | None, **options) -> None:
-  """options: flags only some modes take (predict/embed: scene, out); None = not given."""
+  """options: flags only some modes take (predict/embed: scene, out; embed: points);
+  None = not given."""
   if mode not in MODES:
     raise ConfigError(f"--mode: unknown mode '{mode}'; known: {sorted(MODES)}")
   options = {k: v for k, v in options.items() if v is not None}

@@ -558,12 +558,20 @@ def test_launch_predict_and_embed(tmp_path, ft_ckpt):
   common = [sys.executable, os.path.join(repo, "launch.py"),
             "--config=" + os.path.join(repo, "configs", "finetune_synthetic.py:smoke"),
             f"--workdir={ft_ckpt}", f"--scene={scene}"]
-  for mode, out in (("predict", "map.tif"), ("embed", "emb.tif")):
-    proc = subprocess.run(common + [f"--mode={mode}", f"--out={tmp_path / out}"], cwd=repo,
-                          capture_output=True, text=True, timeout=300)
+  x0, y0 = rasters.ORIGIN
+  points = _write_points(tmp_path / "pts.csv", ["x", "y", "label"],
+                         [(x0 + 5, y0 - 5, "a"), (x0 + 105, y0 - 305, "b")])
+  for mode, out, extra in (("predict", "map.tif", []),
+                           ("embed", "emb.tif", [f"--points={points}"])):
+    proc = subprocess.run(common + [f"--mode={mode}", f"--out={tmp_path / out}"] + extra,
+                          cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(tmp_path / out) in proc.stdout and "Mpx/s" in proc.stdout
   assert os.path.exists(tmp_path / "emb_kmeans.tif") and os.path.exists(tmp_path / "emb_pca.png")
+  with open(tmp_path / "emb_points.csv", encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 3 and lines[2].startswith(f"{x0 + 105},{y0 - 305},b,")
+  assert str(tmp_path / "emb_points.csv") in proc.stdout
   proc = subprocess.run(common + ["--mode=predict"], cwd=repo, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode != 0 and "error: --out is required" in proc.stderr
@@ -594,3 +602,93 @@ def test_synthetic_scene_files_read_back_as_generated(tmp_path):
   assert read(out["label"], indexes=1).shape == (48, 48)
   s = synthetic.score(out["label"], out["label"])
   assert s["oa"] == 1.0 and s["miou"] == 1.0
+
+
+# ------------------------------------------------------------------- embed at points
+def _write_points(path, header, rows):
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(",".join(header) + "\n")
+    f.writelines(",".join(str(v) for v in r) + "\n" for r in rows)
+  return str(path)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_embed_at_points_writes_the_embeddings_table(tmp_path, pre_ckpt):
+  import csv  # pylint: disable=import-outside-toplevel
+  image = field_scene(50, 40, seed=6)
+  image[:3] = 0                                          # nodata rows: NaN embeddings there
+  scene = write_product(tmp_path / "p", image)
+  x0, y0 = rasters.ORIGIN
+  pixels = [(0, 0), (1, 39), (10, 5), (25, 20), (49, 39), (37, 2)]   # (row, col)
+  # Pixel centres, and one point just inside a pixel's corner (it is that pixel).
+  rows = [(x0 + 10 * c + 5, y0 - 10 * r - 5, f"class{k % 3}") for k, (r, c) in
+          enumerate(pixels)]
+  rows[3] = (x0 + 10 * 20 + 0.01, y0 - 10 * 25 - 0.01, "corner")
+  points = _write_points(tmp_path / "points.csv", ["x", "y", "label"], rows)
+  out = tmp_path / "emb" / "emb.tif"
+  summary = inference.embed_scene(pre_ckpt, scene, str(out), points=points, kmeans_k=2, **FAST)
+  table = tmp_path / "emb" / "emb_points.csv"
+  assert summary.outputs["points"] == str(table)
+  with open(table, encoding="utf-8") as f:
+    got = list(csv.reader(f))
+  assert got[0] == ["x", "y", "label"] + [f"e{i}" for i in range(8)] and len(got) == 7
+  assert [r[2] for r in got[1:]] == [r[2] for r in rows]
+  assert [float(r[0]) for r in got[1:]] == [r[0] for r in rows]
+  values = np.array([[float(v) for v in r[3:]] for r in got[1:]])
+  with rasterio.open(out) as ds:
+    emb = ds.read()                                      # [D, H, W], stored as float16
+  want = np.stack([emb[:, r, c] for r, c in pixels])
+  assert np.isnan(values[0]).all() and np.isnan(values[1]).all()   # rows 0, 1: nodata
+  np.testing.assert_array_equal(np.isnan(values), np.isnan(want))
+  np.testing.assert_allclose(values[2:], want[2:], rtol=1e-3, atol=1e-3)
+  assert not np.allclose(values[2], values[3], atol=1e-3)           # different pixels differ
+  # lon/lat of the same pixel centres give the same table (and Parquet with pyarrow).
+  from rasterio.warp import transform  # pylint: disable=import-outside-toplevel
+  lons, lats = transform(rasters.CRS, "EPSG:4326", [r[0] for r in rows[2:]],
+                         [r[1] for r in rows[2:]])
+  lonlat = _write_points(tmp_path / "lonlat.csv", ["lon", "lat", "id"],
+                         [(lo, la, k) for k, (lo, la) in enumerate(zip(lons, lats))])
+  inference.embed_scene(pre_ckpt, scene, str(tmp_path / "ll.tif"), points=lonlat,
+                        kmeans_k=2, points_format="parquet", **FAST)
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  t = pq.read_table(tmp_path / "ll_points.parquet").to_pydict()
+  assert list(t)[:3] == ["lon", "lat", "id"] and t["id"] == [0.0, 1.0, 2.0, 3.0]
+  np.testing.assert_allclose(np.array([t[f"e{i}"] for i in range(8)]).T, values[2:],
+                             rtol=1e-6)
+
+
+def test_points_outside_the_scene_or_malformed_are_one_line(tmp_path, pre_ckpt):
+  from ee_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  scene = write_product(tmp_path / "p", field_scene(40, 40))
+  x0, y0 = rasters.ORIGIN
+  inside = (x0 + 15, y0 - 15, "a")
+  cases = {
+      "outside.csv": (["x", "y", "label"], [inside, inside, (x0 + 405, y0 - 5, "b"),
+                                            (x0 - 1, y0, "c")]),
+      "columns.csv": (["east", "north"], [inside[:2]]),
+      "text.csv": (["x", "y"], [inside[:2], ("12a", y0 - 5)]),
+      "ragged.csv": (["x", "y"], [inside[:2], inside]),
+  }
+  messages = {
+      "outside.csv": r"outside.csv, line 4: point \(x=500405.0, y=4599995.0\) lies outside "
+                     r"the scene .*\(x 500000 to 500400, y 4599600 to 4600000 in "
+                     r"EPSG:32633\); 2 of 4 points are outside",
+      "columns.csv": r"columns.csv: needs columns x,y .* or lon,lat",
+      "text.csv": r"text.csv, line 3: x='12a' is not a number",
+      "ragged.csv": r"ragged.csv, line 3: 3 values for the 2 columns \['x', 'y'\]",
+  }
+  cfg = ml_collections.ConfigDict({"inference": inference.default_config()})
+  cfg.inference.update(FAST)
+  for name, (header, rows) in cases.items():
+    path = _write_points(tmp_path / name, header, rows)
+    with pytest.raises(SystemExit, match=messages[name]) as e:
+      run_lib.run("embed", cfg, pre_ckpt, scene=scene, out=str(tmp_path / "o" / "e.tif"),
+                  points=path)
+    assert "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "o" / "e.tif")
+  with pytest.raises(SystemExit, match="no file"):
+    run_lib.run("embed", cfg, pre_ckpt, scene=scene, out=str(tmp_path / "e.tif"),
+                points=str(tmp_path / "none.csv"))
+  with pytest.raises(SystemExit, match="--mode=predict takes no --points"):
+    run_lib.run("predict", cfg, pre_ckpt, scene=scene, out=str(tmp_path / "e.tif"),
+                points=str(tmp_path / "outside.csv"))

@@ -99,6 +99,22 @@ def check_consistent(acq: Acquisition) -> None:
                       f"{first_path} ({first.describe()}) vs {path} ({grid.describe()})")
 
 
+def digital_numbers(data: np.ndarray, nodata, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Band values as read -> (uint16 digital numbers, observed): a pixel is unobserved where
+  any band (along `axis`) holds `nodata` (None: no value is nodata) or is NaN/infinite.
+  Shared by the scene reader and `ee_jax.api`, so an array in memory is masked as a file
+  would be."""
+  data = np.asarray(data)
+  observed = np.ones(np.delete(data.shape, axis), bool)
+  if np.issubdtype(data.dtype, np.floating):
+    finite = np.isfinite(data)
+    observed = finite.all(axis=axis)
+    data = np.where(finite, data, 0)
+  if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+    observed &= (data != nodata).all(axis=axis)
+  return np.clip(data, 0, 65535).astype(np.uint16), observed
+
+
 class AcquisitionReader(contextlib.AbstractContextManager):
   """Reads windows of one acquisition on a target grid: (uint16 [h, w, C], valid [h, w])."""
 
@@ -168,12 +184,8 @@ class AcquisitionReader(contextlib.AbstractContextManager):
       wanted = [(c, self.acq.bands[b].index) for c, b in enumerate(self.band_names)
                 if self.acq.bands[b].path == path]
       data = self._read(path, reader, window, [i for _, i in wanted])  # [n, h, w]
-      if nodata is not None:
-        if isinstance(nodata, float) and math.isnan(nodata):
-          valid &= ~np.isnan(data).any(axis=0)
-        else:
-          valid &= (data != nodata).all(axis=0)
-      data = np.clip(data, 0, 65535).astype(np.uint16)
+      data, observed = digital_numbers(data, nodata, axis=0)
+      valid &= observed
       for (c, _), band in zip(wanted, data):
         image[..., c] = band
     for kind, path, reader in self._masks:

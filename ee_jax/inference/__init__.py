@@ -2,8 +2,9 @@
 
 - `predict_scene(workdir, scene, out)`: class map GeoTIFF (+ optional probabilities) from a
   fine-tuned checkpoint.
-- `embed_scene(workdir, scene, out)`: embedding GeoTIFF, PCA preview PNG and k-means map
-  from any checkpoint's backbone.
+- `embed_scene(workdir, scene, out, points=None)`: embedding GeoTIFF, PCA preview PNG and
+  k-means map from any checkpoint's backbone; with `points`, a table of the embedding at
+  those points (points.py).
 Options: `default_config()` (embedded as `config.inference`), see `config.Options`.
 
 Only the options are imported eagerly (configs import them); the engine (JAX, rasterio,

@@ -37,6 +37,7 @@ class Options:
   check_gsd: bool = True      # refuse a scene whose pixel size differs from the model's
   gdal_cache_mb: int = 64     # GDAL block cache while reading and writing row bands (MiB)
   seed: int = 0               # embed: pixel sampling and k-means initialisation
+  points_format: str = "csv"  # embed --points: the table's format, 'csv' or 'parquet'
   progress: bool = True       # progress over blocks (a bar on terminals) and a summary
 
   @classmethod
@@ -91,6 +92,9 @@ class Options:
       raise ConfigError(f"{where}.preview_size must be >= 0 (0 = full size)")
     if self.gdal_cache_mb < 1:
       raise ConfigError(f"{where}.gdal_cache_mb must be >= 1")
+    if self.points_format not in ("csv", "parquet"):
+      raise ConfigError(f"{where}.points_format must be 'csv' or 'parquet', got "
+                        f"'{self.points_format}'")
     if self.valid_reduce not in ("any", "all"):
       raise ConfigError(f"{where}.valid_reduce must be 'any' or 'all', got '{self.valid_reduce}'")
 

@@ -29,7 +29,7 @@ import tqdm
 from ee_jax import augment, checkpoints, models
 from ee_jax.runtime import parallel
 from ee_jax.errors import ConfigError, DataError
-from ee_jax.inference import cluster, writers
+from ee_jax.inference import cluster, points as pointlib, writers
 from ee_jax.inference.config import Options
 from ee_jax.inference.source import RowBuffer, open_scene
 from ee_jax.inference.blending import RowBlender, TileLayout
@@ -50,6 +50,7 @@ class LoadedModel:
   channels: int            # K: classes (predict) or features D (embed)
   checkpoint: str
   step: int
+  module: object = None    # the Flax module `apply` runs (segmentation model or backbone)
 
 
 def load_model(workdir: str, mode: str) -> LoadedModel:
@@ -79,15 +80,21 @@ def load_model(workdir: str, mode: str) -> LoadedModel:
     def apply(p, x, v):
       return jax.nn.softmax(model.apply({"params": p}, x, v).astype(jnp.float32), axis=-1)
 
-    return LoadedModel(apply, params, meta, k, workdir, step)
+    return LoadedModel(apply, params, meta, k, workdir, step, model)
   if mode == "embed":
     backbone = models.build_backbone(cfg)
-
-    def apply(p, x, v):
-      return backbone.apply({"params": p}, x, v).astype(jnp.float32)
-
-    return LoadedModel(apply, params[models.BACKBONE], meta, int(cfg.features), workdir, step)
+    return backbone_model(backbone, params[models.BACKBONE], meta, workdir, step)
   raise ValueError(f"unknown inference mode '{mode}'")
+
+
+def backbone_model(backbone, params, meta: dict, checkpoint: str, step: int) -> LoadedModel:
+  """A backbone and its params as the per-pixel feature function of `--mode=embed` (also
+  `ee_jax.api.embed`, with params a user may have fine-tuned)."""
+  def apply(p, x, v):
+    return backbone.apply({"params": p}, x, v).astype(jnp.float32)
+
+  return LoadedModel(apply, params, meta, int(meta["model"]["features"]), checkpoint, step,
+                     backbone)
 
 
 class TileRunner:
@@ -104,9 +111,8 @@ class TileRunner:
     win = jnp.asarray(window)
 
     def step(params, image, valid):
-      x = augment.normalize(image, mean, std)
-      x = jnp.where(valid[..., None], x, 0.0)   # nodata -> the band mean, as in training
-      out = loaded.apply(params, x, valid.astype(jnp.float32))
+      x, weight = augment.model_input(image, valid, mean, std)  # nodata -> the band mean
+      out = loaded.apply(params, x, weight)
       return out * win[None, :, :, None]
 
     self._step = parallel.pmap_step(step)
@@ -201,8 +207,8 @@ def _stem(out: str) -> str:
   return root if ext.lower() in (".tif", ".tiff") else out
 
 
-def output_paths(out: str, mode: str, opts: Options) -> dict[str, str]:
-  """Where each output of a mode goes, given --out."""
+def output_paths(out: str, mode: str, opts: Options, points: bool = False) -> dict[str, str]:
+  """Where each output of a mode goes, given --out (and for embed, whether --points)."""
   if not out:
     raise ConfigError(f"--out is required for --mode={mode} (the output GeoTIFF path)")
   out = os.path.abspath(os.path.expanduser(out))
@@ -214,6 +220,8 @@ def output_paths(out: str, mode: str, opts: Options) -> dict[str, str]:
   else:
     paths = {"embedding": out, "pca_preview": stem + "_pca.png",
              "kmeans": stem + "_kmeans.tif"}
+    if points:
+      paths["points"] = f"{stem}_points.{opts.points_format}"
   return paths
 
 
@@ -315,7 +323,7 @@ class _Outputs(contextlib.AbstractContextManager):
       raise SystemExit(128 + self._held)
 
 
-def _prepare(mode, workdir, scene, out, config, options):
+def _prepare(mode, workdir, scene, out, config, options, points=None):
   if jax.process_count() > 1:
     raise ConfigError(f"--mode={mode} runs in one process (its local devices); run it "
                       f"without jax.distributed")
@@ -324,8 +332,11 @@ def _prepare(mode, workdir, scene, out, config, options):
   if options:
     opts = dataclasses.replace(opts, **options)
     opts.validate()
-  paths = output_paths(out, mode, opts)
+  paths = output_paths(out, mode, opts, points=bool(points))
   scn = open_scene(scene, loaded.meta, opts, checkpoint=workdir)
+  if points:   # checked before the pass: a bad point costs no minutes of inference
+    points = pointlib.Points(os.path.expanduser(os.fspath(points)), scn.grid, scn.scene_id,
+                             loaded.channels)
   for p in paths.values():
     os.makedirs(os.path.dirname(p), exist_ok=True)
   g = scn.grid
@@ -338,7 +349,7 @@ def _prepare(mode, workdir, scene, out, config, options):
           f"{len(layout)} tiles of {layout.tile_h}x{layout.tile_w} px, overlap "
           f"{layout.overlap} px, batches of {runner.batch} on {runner.devices} device(s)",
           flush=True)
-  return loaded, opts, paths, scn, layout, runner
+  return loaded, opts, paths, scn, layout, runner, points
 
 
 def _tile_pass(mode, loaded, scn, layout, runner, channels, opts, sink) -> int:
@@ -367,8 +378,8 @@ def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summ
   """
   start = time.time()
   with _Outputs("predict", out) as outputs:
-    loaded, opts, paths, scn, layout, runner = _prepare("predict", workdir, scene, out,
-                                                        config, options)
+    loaded, opts, paths, scn, layout, runner, _ = _prepare("predict", workdir, scene, out,
+                                                           config, options)
     k = loaded.channels
     names = [str(n) for n in (loaded.meta.get("class_names")
                               or [f"class_{i}" for i in range(k)])]
@@ -408,13 +419,16 @@ def predict_scene(workdir: str, scene, out: str, config=None, **options) -> Summ
   return _summarise("predict", layout, valid_count, tiles, start, paths, phases, opts)
 
 
-def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summary:
+def embed_scene(workdir: str, scene, out: str, config=None, points: str | None = None,
+                **options) -> Summary:
   """Per-pixel backbone features of `scene` (D bands, float16, NaN where invalid), a 3-band
-  PCA preview PNG and a k-means class map (uint8, nodata 255) on the scene's grid."""
+  PCA preview PNG and a k-means class map (uint8, nodata 255) on the scene's grid; with
+  `points` (a CSV, ee_jax/inference/points.py) also the features at those points as a
+  table, <out stem>_points.csv (or .parquet)."""
   start = time.time()
   with _Outputs("embed", out) as outputs:
-    loaded, opts, paths, scn, layout, runner = _prepare("embed", workdir, scene, out, config,
-                                                        options)
+    loaded, opts, paths, scn, layout, runner, pts = _prepare("embed", workdir, scene, out,
+                                                             config, options, points)
     d = loaded.channels
     tags = _common_tags(loaded, scn, "embed")
     g = scn.grid
@@ -431,6 +445,8 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
       nonlocal valid_count
       feats[~valid] = np.nan
       emb_sink.write(first, feats)
+      if pts is not None:
+        pts.take(first, feats)
       valid_count += int(valid.sum())
       idx = np.flatnonzero(valid.ravel())
       idx = idx[rng.random(len(idx)) < keep_p]
@@ -462,6 +478,8 @@ def embed_scene(workdir: str, scene, out: str, config=None, **options) -> Summar
         tags={**tags, "EE_KMEANS_K": opts.kmeans_k, "EE_KMEANS_SAMPLES": opts.fit_samples},
         colormap=class_colours(opts.kmeans_k), overview_resampling="mode"))
     png = outputs.add(PngSink(paths["pca_preview"]))
+    if pts is not None:
+      outputs.add(pointlib.TableSink(paths["points"], pts, opts.points_format)).finish()
     rgb = _second_pass(emb_sink.stripes, g, d, pca, centroids, km_sink, opts.preview_size,
                        opts.progress, opts.gdal_cache_mb)
     png.finish(rgb)
@@ -569,6 +587,7 @@ def predict_mode(config, workdir, **kwargs) -> Summary:
 
 
 def embed_mode(config, workdir, **kwargs) -> Summary:
-  """`--mode=embed --workdir=<pre-training run> --scene=PATH --out=emb.tif`."""
+  """`--mode=embed --workdir=<pre-training run> --scene=PATH --out=emb.tif
+  [--points=points.csv]`."""
   scene, out = _options(kwargs)
-  return embed_scene(workdir, scene, out, config)
+  return embed_scene(workdir, scene, out, config, points=kwargs.get("points"))

@@ -149,3 +149,22 @@ class RowBuffer(contextlib.AbstractContextManager):
       return self.image[:, rs, cs], self.valid[:, rs, cs]
     ix = np.ix_(rows, cols)
     return self.image[:, ix[0], ix[1]], self.valid[:, ix[0], ix[1]]
+
+
+class ArrayRows:
+  """A scene already in memory (image uint16 [T, H, W, C], valid bool [T, H, W]) in the
+  place of a `RowBuffer`, so `engine.blend_scene` tiles and blends an array exactly as it
+  does a file (`ee_jax.api.embed`)."""
+
+  def __init__(self, image: np.ndarray, valid: np.ndarray):
+    self.image, self.valid = image, valid
+    self.start, self.stop = 0, image.shape[1]
+    self._handed = 0   # rows whose validity `ensure` has returned
+
+  def ensure(self, r0: int, r1: int):
+    """Every row is held; returns (first_row, valid [T, n, W]) of rows not returned before."""
+    first = max(self._handed, r0)
+    self._handed = max(self._handed, r1)
+    return first, self.valid[:, first:max(first, r1)]
+
+  gather = RowBuffer.gather

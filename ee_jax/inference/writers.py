@@ -51,7 +51,7 @@ def class_colours(n: int) -> dict[int, tuple[int, int, int, int]]:
   return table
 
 
-def _hidden(path: str, suffix: str) -> str:
+def hidden_path(path: str, suffix: str) -> str:
   folder, name = os.path.split(os.path.abspath(path))
   return os.path.join(folder, f".{name}.{os.getpid()}.{suffix}")
 
@@ -84,11 +84,11 @@ def remove_temporaries() -> None:
 atexit.register(remove_temporaries)
 
 
-class _Staged:
+class Staged:
   """Registers the sink's prefix while it lives; `_done()` removes what is left under it."""
 
   def _register(self, path: str) -> None:
-    self.prefix = _hidden(path, "")
+    self.prefix = hidden_path(path, "")
     _LIVE.add(self.prefix)
 
   def _done(self) -> None:
@@ -96,7 +96,7 @@ class _Staged:
     _LIVE.discard(self.prefix)
 
 
-class RasterSink(_Staged):
+class RasterSink(Staged):
   """One output GeoTIFF on `grid`: `write(first_row, rows)`, then `finish()` and `commit()`.
 
   rows: [n, W] (one band) or [n, W, bands]. dtype 'uint8' or 'float32'; half=True stores
@@ -109,8 +109,8 @@ class RasterSink(_Staged):
     self.path, self.grid, self.count = path, grid, count
     self.half, self.overview_resampling = half, overview_resampling
     self._register(path)
-    self.stripes = _hidden(path, "stripes.tif")
-    self.staged = _hidden(path, "cog.tif")
+    self.stripes = hidden_path(path, "stripes.tif")
+    self.staged = hidden_path(path, "cog.tif")
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
                    dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata,
                    compress="deflate", zlevel=1, blockysize=8, bigtiff="if_safer",
@@ -165,13 +165,13 @@ class RasterSink(_Staged):
     self._done()
 
 
-class PngSink(_Staged):
+class PngSink(Staged):
   """An RGB uint8 PNG, staged under a hidden name until `commit()`."""
 
   def __init__(self, path: str):
     self.path = path
     self._register(path)
-    self.staged = _hidden(path, "png")
+    self.staged = hidden_path(path, "png")
 
   def finish(self, rgb: np.ndarray) -> None:
     h, w, _ = rgb.shape

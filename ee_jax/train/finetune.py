@@ -348,11 +348,8 @@ def switch_at(k: int, first: optax.GradientTransformation,
 # each extra meeting mid-step cost it milliseconds (docs/perf_log.md: the fine-tuning step
 # 0.93x the time with the normaliser's psum moved to the end).
 
-def prepare_inputs(image, valid, mean, std):
-  """uint16 [b,T,H,W,C], bool [b,T,H,W] -> normalised float with nodata at 0, date weights."""
-  x = augment.normalize(image, mean, std)
-  x = jnp.where(valid[..., None], x, 0.0)
-  return x, valid.astype(jnp.float32)
+# uint16 [b,T,H,W,C], bool [b,T,H,W] -> normalised float with nodata at 0, date weights.
+prepare_inputs = augment.model_input
 
 
 def dihedral_choice(base_key, step, index):
