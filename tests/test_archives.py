@@ -35,12 +35,12 @@ def _all_tiles(b):
   return [d[i] for s in b.info.splits for d in [b.as_data_source(s)] for i in range(len(d))]
 
 
-def _geotiff_bytes(array, gsd, crs, origin):
+def _geotiff_bytes(array, gsd, crs, origin, **profile):
   array = np.asarray(array)
   with MemoryFile() as mem:
     with mem.open(driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
                   dtype=array.dtype, crs=crs,
-                  transform=from_origin(origin[0], origin[1], gsd, gsd)) as ds:
+                  transform=from_origin(origin[0], origin[1], gsd, gsd), **profile) as ds:
       ds.write(array, 1)
     return mem.read()
 
@@ -138,6 +138,20 @@ def test_majortom_missing_band_column_and_corrupt_bytes_are_one_line(tmp_path):
                                       rf"readable GeoTIFF") as err:
     _build(tmp_path, "mt_corrupt", {"layout": "majortom_parquet", "root": str(tmp_path / "b")})
   assert "\n" not in str(err.value)
+  # Bytes that open but do not decode: the read error names the shard, the row, the band.
+  good = _majortom_row(0, **ROWS[0])
+  data = bytearray(_geotiff_bytes(_row_pixels(0)[0]["B02"], 10, ROWS[0]["crs"],
+                                  ROWS[0]["origin"], compress="deflate"))
+  start = re.search(rb"\x78[\x01\x5e\x9c\xda]", bytes(data)).start()   # zlib header
+  data[start:start + 2] = b"\0\0"
+  good["B02"] = bytes(data)
+  with MemoryFile(good["B02"]) as mem, mem.open() as ds:   # the header still opens
+    assert ds.crs is not None
+  shard = _write_shard(tmp_path / "c" / "part_00001.parquet", [good])
+  with pytest.raises(DataError, match=rf"{re.escape(shard)}/row0/B02: reading window") as err:
+    _build(tmp_path, "mt_undecodable", {"layout": "majortom_parquet", "root": shard})
+  assert "\n" not in str(err.value)
+  assert not (tmp_path / "tfds" / "s2_tiles" / "mt_undecodable" / "1.0.0").exists()
   with pytest.raises(ConfigError, match="one date per grid cell"):
     _build(tmp_path, "mt_series", {"layout": "majortom_parquet", "root": shard},
            time_series=True)

@@ -7,7 +7,8 @@ single-band GeoTIFF at the band's native resolution, and `cloud_mask` (a 10 m Ge
 nonzero = cloud). Shards are written one row per row group; they are read row group by row
 group and only the columns needed, so memory holds one row's GeoTIFFs at a time. Each
 row's GeoTIFFs live in GDAL's memory file system (rasterio MemoryFile) while its tiles are
-read, named after the shard and the row so that any later read error names them too.
+read, named after the shard, the row and the column so that a later read error (bytes that
+open but do not decode) names them too.
 """
 
 import contextlib
@@ -77,11 +78,14 @@ def _date(values: dict, product_id: str, where: str) -> int:
   return bandlib.sensing_date(product_id)
 
 
-def _memory_raster(stack, data, shard: str, row: int, column: str, name: str) -> str:
-  """The GeoTIFF bytes of one cell as a /vsimem/ file, checked to open; its path."""
+def _memory_raster(stack, data, shard: str, row: int, column: str) -> str:
+  """The GeoTIFF bytes of one cell as a file checked to open, its path
+  `/vsimem/<unique>/<shard path>/row<N>/<column>.tif`: a later read error names them."""
   if not data:
     raise DataError(f"{shard}: row {row}: column {column} is empty")
-  mem = stack.enter_context(MemoryFile(data, dirname=uuid.uuid4().hex, filename=name))
+  where = os.path.abspath(shard).lstrip("/")
+  mem = stack.enter_context(MemoryFile(data, dirname=f"{uuid.uuid4().hex}/{where}/row{row}",
+                                       filename=column))
   try:
     with mem.open() as ds:
       if ds.count < 1 or ds.crs is None:
@@ -101,18 +105,15 @@ def row_acquisition(shard: str, row: int, values: dict, band_names: Sequence[str
   cell = str(values.get("grid_cell") or "")
   product_id = "_".join(x for x in (cell, product) if x) or \
       f"{os.path.splitext(os.path.basename(shard))[0]}_row{row}"
-  where = f"{shard}: row {row}"
-  stem = f"{os.path.basename(shard)}.row{row}"
   with contextlib.ExitStack() as stack:
     files = {b: productlib.BandSource(_memory_raster(stack, values[columns[b]], shard, row,
-                                                     columns[b], f"{stem}.{b}.tif"))
+                                                     columns[b]))
              for b in band_names}
     mask = values.get(CLOUD_MASK)
     yield productlib.Acquisition(
-        product_id=product_id, date=_date(values, product, where), bands=files,
-        offset=productlib.resolve_offset(product or product_id, remove_offset),
-        cloud_mask=(_memory_raster(stack, mask, shard, row, CLOUD_MASK,
-                                   f"{stem}.{CLOUD_MASK}.tif") if mask else None),
+        product_id=product_id, date=_date(values, product, f"{shard}: row {row}"),
+        bands=files, offset=productlib.resolve_offset(product or product_id, remove_offset),
+        cloud_mask=_memory_raster(stack, mask, shard, row, CLOUD_MASK) if mask else None,
         nodata=nodata)
 
 
