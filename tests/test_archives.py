@@ -102,18 +102,22 @@ def test_majortom_shards_build_row_by_row_with_offsets_and_cloud_mask(tmp_path):
                                     "root": str(tmp_path / "Core-S2L2A")}, max_invalid=0.5)
   meta = b.info.metadata
   ids = [f"{r['grid_cell']}_{r['product_id']}" for r in ROWS]
-  assert meta["product_ids"] == ids
-  assert meta["offsets_removed"] == {ids[0]: 0, ids[1]: 1000}
-  assert meta["dates"] == {ids[0]: 20200815, ids[1]: 20220706}
+  dates = [20200815, 20220706]
+  assert meta["archive"]["products"] == meta["archive"]["scenes"] == 2   # counted once
+  assert meta["archive"]["offsets_removed"] == {"0": 1, "1000": 1}
+  assert meta["archive"]["first_and_last_date"] == dates
+  assert meta["archive"]["scene_crs"] == {"EPSG:32633": 1, "EPSG:32632": 1}
+  assert "product_ids" not in meta
   assert meta[contract.META_NUM_DATES] == 1
   tiles = _all_tiles(b)
   assert len(tiles) == 2 * 4
+  assert {contract.as_text(e[contract.SCENE_ID]) for e in tiles} == set(ids)
   for e in tiles:
     i = ids.index(contract.as_text(e[contract.SCENE_ID]))
     fine, coarse = _row_pixels(i)
     r, c = int(e[contract.ROW]), int(e[contract.COL])
     assert contract.as_text(e[contract.CRS]) == ROWS[i]["crs"]
-    assert e[contract.DATES].tolist() == [meta["dates"][ids[i]]]
+    assert e[contract.DATES].tolist() == [dates[i]]
     valid = e[contract.VALID][0]
     cloudy = np.zeros((SIZE, SIZE), bool)
     cloudy[:ROWS[i]["cloud_rows"]] = True
@@ -185,10 +189,11 @@ def _write_ssl4eo(root, level="s2c"):
 def test_ssl4eo_root_each_date_a_product_or_each_location_a_series(tmp_path):
   root = _write_ssl4eo(tmp_path / "SSL4EO-S12")
   b = _build(tmp_path, "ssl_dates", {"layout": "ssl4eo", "root": str(root)})
-  ids = b.info.metadata["product_ids"]
-  assert ids == [f"s2c_{loc}_{d}" for loc, dates in SSL4EO_DATES.items() for d in dates]
   tiles = _all_tiles(b)
   assert len(tiles) == 4 * 4 and b.info.metadata[contract.META_NUM_DATES] == 1
+  assert {contract.as_text(e[contract.SCENE_ID]) for e in tiles} == {
+      f"s2c_{loc}_{d}" for loc, dates in SSL4EO_DATES.items() for d in dates}
+  assert b.info.metadata["archive"]["products"] == b.info.metadata["archive"]["scenes"] == 4
   for e in tiles:
     _, loc, date = contract.as_text(e[contract.SCENE_ID]).split("_", 2)
     t = SSL4EO_DATES[loc].index(date)
@@ -199,8 +204,12 @@ def test_ssl4eo_root_each_date_a_product_or_each_location_a_series(tmp_path):
   series = _build(tmp_path, "ssl_series", {"layout": "ssl4eo", "root": str(root / "s2c")},
                   time_series=True)
   assert series.info.metadata[contract.META_NUM_DATES] == 2
+  assert series.info.metadata["archive"]["products"] == 4
+  assert series.info.metadata["archive"]["scenes"] == 2
   tiles = _all_tiles(series)
   assert len(tiles) == 2 * 4
+  assert {contract.as_text(e[contract.SCENE_ID]) for e in tiles} == {"s2c_0000001",
+                                                                     "s2c_0000007"}
   for e in tiles:
     loc = contract.as_text(e[contract.SCENE_ID]).split("_")[1]
     assert e[contract.DATES].tolist() == [int(d[:8]) for d in SSL4EO_DATES[loc]]
@@ -239,10 +248,10 @@ def test_real_ssl4eo_sample_through_the_archive_option(shared_data, tmp_path):
   root = shared_data / "rico_hdl" / "SSL4EO-S12"
   b = _build(tmp_path, "ssl_real", {"layout": "ssl4eo", "root": str(root), "levels": ["s2c"]},
              time_series=True, bands=["B02", "B08"], tile_size=64, stride=64)
-  assert b.info.metadata["product_ids"] == [
-      f"s2c_0000200_{d}" for d in sorted(os.listdir(root / "s2c" / "0000200"))]
+  assert b.info.metadata["archive"]["products"] == 2
   tiles = _all_tiles(b)
   assert len(tiles) == 16  # 264 px -> 4 x 4 tiles of 64
+  assert {contract.as_text(e[contract.SCENE_ID]) for e in tiles} == {"s2c_0000200"}
   e = tiles[-1]
   assert e[contract.DATES].tolist() == [20200604, 20200823]
   r, c = int(e[contract.ROW]), int(e[contract.COL])

@@ -203,15 +203,15 @@ class S2Tiles(TileBuilder):
         self._scene_cache = [Scene.from_acquisitions([a]) for a in acqs]
     return self._scene_cache
 
-  def _archive_scenes(self):
-    """An archive's scenes, one at a time; each is recorded for the metadata as it passes."""
+  def _archive_scenes(self, summary: archives.Summary | None = None):
+    """An archive's scenes, one at a time, counted into `summary` as they pass."""
     p = self.params
-    seen = self.__dict__.setdefault("_archive_seen", {})
     for scene_id, acqs in archives.scenes(p["archive"], p["bands"],
                                           time_series=p["time_series"],
                                           remove_offset=p["remove_offset"], nodata=p["nodata"]):
       scene = Scene.from_acquisitions(acqs, scene_id)
-      seen.setdefault(scene.scene_id, scene)
+      if summary is not None:
+        summary.add(scene)
       yield scene
 
   # --- TileBuilder ----------------------------------------------------------------------
@@ -241,7 +241,10 @@ class S2Tiles(TileBuilder):
         yield from scene_tiles(scene, self.params["bands"], self.params, split)
       return
     num_dates = self._tile_layout()["num_dates"]
-    for scene in self._archive_scenes():
+    summary = None
+    if not hasattr(self, "_archive_summary"):   # every split reads every scene: count once
+      summary = self._archive_summary = archives.Summary()
+    for scene in self._archive_scenes(summary):
       for key, example in scene_tiles(scene, self.params["bands"], self.params, split):
         if len(scene.acquisitions) < num_dates:   # a location with fewer dates
           example[contract.IMAGE], example[contract.VALID], example[contract.DATES] = \
@@ -250,8 +253,10 @@ class S2Tiles(TileBuilder):
         yield key, example
 
   def _extra_metadata(self):
-    scenes = (list(self.__dict__.get("_archive_seen", {}).values())
-              if "archive" in self.params else self._scenes())
+    if "archive" in self.params:
+      return {"archive": self._archive_summary.as_metadata(self.params["archive"]),
+              "resampling": self.params["resampling"]}
+    scenes = self._scenes()
     acqs = [a for s in scenes for a in s.acquisitions]
     return {
         "product_ids": [a.product_id for a in acqs],

@@ -14,6 +14,7 @@ only until the next one is asked for, so memory stays bounded by one product wha
 archive's size.
 """
 
+import collections
 import os
 from typing import Iterator, Sequence
 
@@ -71,6 +72,33 @@ def scenes(archive: dict, band_names: Sequence[str], *, time_series: bool,
   from ee_jax.geo.archives import ssl4eo
   return ssl4eo.scenes(archive["root"], band_names, levels=archive["levels"],
                        time_series=time_series, remove_offset=remove_offset, nodata=nodata)
+
+
+class Summary:
+  """What the metadata records of an archive build: counts, not one entry per product
+  (Major TOM Core has 2.2 M rows; a per-product list would grow the dataset's metadata and
+  every checkpoint's copy of it, and the builder's memory, with the archive)."""
+
+  def __init__(self):
+    self.products = self.scenes = 0
+    self.dates = []                          # [first, last] known date
+    self.offsets = collections.Counter()     # DN offset removed -> products
+    self.crs = collections.Counter()         # scene CRS -> scenes
+
+  def add(self, scene) -> None:
+    self.scenes += 1
+    self.crs[scene.grid.crs.to_string()] += 1
+    for acq in scene.acquisitions:
+      self.products += 1
+      self.offsets[str(acq.offset)] += 1
+      if acq.date:
+        self.dates = [min(self.dates[0], acq.date), max(self.dates[1], acq.date)] \
+            if self.dates else [acq.date, acq.date]
+
+  def as_metadata(self, archive: dict) -> dict:
+    return {**archive, "products": self.products, "scenes": self.scenes,
+            "first_and_last_date": list(self.dates), "offsets_removed": dict(self.offsets),
+            "scene_crs": dict(self.crs)}
 
 
 def describe(archive: dict) -> str:
