@@ -120,7 +120,7 @@ def summary(builder: tfds.core.DatasetBuilder) -> str:
     lines.append("  classes: " + ", ".join(meta[contract.META_CLASS_NAMES]))
     for split, c in sorted(counts.items()):
       lines.append(f"  class pixels in {split}: {c}")
-  for key in ("product_ids", "offsets_removed"):
+  for key in ("product_ids", "offsets_removed", "archive"):
     if key in meta:
       lines.append(f"  {key}: {meta[key]}")
   return "\n".join(lines)

@@ -11,6 +11,10 @@ Sources (`params.source`):
   folder or file names) that repeat get their parent folders' names prefixed. With
   `time_series=True` the products are dates of one footprint (T = number of products, dates
   from product names or given); otherwise each product is a scene of its own (T = 1).
+- 'manual' with `params.archive` ({layout, root}) instead of products: every product of an
+  archive as published, read one scene at a time (ee_jax/geo/archives): Major TOM Core
+  Parquet shards (each row a scene, T = 1) or an SSL4EO-S12 root (each date folder a scene,
+  or with `time_series=True` each location a scene of its dates, padded to the longest).
 """
 
 import csv
@@ -19,9 +23,12 @@ import os
 
 import tensorflow_datasets as tfds
 
+from ee_jax.data import contract
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.geo import bands as bandlib
+from ee_jax.geo import archives
 from ee_jax.geo import products as productlib
+from tfds_builders import benchmarks as bm
 from tfds_builders.common import TileBuilder
 from tfds_builders.scenes import Scene, scene_tiles
 
@@ -125,6 +132,9 @@ class S2Tiles(TileBuilder):
       remove_offset="auto",      # 'auto' (baseline >= 04.00 -> 1000), True, False, or a number
       nodata="auto",             # 'auto': each file's own nodata, else 0; or a number
       band_order=(),             # band order of every multi-band GeoTIFF that gives none
+      # a whole archive as the source: layout 'majortom_parquet' | 'ssl4eo', its root
+      # folder, SSL4EO's levels ('s2c' L1C, 's2a' L2A); empty layout: none
+      archive=dict(layout="", root="", levels=()),
       split_fractions={"train": 0.9, "validation": 0.1},
       **TILING_DEFAULTS,
   )
@@ -137,6 +147,24 @@ class S2Tiles(TileBuilder):
                         f"got '{self.params['source']}'")
     self.params["bands"] = [bandlib.normalise_band_name(b) for b in self.params["bands"]]
     dataset_band_order(self.params, where)
+    self._validate_archive(where)
+
+  def _validate_archive(self, where: str) -> None:
+    """An archive is the whole source: alone, under source='manual'. Left out of the
+    recorded params when empty, so datasets built before this key existed still match."""
+    p = self.params
+    archive = archives.parse(p.get("archive"), where)
+    if archive is None:
+      p.pop("archive", None)
+      return
+    p["archive"] = archive
+    given = [k for k in ("products", "manifest", "manual_dir", "scene_id") if p[k]]
+    if p["source"] != "manual" or given:
+      raise ConfigError(f"{where}: archive is the whole source: set source='manual' and "
+                        f"leave {given or 'products, manifest, manual_dir'} empty")
+    if archive["layout"] == "majortom_parquet" and p["time_series"]:
+      raise ConfigError(f"{where}: Major TOM Core holds one date per grid cell: "
+                        f"time_series must be False for layout 'majortom_parquet'")
 
   # --- sources ------------------------------------------------------------------------
   def _product_specs(self) -> list:
@@ -175,20 +203,59 @@ class S2Tiles(TileBuilder):
         self._scene_cache = [Scene.from_acquisitions([a]) for a in acqs]
     return self._scene_cache
 
+  def _archive_scenes(self, summary: archives.Summary | None = None):
+    """An archive's scenes, one at a time, counted into `summary` as they pass."""
+    p = self.params
+    for scene_id, acqs in archives.scenes(p["archive"], p["bands"],
+                                          time_series=p["time_series"],
+                                          remove_offset=p["remove_offset"], nodata=p["nodata"]):
+      scene = Scene.from_acquisitions(acqs, scene_id)
+      if summary is not None:
+        summary.add(scene)
+      yield scene
+
   # --- TileBuilder ----------------------------------------------------------------------
   def _split_names(self):
     return list(self.params["split_fractions"])
 
   def _tile_layout(self):
+    if "archive" in self.params:
+      if not hasattr(self, "_archive_layout"):
+        scenes = self._archive_scenes()
+        try:
+          gsd = next(scenes).grid.gsd
+        finally:
+          scenes.close()
+        self._archive_layout = dict(
+            num_dates=archives.num_dates(self.params["archive"], self.params["time_series"]),
+            gsd=gsd)
+      return dict(tile_size=self.params["tile_size"], bands=self.params["bands"],
+                  **self._archive_layout)
     scenes = self._scenes()
     return dict(num_dates=len(scenes[0].acquisitions), tile_size=self.params["tile_size"],
                 bands=self.params["bands"], gsd=scenes[0].grid.gsd)
 
   def _tiles(self, split):
-    for scene in self._scenes():
-      yield from scene_tiles(scene, self.params["bands"], self.params, split)
+    if "archive" not in self.params:
+      for scene in self._scenes():
+        yield from scene_tiles(scene, self.params["bands"], self.params, split)
+      return
+    num_dates = self._tile_layout()["num_dates"]
+    summary = None
+    if not hasattr(self, "_archive_summary"):   # every split reads every scene: count once
+      summary = self._archive_summary = archives.Summary()
+    for scene in self._archive_scenes(summary):
+      for key, example in scene_tiles(scene, self.params["bands"], self.params, split):
+        if len(scene.acquisitions) < num_dates:   # a location with fewer dates
+          example[contract.IMAGE], example[contract.VALID], example[contract.DATES] = \
+              bm.pad_series(example[contract.IMAGE], example[contract.VALID],
+                            example[contract.DATES], num_dates, scene.scene_id)
+        yield key, example
 
   def _extra_metadata(self):
+    if "archive" in self.params:
+      return {"archive": self._archive_summary.as_metadata(self.params["archive"]),
+              "resampling": self.params["resampling"]}
     scenes = self._scenes()
     acqs = [a for s in scenes for a in s.acquisitions]
     return {
@@ -203,4 +270,6 @@ class S2Tiles(TileBuilder):
     }
 
   def _describe_sources(self):
+    if "archive" in self.params:
+      return archives.describe(self.params["archive"])
     return "products " + ", ".join(a.product_id for s in self._scenes() for a in s.acquisitions)
