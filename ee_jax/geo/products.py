@@ -15,6 +15,7 @@ import rasterio
 
 from ee_jax.errors import DataError
 from ee_jax.geo import bands as bandlib
+from ee_jax.geo import remote
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 CLOUD_MASK_NAMES = ("cloud_mask.tif", "cloud_mask.tiff")
@@ -96,6 +97,8 @@ def product_folder(path: str, band_names: Sequence[str], *, date: int | None = N
                    remove_offset="auto", product_id: str | None = None,
                    nodata: float | None = None, cloud_mask: str | None = None) -> Acquisition:
   """A folder with one raster per band at native resolution (SAFE IMG_DATA, Major TOM, ...)."""
+  if remote.is_remote(path):
+    remote.check_not_listed(path.rstrip("/") + "/", "product")
   if not os.path.isdir(path):
     raise DataError(f"{path}: product folder not found")
   product_id = product_id or os.path.basename(os.path.normpath(path))
@@ -128,8 +131,13 @@ def multiband_file(path: str, band_names: Sequence[str], *,
                    band_order: Sequence[str] | None = None, date: int | None = None,
                    remove_offset="auto", product_id: str | None = None,
                    nodata: float | None = None, cloud_mask: str | None = None) -> Acquisition:
-  """One GeoTIFF holding several bands; their order is declared, or read from descriptions."""
-  if not os.path.isfile(path):
+  """One GeoTIFF holding several bands; their order is declared, or read from descriptions.
+  A URL or /vsi… path is read in place (ee_jax/geo/remote.py)."""
+  if remote.is_remote(path):
+    remote.check_not_listed(path, "product")
+    product_id = product_id or remote.stem(path)
+    path = remote.check_raster(path, "image file")
+  elif not os.path.isfile(path):
     raise DataError(f"{path}: image file not found")
   product_id = product_id or os.path.splitext(os.path.basename(path))[0]
   try:
@@ -166,6 +174,8 @@ def _given_cloud_mask(path: str, cloud_mask: str | None) -> str | None:
   if not cloud_mask:
     return None
   cloud_mask = os.path.expanduser(os.fspath(cloud_mask))
+  if remote.is_remote(cloud_mask):
+    return remote.check_raster(cloud_mask, f"cloud_mask of {path}")
   if not os.path.isfile(cloud_mask):
     raise DataError(f"{path}: its cloud_mask {cloud_mask} not found")
   return cloud_mask
@@ -194,7 +204,7 @@ def acquisition(spec, band_names: Sequence[str], **defaults) -> Acquisition:
                             "cloud_mask"}
   if unknown:
     raise DataError(f"{path}: unknown product option(s) {sorted(unknown)}")
-  if os.path.isdir(path):
+  if not remote.is_remote(path) and os.path.isdir(path):
     options.pop("band_order", None)
     return product_folder(path, band_names, **options)
   return multiband_file(path, band_names, **options)
@@ -210,6 +220,10 @@ def expand_patterns(specs) -> list:
     if "path" not in entry:
       raise DataError(f"product entry {entry!r} has no 'path'")
     path = os.path.expanduser(os.fspath(entry["path"]))
+    if remote.is_remote(path):   # never listed; '?' starts a signed URL's query
+      remote.check_not_listed(path, "product")
+      expanded.append(spec)
+      continue
     if not set("*?[") & set(path):
       expanded.append(spec)
       continue

@@ -21,6 +21,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ee_jax.errors import DataError
+from ee_jax.geo import remote
 from ee_jax.geo.products import SCL_INVALID, Acquisition
 
 DEFAULT_NODATA = 0  # Sentinel-2 digital number 0 means "no data"
@@ -56,7 +57,9 @@ class Grid:
 
 
 def open_raster(path: str):
-  """rasterio.open with one clear error for missing, truncated or unreadable files."""
+  """rasterio.open with one clear error for missing, truncated or unreadable files; URLs
+  (gs://, s3://, http(s)://) are opened through GDAL's virtual file systems."""
+  path = remote.gdal_path(path)
   try:
     return rasterio.open(path)
   except rasterio.errors.RasterioError as e:

@@ -38,6 +38,10 @@ def is_vector(path: str) -> bool:
 def read_layer(path: str, column: str, layer: str | None = None) -> Layer:
   """The polygons of `path` (one layer; `layer` names it where the file has several) and
   their values in `column`."""
+  from ee_jax.geo import remote  # pylint: disable=import-outside-toplevel
+  if remote.is_remote(path):
+    raise DataError(f"{path}: vector label files must be local (copy it first); remote "
+                    f"label rasters are read in place")
   if not os.path.isfile(path):
     raise DataError(f"{path}: vector label file not found")
   lower = path.lower()

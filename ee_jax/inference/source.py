@@ -21,6 +21,7 @@ from rasterio.windows import Window
 from ee_jax import models
 from ee_jax.errors import DataError
 from ee_jax.geo import products as productlib
+from ee_jax.geo import remote
 from ee_jax.geo.reader import GDAL_ENV, AcquisitionReader
 from tfds_builders.scenes import Scene
 
@@ -59,7 +60,8 @@ def open_scene(scene, meta: dict, opts, checkpoint: str = "") -> Scene:
   for spec in scene_specs(scene):
     if isinstance(spec, (str, os.PathLike)):
       spec = {"path": os.fspath(spec)}
-    if opts.band_order and "band_order" not in spec and not os.path.isdir(spec["path"]):
+    if opts.band_order and "band_order" not in spec and (
+        remote.is_remote(spec["path"]) or not os.path.isdir(spec["path"])):
       spec = {**spec, "band_order": list(opts.band_order)}
     try:
       acqs.append(productlib.acquisition(spec, bands, remove_offset=opts.remove_offset,

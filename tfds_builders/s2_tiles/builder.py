@@ -18,6 +18,7 @@ Sources (`params.source`):
 """
 
 import csv
+import io
 import json
 import os
 
@@ -28,6 +29,7 @@ from ee_jax.errors import ConfigError, DataError
 from ee_jax.geo import bands as bandlib
 from ee_jax.geo import archives
 from ee_jax.geo import products as productlib
+from ee_jax.geo import remote
 from tfds_builders import benchmarks as bm
 from tfds_builders.common import TileBuilder
 from tfds_builders.scenes import Scene, scene_tiles
@@ -83,19 +85,24 @@ def dataset_band_order(params: dict, where: str) -> None:
 def read_manifest(path: str) -> list:
   """Products and their dates from a JSON list (of paths or mappings) or a CSV with a
   header naming at least `path` (and optionally date, band_order, remove_offset,
-  product_id, nodata, cloud_mask). Relative paths are taken relative to the manifest."""
+  product_id, nodata, cloud_mask). Relative paths are taken relative to the manifest; a
+  manifest may itself be a URL (ee_jax/geo/remote.py), its relative paths then URLs too."""
   path = os.path.expanduser(path)
-  if not os.path.isfile(path):
+  if remote.is_remote(path):
+    text, base = remote.read_text(path), remote.dirname(path)
+  elif not os.path.isfile(path):
     raise DataError(f"{path}: manifest not found")
-  base = os.path.dirname(os.path.abspath(path))
+  else:
+    text, base = None, os.path.dirname(os.path.abspath(path))
   try:
-    if path.lower().endswith(".json"):
-      with open(path) as f:
-        entries = json.load(f)
+    if text is None:
+      with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    if path.lower().split("?", 1)[0].endswith(".json"):
+      entries = json.loads(text)
     else:
-      with open(path, newline="") as f:
-        entries = [{k: v for k, v in row.items() if v not in (None, "")}
-                   for row in csv.DictReader(f)]
+      entries = [{k: v for k, v in row.items() if v not in (None, "")}
+                 for row in csv.DictReader(io.StringIO(text, newline=""))]
   except (OSError, ValueError) as e:
     raise DataError(f"{path}: cannot read manifest ({e})") from e
   if not isinstance(entries, list) or not entries:
@@ -107,7 +114,8 @@ def read_manifest(path: str) -> list:
       raise DataError(f"{path}: entry {i} has no 'path'")
     for key in ("path", "cloud_mask"):
       if key in entry:
-        entry[key] = os.path.join(base, os.path.expanduser(entry[key]))
+        entry[key] = (remote.join(base, entry[key]) if remote.is_remote(base) else
+                      os.path.join(base, os.path.expanduser(entry[key])))
     if "band_order" in entry and isinstance(entry["band_order"], str):
       entry["band_order"] = entry["band_order"].replace(";", " ").replace(",", " ").split()
     products.append(entry)
@@ -178,6 +186,9 @@ class S2Tiles(TileBuilder):
       return read_manifest(p["manifest"])
     if p["manual_dir"]:
       root = os.path.expanduser(p["manual_dir"])
+      if remote.is_remote(root):
+        raise DataError(f"{root}: manual_dir must be a local folder (remote storage is not "
+                        f"listed); list remote products in products or a manifest")
       if not os.path.isdir(root):
         raise DataError(f"{root}: manual_dir not found")
       found = [os.path.join(root, n) for n in sorted(os.listdir(root))
