@@ -23,10 +23,13 @@ deep arm minus the best baseline (each the best by mean mIoU there), paired by s
 run on the study's seeds; only seeds both sides have count).
 """
 
+import io
 import json
 import os
 
 import numpy as np
+
+from ee_jax import storage
 
 INITS = ("pretrained", "random")
 NOISE_RULE = ("a gain is *within noise* when |mean| < 2 x its standard error "
@@ -273,10 +276,7 @@ def write_study_json(workdir, runs, config, pretrain_dir, complete: bool,
          "pretrain_objective": objective, "runs": runs, "baselines": list(baselines),
          "summary": summarise(runs, baselines) if runs or baselines else [],
          "study": config.study.to_dict(), "dataset": config.data.name}
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(tmp, path)  # never a half-written study.json
+  storage.write_text(path, json.dumps(out, indent=2))  # never a half-written study.json
   return path
 
 
@@ -287,8 +287,10 @@ def plot(summary: list[dict], path: str, objective: dict | None = None) -> str:
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   draw(ax, summary, objective)
   fig.tight_layout()
-  fig.savefig(path)
+  png = io.BytesIO()
+  fig.savefig(png, format="png")   # through ee_jax.storage: the workdir may be gs://
   plt.close(fig)
+  storage.write_bytes(path, png.getvalue())
   return path
 
 
@@ -404,8 +406,7 @@ def write_report(workdir, summary, config, pretrain_dir, objective: dict | None 
       *_baseline_section(summary),
   ]
   report_path = os.path.join(workdir, "report.md")
-  with open(report_path, "w") as f:
-    f.write("\n".join(text))
+  storage.write_text(report_path, "\n".join(text))
   return {"report": report_path,
           "plot": plot(summary, os.path.join(workdir, "label_fraction.png"), objective),
           "json": os.path.join(workdir, "study.json")}

@@ -36,7 +36,7 @@ import ml_collections
 
 from ee_jax import baselines as baselines_lib
 from ee_jax import config_files
-from ee_jax import checkpoints, models, objectives, report
+from ee_jax import checkpoints, models, objectives, report, storage
 from ee_jax.runtime import distributed, persistent_cache
 from ee_jax.data import datasets
 from ee_jax.errors import ConfigError
@@ -123,7 +123,7 @@ def run_study(config, workdir: str) -> dict:
     baselines_lib.get(name)  # an unknown name: refused before any work
   recipes_of = recipes_by_init(st)
   check_recipes(config, recipes_of)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   pretrain_dir = st.pretrain_workdir or os.path.join(workdir, "pretrain")
   model, objective = None, None
   if "pretrained" in st.inits:
@@ -263,13 +263,12 @@ def pretrain_objective(meta: dict) -> dict:
 def _run_or_reuse(run_cfg, rundir: str, label: str) -> dict:
   """The run's test result (eval.json): fine-tunes first unless it is already there."""
   eval_path = os.path.join(rundir, "eval.json")
-  if not os.path.exists(eval_path):
+  if not storage.exists(eval_path):
     distributed.log(f"== {label}")
     finetune_lib.finetune(run_cfg, rundir)
     # A long study must not pile up programs; runs in between share their compiled steps.
     persistent_cache.release_if_crowded()
-  with open(eval_path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(eval_path))
 
 
 def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
@@ -282,9 +281,8 @@ def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
   run = run_name(fraction, name, seed)
   rundir = os.path.join(workdir, "runs", run)
   eval_path = os.path.join(rundir, "eval.json")
-  if os.path.exists(eval_path):
-    with open(eval_path) as f:
-      result = json.load(f)
+  if storage.exists(eval_path):
+    result = json.loads(storage.read_text(eval_path))
   else:
     distributed.log(f"== {run}")
     result = runner.run_baseline(run_config(config, fraction, "random", seed, "", None,
@@ -306,9 +304,8 @@ def _best_recipe(config, workdir: str, name: str, recipes: list, run_args: tuple
     run_cfg = run_config(config, *run_args, recipe=recipe)
     results[recipe] = _run_or_reuse(run_cfg, rundir, f"{name} ({recipe})")
     select_path = os.path.join(rundir, f"eval_{split}.json")
-    if os.path.exists(select_path):
-      with open(select_path) as f:
-        selected = json.load(f)
+    if storage.exists(select_path):
+      selected = json.loads(storage.read_text(select_path))
     else:
       selected = finetune_lib.evaluate(run_cfg, rundir, split=split,
                                        filename=f"eval_{split}.json",

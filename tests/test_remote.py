@@ -127,3 +127,67 @@ def test_bad_urls_are_one_line_naming_them(tmp_path, served, ft_ckpt):
   with pytest.raises(DataError, match=f"{missing}.*404"):
     inference.predict_scene(ft_ckpt, missing, str(tmp_path / "o.tif"), **FAST)
   assert not os.path.exists(tmp_path / "o.tif")
+
+
+# ------------------------------------------------------------------- remote workdirs
+@pytest.fixture
+def fake_gcs(monkeypatch):
+  """gs:// served by an in-memory fsspec filesystem (etils.epath's fsspec backend asks
+  fsspec for 'gcs'); returns its store {'/bucket/key': file}. TensorFlow, if installed,
+  would take gs:// instead: the test then skips."""
+  fsspec = pytest.importorskip("fsspec")
+  from fsspec.implementations.memory import MemoryFileSystem
+  from etils.epath import backend, gpath
+  if gpath._is_tf_installed():  # pylint: disable=protected-access
+    pytest.skip("TensorFlow installed: etils.epath sends gs:// to tf.io.gfile")
+
+  class FakeGCS(MemoryFileSystem):
+    protocol = ("gs", "gcs")
+    store, pseudo_dirs = {}, [""]
+
+    @classmethod
+    def _strip_protocol(cls, path):
+      path = str(path)
+      for prefix in ("gs://", "gcs://"):
+        if path.startswith(prefix):
+          path = path[len(prefix):]
+      return "/" + path.strip("/")
+
+  registered = sys.modules["fsspec.registry"]._registry  # pylint: disable=protected-access
+  for name in ("gs", "gcs"):   # restored after the test, so a real gcsfs is used again
+    monkeypatch.setitem(registered, name, FakeGCS)
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  yield FakeGCS.store
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+def test_workdir_files_go_to_a_remote_workdir(fake_gcs, tmp_path, monkeypatch):
+  import io  # pylint: disable=import-outside-toplevel
+  from configs import study_synthetic  # pylint: disable=import-outside-toplevel
+  from ee_jax import report  # pylint: disable=import-outside-toplevel
+  from ee_jax.train import metrics_log, pretrain  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)   # nothing may land in a local folder named gs:
+  workdir = "gs://bucket/run"
+  out = io.StringIO()
+  log = metrics_log.MetricsLog(workdir, total_steps=3, enabled=True, stream=out)
+  for step in (1, 2, 3):
+    log.write(step, {"loss": 1.0 / step})
+  log.truncate_after(2)    # a resume from step 2 drops step 3
+  log.write(3, {"loss": 0.25})
+  log.close()
+  assert [r["loss"] for r in metrics_log.read_metrics(workdir)] == [1.0, 0.5, 0.25]
+  lines = fake_gcs["/bucket/run/metrics.jsonl"].getvalue().decode().splitlines()
+  assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
+  assert out.getvalue().count("no TensorBoard event files") == 1
+  c = study_synthetic.get_config("smoke")
+  pretrain.write_config(c, workdir)
+  assert json.loads(fake_gcs["/bucket/run/config.json"].getvalue())["study"]
+  runs = [{"name": "a", "fraction": 1.0, "init": init, "seed": 0, "miou": m, "oa": m,
+           "per_class_iou": []} for init, m in (("pretrained", 0.6), ("random", 0.5))]
+  report.write_study_json(workdir, runs, c, "/pre", complete=True)
+  made = report.write_report(workdir, report.summarise(runs), c, "/pre")
+  assert json.loads(fake_gcs["/bucket/run/study.json"].getvalue())["complete"] is True
+  assert "| 1 |" in fake_gcs["/bucket/run/report.md"].getvalue().decode()
+  assert fake_gcs["/bucket/run/label_fraction.png"].getvalue()[:4] == b"\x89PNG"
+  assert made["report"] == "gs://bucket/run/report.md"
+  assert not os.path.exists(tmp_path / "gs:") and not list(tmp_path.iterdir())

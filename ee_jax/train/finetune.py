@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ee_jax import augment, metrics, models
+from ee_jax import augment, metrics, models, storage
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.runtime import distributed, parallel, shared_steps
 from ee_jax.runtime.parallel import AXIS
@@ -181,7 +181,7 @@ def prepare_run(config, workdir: str) -> Run:
   from ee_jax.train.pretrain import dataset_metadata, write_config
   check_selection(config)
   check_class_weights(config)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   write_config(config, workdir)
   builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
   info = builder.info.metadata
@@ -707,10 +707,8 @@ def evaluate(config, workdir: str, split: str | None = None,
     result["selected_on"] = {"split": meta["best_split"], "step": meta["best_step"],
                              "miou": meta["best_miou"]}
   if jax.process_index() == 0:
-    tmp = os.path.join(workdir, filename + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, filename))  # never a half-written result
+    storage.write_text(os.path.join(workdir, filename),  # never a half-written result
+                       json.dumps(result, indent=2))
   distributed.barrier(f"ee_jax:{filename}")  # all processes may read it once we return
   return result
 
@@ -734,7 +732,7 @@ def best_dir(workdir: str) -> str:
 def params_source(workdir: str) -> str:
   """Where a run's reported params are: its best-on-validation ones if kept, else its own."""
   directory = best_dir(workdir)
-  return directory if os.path.isdir(os.path.join(directory, "checkpoints")) else workdir
+  return directory if storage.isdir(os.path.join(directory, "checkpoints")) else workdir
 
 
 class BestKeeper:
@@ -759,10 +757,8 @@ class BestKeeper:
     self._ckpt.save(step, {"params": params}, {**self._meta, **record}, wait=True)
     self.step, self.miou = int(step), float(miou)
     if jax.process_index() == 0:
-      path = os.path.join(self.directory, "best.json")
-      with open(path + ".tmp", "w") as f:
-        json.dump({"step": self.step, "miou": self.miou, "split": self._split}, f, indent=2)
-      os.replace(path + ".tmp", path)
+      storage.write_text(os.path.join(self.directory, "best.json"), json.dumps(
+          {"step": self.step, "miou": self.miou, "split": self._split}, indent=2))
     return True
 
   def close(self) -> None:

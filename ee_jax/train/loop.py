@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from ee_jax import checkpoints
+from ee_jax import checkpoints, storage
 from ee_jax.runtime import distributed, parallel
 from ee_jax.data import pipeline
 from ee_jax.train import metrics_log
@@ -87,8 +87,7 @@ def say_what_resumes(workdir: str, ckpt, start: int, total: int, config: dict | 
     if changed:
       kept = f"{workdir}/config.{start}.json"
       if jax.process_index() == 0:
-        with open(kept, "w") as f:
-          json.dump(old, f, indent=2)
+        storage.write_text(kept, json.dumps(old, indent=2))
       distributed.log(f"Resuming {workdir} at step {start} with a changed config: "
                       f"{', '.join(changed)} (the checkpoint's config kept as {kept})")
   if total < start:

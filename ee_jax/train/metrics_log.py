@@ -2,7 +2,8 @@
 
 Every logged step goes to <workdir>/metrics.jsonl (one JSON object a line) and, as
 scalars, to TensorBoard event files beside it (tensorboardX: no TensorFlow needed;
-`tensorboard --logdir <workdir>`). On a terminal a tqdm bar follows the steps with the
+`tensorboard --logdir <workdir>`). A remote workdir (gs://...) gets metrics.jsonl through
+`ee_jax.storage` and no event files (tensorboardX writes local files only): one line says so. On a terminal a tqdm bar follows the steps with the
 last metrics; in a log file (stdout not a tty) a plain line per logged step instead, so
 logs hold no carriage returns or cursor escapes. Only process 0 writes or prints: other
 processes of a multi-host run get a silent logger.
@@ -20,6 +21,7 @@ import numpy as np
 import tensorboardX
 import tqdm
 
+from ee_jax import storage
 from ee_jax.errors import DataError
 
 
@@ -49,11 +51,10 @@ class MetricsLog:
     """On resume, drop records past the restored step (a killed run may have logged them);
     TensorBoard is told the same (its events after `step` are purged)."""
     self._resumed_at = step
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not storage.exists(self.path):
       return
-    kept = [r for r in read_metrics(os.path.dirname(self.path)) if r["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
+    kept = [r for r in read_metrics(self.workdir) if r["step"] <= step]
+    storage.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def advance(self, step: int) -> None:
     """Called every step: moves the terminal bar (rate-limited by tqdm)."""
@@ -65,8 +66,7 @@ class MetricsLog:
     record = {"step": int(step), "time": round(time.time() - self._start, 3)}
     record.update({prefix + k: _plain(v) for k, v in metrics.items()})
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      storage.append_text(self.path, json.dumps(record) + "\n")
       self._scalars(step, record)
       self._show(step, record, prefix)
     return record
@@ -84,6 +84,12 @@ class MetricsLog:
       print(text, file=self._stream, flush=True)
 
   def _scalars(self, step, record):
+    if storage.is_remote(self.workdir):
+      if self._tb is None:
+        self._tb = False
+        self.say(f"{self.workdir} is remote: no TensorBoard event files (tensorboardX writes "
+                 f"local files only); metrics.jsonl has every logged value")
+      return
     if self._tb is None:
       # purge_step: TensorBoard drops events a killed run logged past the restored step.
       self._tb = tensorboardX.SummaryWriter(
@@ -114,9 +120,9 @@ class MetricsLog:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
-    if self._tb is not None:
+    if self._tb:
       self._tb.close()
-      self._tb = None
+    self._tb = None
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -126,10 +132,9 @@ def read_metrics(workdir: str) -> list[dict]:
   rewrites the file from the checkpoint's step). Any other line that is not JSON is an error.
   """
   path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return []
-  with open(path) as f:
-    lines = f.read().split("\n")
+  lines = storage.read_text(path).split("\n")
   records = []
   for number, line in enumerate(lines, 1):
     if not line.strip():

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ee_jax import augment, checkpoints, models, objectives
+from ee_jax import augment, checkpoints, models, objectives, storage
 from ee_jax.data import contract, datasets, pipeline
 from ee_jax.objectives import pairs as pairslib
 from ee_jax.runtime import distributed, parallel
@@ -166,8 +166,8 @@ def dataset_metadata(builder) -> dict:
 
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    storage.write_text(os.path.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2))
 
 
 def evaluate(p_eval, p_state, base_keys, config, builder) -> dict:
@@ -195,7 +195,7 @@ def evaluate(p_eval, p_state, base_keys, config, builder) -> dict:
 
 def pretrain(config, workdir: str) -> dict:
   """Runs (or resumes) pre-training; returns the last logged train and eval metrics."""
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   write_config(config, workdir)
   builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
   data_meta = dataset_metadata(builder)
