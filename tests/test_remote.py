@@ -18,7 +18,7 @@ import rasterio
 
 from ee_jax import inference
 from ee_jax.data import contract, datasets
-from ee_jax.errors import DataError
+from ee_jax.errors import ConfigError, DataError
 from ee_jax.geo import remote
 from tests import rasters
 from tests.helpers import BANDS, FAST, field_scene, read, s2_cfg, save_checkpoint
@@ -190,4 +190,9 @@ def test_workdir_files_go_to_a_remote_workdir(fake_gcs, tmp_path, monkeypatch):
   assert "| 1 |" in fake_gcs["/bucket/run/report.md"].getvalue().decode()
   assert fake_gcs["/bucket/run/label_fraction.png"].getvalue()[:4] == b"\x89PNG"
   assert made["report"] == "gs://bucket/run/report.md"
+  from ee_jax.data import label_fractions  # pylint: disable=import-outside-toplevel
+  label_fractions.write_selection(workdir, [3, 1], {"fraction": 0.5, "seed": 0})
+  assert label_fractions.read_selection(workdir)["indices"] == [1, 3]
+  with pytest.raises(ConfigError, match="different selection"):
+    label_fractions.write_selection(workdir, [2], {"fraction": 0.25, "seed": 0})
   assert not os.path.exists(tmp_path / "gs:") and not list(tmp_path.iterdir())

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ee_jax import baselines, metrics
+from ee_jax import baselines, metrics, storage
 from ee_jax.baselines import features
 
 # Bounds a baseline's time and memory on large fractions: the pixels of a class beyond this
@@ -95,7 +95,7 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
   from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
   from ee_jax.train import finetune  # pylint: disable=import-outside-toplevel
   classifier = baselines.get(name)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   builder = distributed.primary_first(
       lambda: datasets.prepare(config.data, log=lambda *a: None), "prepare")
   data = _Data(builder, classifier.USES_INDICES)
@@ -125,8 +125,6 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
       num_features=int(x.shape[1]) if len(y) else None,
       indices=features.available_indices(data.bands) if classifier.USES_INDICES else [])
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "eval.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)  # never a half-written result
+    storage.write_text(os.path.join(workdir, "eval.json"),  # never a half-written result
+                       json.dumps(result, indent=2))
   return result

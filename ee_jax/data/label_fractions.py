@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ee_jax import storage
 from ee_jax.data import contract, pipeline
 from ee_jax.errors import ConfigError, DataError
 
@@ -215,11 +216,10 @@ def selection_path(workdir) -> str:
 def read_selection(workdir) -> dict[str, Any] | None:
   """The recorded selection of `workdir`, or None if there is none."""
   path = selection_path(workdir)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (OSError, ValueError) as e:
     raise DataError(f"{path}: unreadable label-fraction record: {e}") from e
 
@@ -250,6 +250,10 @@ def write_selection(workdir, indices, meta: Mapping[str, Any] | None = None, *,
         f"{previous.get('fraction')}, seed {previous.get('seed')}, {previous.get('count')} "
         f"tiles) than this run's (fraction {record.get('fraction')}, seed "
         f"{record.get('seed')}, {record['count']} tiles); use a new workdir")
+  if storage.is_remote(path):   # one object, whole once uploaded
+    storage.makedirs(workdir)
+    storage.write_text(path, json.dumps(record, indent=1))
+    return path
   os.makedirs(os.fspath(workdir), exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
