@@ -21,7 +21,7 @@ from ee_jax.data import contract, datasets
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.geo import remote
 from tests import rasters
-from tests.helpers import BANDS, FAST, field_scene, read, s2_cfg, save_checkpoint
+from tests.helpers import BANDS, FAST, data_cfg, field_scene, read, s2_cfg, save_checkpoint
 from tests.helpers import SCENE_BANDS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +88,27 @@ def test_s2_tiles_build_from_a_url_equals_the_local_build(tmp_path, served):
       for key in (contract.IMAGE, contract.VALID, contract.ROW, contract.COL):
         np.testing.assert_array_equal(a[i][key], b[i][key])
   assert local.info.splits.keys() == url.info.splits.keys()
+
+
+def test_landcover_build_with_url_image_and_label_equals_the_local_build(tmp_path, served):
+  folder, base = served
+  rng = np.random.default_rng(1)
+  write_cog(folder / "lc.tif", rng.integers(1, 5000, (64, 64, len(BANDS))).astype(np.uint16),
+            BANDS)
+  raw = rng.integers(0, 3, (64, 64)).astype(np.uint8)   # 2: not a class -> ignored
+  rasters.write_raster(folder / "lc_label.tif", raw, 10, nodata=255)
+  builds = []
+  for name, root in (("local", str(folder)), ("url", base)):
+    builds.append(datasets.prepare(data_cfg(
+        tmp_path, name="landcover_tiles", config_name=name, classes=[["a", 0], ["b", 1]],
+        scenes=[dict(images=[f"{root}/lc.tif"], label=f"{root}/lc_label.tif")], bands=BANDS,
+        tile_size=32, stride=32, block_tiles=1, split_fractions={"train": 1.0})))
+  a, b = (x.as_data_source("train") for x in builds)
+  assert len(a) == len(b) == 4
+  for i in range(4):
+    for key in (contract.IMAGE, contract.LABEL, contract.ROW, contract.COL):
+      np.testing.assert_array_equal(a[i][key], b[i][key])
+  assert "GET /lc_label.tif bytes=" in (folder / "requests.log").read_text()
 
 
 def test_predict_on_a_url_equals_predict_on_the_local_file(tmp_path, served, ft_ckpt):
