@@ -148,6 +148,8 @@ def test_bad_urls_are_one_line_naming_them(tmp_path, served, ft_ckpt):
   with pytest.raises(DataError, match=f"{missing}.*404"):
     inference.predict_scene(ft_ckpt, missing, str(tmp_path / "o.tif"), **FAST)
   assert not os.path.exists(tmp_path / "o.tif")
+  with pytest.raises(ConfigError, match="--out=gs://b/o.tif: outputs are written locally"):
+    inference.predict_scene(ft_ckpt, f"{base}/nothing_here.tif", "gs://b/o.tif", **FAST)
 
 
 # ------------------------------------------------------------------- remote workdirs

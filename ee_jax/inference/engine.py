@@ -211,6 +211,9 @@ def output_paths(out: str, mode: str, opts: Options, points: bool = False) -> di
   """Where each output of a mode goes, given --out (and for embed, whether --points)."""
   if not out:
     raise ConfigError(f"--out is required for --mode={mode} (the output GeoTIFF path)")
+  if "://" in out or out.startswith("/vsi"):
+    raise ConfigError(f"--out={out}: outputs are written locally (staged, then renamed into "
+                      f"place, never half-written); give a local path and copy it afterwards")
   out = os.path.abspath(os.path.expanduser(out))
   stem = _stem(out)
   if mode == "predict":
@@ -226,7 +229,9 @@ def output_paths(out: str, mode: str, opts: Options, points: bool = False) -> di
 
 
 def _common_tags(loaded: LoadedModel, scene, mode: str) -> dict:
-  return {"EE_MODE": mode, "EE_CHECKPOINT": os.path.abspath(loaded.checkpoint),
+  return {"EE_MODE": mode, "EE_CHECKPOINT": (
+              loaded.checkpoint if "://" in os.fspath(loaded.checkpoint)
+              else os.path.abspath(loaded.checkpoint)),
           "EE_CHECKPOINT_STEP": loaded.step,
           "EE_CODE_VERSION": checkpoints.code_version(),
           "EE_SCENE": ",".join(a.product_id for a in scene.acquisitions),
