@@ -158,7 +158,7 @@ def fake_gcs(monkeypatch):
   """gs:// served by an in-memory fsspec filesystem (etils.epath's fsspec backend asks
   fsspec for 'gcs'); returns its store {'/bucket/key': file}. TensorFlow, if installed,
   would take gs:// instead: the test then skips."""
-  fsspec = pytest.importorskip("fsspec")
+  pytest.importorskip("fsspec")
   from fsspec.implementations.memory import MemoryFileSystem
   from etils.epath import backend, gpath
   if gpath._is_tf_installed():  # pylint: disable=protected-access
