@@ -105,6 +105,12 @@ def dirname(path: str) -> str:
   return posixpath.dirname(os.fspath(path).split("?", 1)[0])
 
 
+def is_manifest(path) -> bool:
+  """A .csv/.json product list (a signed URL's query ignored)."""
+  return (isinstance(path, (str, os.PathLike)) and
+          os.fspath(path).split("?", 1)[0].lower().endswith((".csv", ".json")))
+
+
 def stem(path: str) -> str:
   """File name without suffix (and without a signed URL's query)."""
   name = posixpath.basename(os.fspath(path).split("?", 1)[0])

@@ -27,7 +27,6 @@ from tfds_builders.scenes import Scene
 
 
 _DATED = re.compile(r"^(.*)@(\d{8})$")
-MANIFESTS = (".json", ".csv")
 
 
 def scene_specs(scene) -> list:
@@ -40,7 +39,7 @@ def scene_specs(scene) -> list:
     scene = [s.strip() for s in os.fspath(scene).split(",") if s.strip()]
   specs = []
   for spec in scene or []:
-    if isinstance(spec, (str, os.PathLike)) and os.fspath(spec).lower().endswith(MANIFESTS):
+    if remote.is_manifest(spec):
       from tfds_builders.s2_tiles.builder import read_manifest  # pylint: disable=import-outside-toplevel
       specs.extend(read_manifest(os.fspath(spec)))
       continue

@@ -31,6 +31,7 @@ from ee_jax.data import contract
 from ee_jax.errors import ConfigError, DataError
 from ee_jax.geo import bands as bandlib
 from ee_jax.geo import products as productlib
+from ee_jax.geo import remote
 from ee_jax.geo.reader import Grid, open_raster
 from ee_jax.geo.vector_labels import VectorLabels
 from ee_jax.geo.vector_read import is_vector
@@ -136,7 +137,7 @@ class LandcoverTiles(TileBuilder):
       self._scene_cache = []
       for spec in p["scenes"]:
         images = spec.get("images") or [spec["image"]]
-        if isinstance(images, str) and images.lower().endswith((".csv", ".json")):
+        if isinstance(images, str) and remote.is_manifest(images):
           images = read_manifest(images)   # path,date[,...] per image: a time series
         images = [images] if isinstance(images, str) else list(images)
         acqs = [productlib.acquisition(img, p["bands"], remove_offset=p["remove_offset"],

@@ -98,7 +98,7 @@ def read_manifest(path: str) -> list:
     if text is None:
       with open(path, encoding="utf-8-sig") as f:
         text = f.read()
-    if path.lower().split("?", 1)[0].endswith(".json"):
+    if path.split("?", 1)[0].lower().endswith(".json"):
       entries = json.loads(text)
     else:
       entries = [{k: v for k, v in row.items() if v not in (None, "")}
