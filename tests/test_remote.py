@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 import rasterio
@@ -117,12 +118,22 @@ def test_predict_on_a_url_equals_predict_on_the_local_file(tmp_path, served, ft_
   write_cog(folder / "field.tif", field_scene(40, 56, seed=3), SCENE_BANDS)
   (folder / "field.json").write_text(json.dumps([{"path": "field.tif"}]))
   outs = []
-  for name, src in (("local", str(folder / "field.tif")), ("url", f"{base}/field.tif"),
-                    ("vsi", f"/vsicurl/{base}/field.tif"),
+  for name, src in (("local", str(folder / "field.tif")), ("vsi", f"/vsicurl/{base}/field.tif"),
                     ("manifest", f"{base}/field.json?signature=x")):   # a signed URL
     out = tmp_path / f"{name}.tif"
     inference.predict_scene(ft_ckpt, src, str(out), **FAST)
     outs.append(read(out))
+  # --mode=predict as launch.py runs it, on the URL.
+  from ee_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict({"inference": inference.default_config()})
+  cfg.inference.update(tile_size=FAST["tile_size"], overlap=FAST["overlap"],
+                       per_device_batch=FAST["per_device_batch"])
+  run_lib.run("predict", cfg, ft_ckpt, scene=f"{base}/field.tif", out=str(tmp_path / "u.tif"))
+  outs.append(read(tmp_path / "u.tif"))
+  with pytest.raises(SystemExit) as e:
+    run_lib.run("predict", cfg, ft_ckpt, scene=f"{base}/gone.tif", out=str(tmp_path / "g.tif"))
+  assert f"{base}/gone.tif" in str(e.value) and "404" in str(e.value)
+  assert "\n" not in str(e.value).strip()
   for other in outs[1:]:
     np.testing.assert_array_equal(outs[0], other)
 
