@@ -43,6 +43,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   prefix = tmp_path / "jupyter"
   kernelspec.install(kernel_name="ee-jax-test", prefix=str(prefix))   # argv: sys.executable
   monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+  monkeypatch.setenv("EE_JAX_COMPILATION_CACHE", str(tmp_path / "xla"))   # not the user's
   nb = nbformat.read(NOTEBOOK, as_version=4)
   index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
   nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
