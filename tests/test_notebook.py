@@ -22,7 +22,8 @@ def _outputs(cell, kind):
 
 
 def _text(cell):
-  return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+  return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                 if o.get("output_type") == "stream")
 
 
 def test_committed_without_outputs():
@@ -36,8 +37,10 @@ def test_committed_without_outputs():
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-  nbformat = pytest.importorskip("nbformat", reason="nbformat not installed (pip install '.[test]')")
-  nbclient = pytest.importorskip("nbclient", reason="nbclient not installed (pip install '.[test]')")
+  nbformat = pytest.importorskip("nbformat",
+                                 reason="nbformat not installed (pip install '.[test]')")
+  nbclient = pytest.importorskip("nbclient",
+                                 reason="nbclient not installed (pip install '.[test]')")
   kernelspec = pytest.importorskip("ipykernel.kernelspec",
                                    reason="ipykernel not installed (pip install '.[test]')")
   prefix = tmp_path / "jupyter"
@@ -56,7 +59,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   assert _outputs(by_tag["pca"], "image/png"), "the PCA figure is missing"
   assert _outputs(by_tag["class_map"], "image/png"), "the class map is missing"
   text = _text(by_tag["probe"])
-  accuracy = dict(re.findall(r"probe accuracy \((embedding|raw bands), \w[\w-]*\): ([\d.]+)%", text))
+  accuracy = dict(re.findall(
+      r"probe accuracy \((embedding|raw bands), \w[\w-]*\): ([\d.]+)%", text))
   assert set(accuracy) == {"embedding", "raw bands"}, text
   assert all(0 <= float(a) <= 100 for a in accuracy.values()), text
   # the rule is a function of the bands: a linear probe of them must find it
