@@ -39,6 +39,7 @@ def get_config(arg: str | None = None):
   c.data.eval_split = "validation"
   c.data.per_device_batch = 16
   c.model.temporal = "stack"
+  c.model.features = 128  # wider than the input's 78 values a pixel (docs/pretraining.md, 8)
   c.augment.crop_size = 24
   c.augment.crop_shift = 8
   defaults.masked_objective(c)  # masked reconstruction (docs/pretraining.md)
