@@ -2,14 +2,16 @@
 
   python launch.py --mode=pretrain --config=configs/pretrain_synthetic.py --workdir=W
 
-Arguments: none (the default UNet, 4000 steps of 16 tiles, masked reconstruction),
-`:demo` (a narrower model, 200 steps: the pre-training of `make demo`'s study), `:smoke`.
+Arguments: none (the default UNet with 128 features, 4000 steps of 16 tiles, masked
+reconstruction of the bands and of each date's spectral shape), `:demo` (a narrower model,
+200 steps: the pre-training of `make demo`'s study), `:smoke`.
 
-Produced, as shipped, on 2 CPU cores: 26.6 min at 40-42 tiles/s, training loss 2.56 at
-step 10 -> 1.03 (docs/perf_log.md); later, inside the default study on the 2-core
-Intel Xeon VM, 846 s (209 ms a step, huge pages). A linear probe of its features
-(benchmarks/feature_probe.py) reaches test mIoU 53.9 on 1/64 and 63.7 on 1/4 of the labels
-(raw pixels averaged over 3x3: 54.5 / 66.3; docs/pretraining.md, section 1b).
+Produced: the end of this default is not yet measured. Its step 2000 (the run stopped at
+~2500 for lack of cores; docs/pretraining.md, section 8b-8c): a linear probe of its features
+(benchmarks/feature_probe.py) reaches test mIoU 57.9 on 1/64 and 65.7 on 1/4 of the labels
+(raw pixels averaged over 3x3: 54.5 / 66.3); about 35 min to step 2000 beside other jobs.
+Before the shape target and the width (D = 64, masked bands only), 4000 steps took 26.6 min
+on 2 CPU cores and probed 53.9 / 63.7 (section 1b).
 
 The views are chosen so that matching a pixel to itself needs its land cover, not a
 fingerprint (they matter for InfoNCE / VICReg / prototypes, when their weights are set).
