@@ -45,17 +45,12 @@ def read_text(p) -> str:
 
 
 def write_text(p, text: str) -> None:
-  """Never half-written: a local temporary file renamed into place, or one remote object."""
-  if is_remote(p):
-    path(p).write_text(text)
-    return
-  p = os.fspath(p)
-  with open(p + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(p + ".tmp", p)
+  """Never half-written (see write_bytes); UTF-8."""
+  write_bytes(p, text.encode("utf-8"))
 
 
 def write_bytes(p, data: bytes) -> None:
+  """Never half-written: a local temporary file renamed into place, or one remote object."""
   if is_remote(p):
     path(p).write_bytes(data)
     return
