@@ -16,7 +16,7 @@ one global batch whatever the slice: docs/scaling.md's way 1. The rate follows t
 square-root rule from the one-host reference (pretrain_s2: 32 tiles a step, 1e-3):
 REFERENCE_LR * sqrt(GLOBAL_BATCH / REFERENCE_BATCH). Warmup and checkpoints are counted
 in examples and turned into steps; `train.steps` is EPOCHS passes over the archive's
-train tiles as published (the code counts steps, not epochs). pre-training checks at
+train tiles as published (the code counts steps, not epochs). Pre-training checks at
 start that jax.device_count() gives this global batch (`pod` section) and stops with one
 line if not.
 
@@ -37,7 +37,7 @@ REFERENCE_LR = 1e-3         # ... and its peak learning rate
 DEFAULT_DEVICES = 8         # one 8-GPU node (docs/scaling.md's H200 row at 128 per device)
 EPOCHS = 1
 WARMUP_EXAMPLES = 2_000_000
-CHECKPOINT_EXAMPLES = 10_000_000   # about 2-10 min between checkpoints (docs/scaling.md)
+CHECKPOINT_EXAMPLES = 10_000_000   # 2-4 min apart on 8 H200 / a v4-32 (docs/scaling.md)
 TILE = 64
 # Reader threads per host: about 4 host cores keep one H200 fed at 128 bf16 tiles a step
 # (docs/scaling.md), x 8 GPUs on a node; more than a TPU v4 host's 4 chips need.
@@ -47,8 +47,8 @@ SPLITS = {"train": 0.99, "validation": 0.01}
 # Archives as published (docs/scaling.md cites the sources): cells or patches, their
 # 10 m pixels a side, and how many of them the layout reads.
 ARCHIVES = {
-    # Major TOM Core-S2L2A: 2.25 M rows (grid cells), 1068 x 1068 px at 10 m.
-    "majortom_parquet": dict(images=2_250_000, pixels=1068, levels=()),
+    # Major TOM Core-S2L2A (its dataset card): 2,245,886 patches of 1,068 x 1,068 px, 10 m.
+    "majortom_parquet": dict(images=2_245_886, pixels=1068, levels=()),
     # SSL4EO-S12 L2A: 251,079 locations x 4 seasons, 264 x 264 px.
     "ssl4eo": dict(images=251_079 * 4, pixels=264, levels=("s2a",)),
 }
