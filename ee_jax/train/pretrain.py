@@ -25,6 +25,7 @@ import optax
 
 from ee_jax import augment, checkpoints, models, objectives, storage
 from ee_jax.data import contract, datasets, pipeline
+from ee_jax.errors import ConfigError
 from ee_jax.objectives import pairs as pairslib
 from ee_jax.runtime import distributed, parallel
 from ee_jax.runtime.parallel import AXIS
@@ -193,8 +194,23 @@ def evaluate(p_eval, p_state, base_keys, config, builder) -> dict:
   return {k: v / max(weight, 1.0) for k, v in totals.items()}
 
 
+def check_pod_batch(config) -> None:
+  """A config that fixes its global batch (`pod`, configs/pretrain_pod.py) scaled its
+  learning rate for that batch: another device count would train a different batch at the
+  wrong rate, so it stops with one line instead."""
+  if "pod" not in config:
+    return
+  got = parallel.global_batch(config.data.per_device_batch)
+  if got != config.pod.global_batch:
+    raise ConfigError(f"global batch {got} ({jax.device_count()} devices x per-device batch "
+                      f"{config.data.per_device_batch}) is not the config's "
+                      f"{config.pod.global_batch}: pass :devices={jax.device_count()} to the "
+                      f"config (its per-device batch is global batch / devices)")
+
+
 def pretrain(config, workdir: str) -> dict:
   """Runs (or resumes) pre-training; returns the last logged train and eval metrics."""
+  check_pod_batch(config)
   storage.makedirs(workdir)
   write_config(config, workdir)
   builder = distributed.primary_first(lambda: datasets.prepare(config.data), "prepare")
