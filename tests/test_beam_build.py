@@ -213,6 +213,22 @@ def test_real_ssl4eo_sample_beam_equals_plain(beam, shared_data, tmp_path):
   _assert_same(plain, beam_build)
 
 
+def test_tiles_lost_by_a_runner_fail_the_build(beam, tmp_path):
+  """A runner that writes fewer (or more) tiles than its workers read fails the build."""
+  import json, types  # pylint: disable=import-outside-toplevel,multiple-imports
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  from tfds_builders import beam_tiles  # pylint: disable=import-outside-toplevel
+  part = beam_tiles.Partial(2, 0, ["train"])
+  part.tiles["train"] = 5
+  (tmp_path / beam_tiles.RESULTS).write_text(json.dumps(part.as_dict()))
+  builder = types.SimpleNamespace(
+      name="s2_tiles", data_path=epath.Path(tmp_path),
+      info=types.SimpleNamespace(splits={"train": types.SimpleNamespace(num_examples=4)}))
+  with pytest.raises(DataError, match="wrote 4 tiles of the train split but the workers "
+                                      "read 5; nothing was kept"):
+    beam_tiles.record_results(builder)
+
+
 def test_a_builder_without_work_units_says_so(beam, tmp_path):
   cfg = helpers.data_cfg(tmp_path, name="synthetic_landcover", config_name="syn")
   cfg.beam_runner = "DirectRunner"
