@@ -229,6 +229,16 @@ def test_tiles_lost_by_a_runner_fail_the_build(beam, tmp_path):
     beam_tiles.record_results(builder)
 
 
+def test_an_empty_split_is_the_plain_builds_error(beam, tmp_path):
+  cfg = helpers.s2_cfg(tmp_path, _products(tmp_path, n=1, size=64), bands=BANDS,
+                       split_fractions={"train": 1.0, "validation": 0.0})
+  cfg.beam_runner = "DirectRunner"
+  with pytest.raises(DataError, match=r"^s2_tiles: no valid tiles in the validation split "
+                                      r"\(products prod0\)") as err:
+    datasets.prepare(cfg)
+  assert "\n" not in str(err.value) and not datasets.is_prepared(cfg)
+
+
 def test_a_builder_without_work_units_says_so(beam, tmp_path):
   cfg = helpers.data_cfg(tmp_path, name="synthetic_landcover", config_name="syn")
   cfg.beam_runner = "DirectRunner"

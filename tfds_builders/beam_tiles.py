@@ -11,6 +11,7 @@ incomplete folder and read back into the metadata once the pipeline has run
 """
 
 import json
+import re
 
 import apache_beam as beam
 from etils import epath
@@ -152,6 +153,18 @@ def split_transforms(builder, units: list) -> dict:
   builder._beam_outputs = None
   builder._beam_unit_list = units
   return {split: _SplitOf(builder, split) for split in builder._split_names()}
+
+
+def explain_failure(builder, e: Exception) -> DataError | None:
+  """The one line a failed pipeline means, where this code knows it: a worker's DataError
+  (the runner wraps it in its own exception with the worker's traceback), or TFDS's writer
+  refusing an empty split, which is the plain build's 'no valid tiles' error."""
+  for line in str(e).splitlines():
+    _, sep, message = line.partition("DataError: ")
+    if sep and message.strip():
+      return DataError(message.strip())
+  m = re.search(r"generated examples is 0 for split (\S+?)\.", str(e))
+  return DataError(builder.no_tiles_message(m.group(1))) if m else None
 
 
 def record_results(builder) -> None:

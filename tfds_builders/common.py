@@ -124,10 +124,18 @@ class TileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
     self._beam = bool(download_config.beam_runner or download_config.beam_options)
-    super()._download_and_prepare(dl_manager, download_config)
-    if self._beam:
-      from tfds_builders import beam_tiles  # pylint: disable=import-outside-toplevel
-      beam_tiles.record_results(self)
+    if not self._beam:
+      super()._download_and_prepare(dl_manager, download_config)
+      return
+    from tfds_builders import beam_tiles  # pylint: disable=import-outside-toplevel
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except Exception as e:  # pylint: disable=broad-except  (the runner's wrapping varies)
+      error = beam_tiles.explain_failure(self, e)
+      if error is None:
+        raise
+      raise error from e
+    beam_tiles.record_results(self)
 
   def _split_generators(self, dl_manager):
     del dl_manager

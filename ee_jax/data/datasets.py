@@ -86,16 +86,6 @@ def _download_config(data_cfg) -> tfds.download.DownloadConfig:
                                       beam_options=beam_config.pipeline_options(flags))
 
 
-def _worker_error(e: Exception) -> DataError | None:
-  """A Beam runner reports a worker's DataError inside its own exception (with the
-  worker's traceback): its one line, or None when there is none."""
-  for line in str(e).splitlines():
-    _, sep, message = line.partition("DataError: ")
-    if sep and message.strip():
-      return DataError(message.strip())
-  return None
-
-
 def prepare(data_cfg, log=print) -> tfds.core.DatasetBuilder:
   """Builds the dataset unless it is already complete; returns it opened read-only."""
   download_config = _download_config(data_cfg)   # a bad runner or option: before any work
@@ -108,15 +98,7 @@ def prepare(data_cfg, log=print) -> tfds.core.DatasetBuilder:
   tfds_compat.install()
   on = f" on Beam ({data_cfg.beam_runner})" if download_config.beam_options else ""
   log(f"Building {data_cfg.name}/{data_cfg.config_name} into {dataset_path(data_cfg)}{on} ...")
-  try:
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
-  except (DataError, ConfigError):
-    raise
-  except Exception as e:  # pylint: disable=broad-except  (runners wrap workers' errors)
-    error = _worker_error(e) if download_config.beam_options else None
-    if error is None:
-      raise
-    raise error from e
+  builder.download_and_prepare(file_format="array_record", download_config=download_config)
   return open_prepared(data_cfg)
 
 
