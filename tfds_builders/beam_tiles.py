@@ -155,6 +155,20 @@ def split_transforms(builder, units: list) -> dict:
   return {split: _SplitOf(builder, split) for split in builder._split_names()}
 
 
+def writer_counters(pipeline_result) -> dict:
+  """TFDS BeamWriter's counters by name (examples serialized, assigned to each shard), or
+  {} where the runner reports none."""
+  try:
+    counters = pipeline_result.metrics().query()["counters"]
+  except Exception:  # pylint: disable=broad-except  (a runner without metrics)
+    return {}
+  out = {}
+  for c in counters:
+    if c.key.metric.namespace == "BeamWriter":
+      out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0)
+  return out
+
+
 def explain_failure(builder, e: Exception) -> DataError | None:
   """The one line a failed pipeline means, where this code knows it: a worker's DataError
   (the runner wraps it in its own exception with the worker's traceback), or TFDS's writer
@@ -177,9 +191,14 @@ def record_results(builder) -> None:
       raise DataError(builder.no_tiles_message(split))
     written = builder.info.splits[split].num_examples
     if written != n:   # a runner that drops or repeats elements must not pass unnoticed
+      counters = getattr(builder, "_beam_counters", None) or {}
+      assigned = sum(v for k, v in counters.items() if k.startswith(f"{split}.shard_"))
+      seen = (f" (the writer serialized {counters['serialized_examples']} tiles of all "
+              f"splits and assigned {assigned} to {split} shards)"
+              if "serialized_examples" in counters else "")
       raise DataError(f"{builder.name}: the Beam runner wrote {written} tiles of the {split} "
-                      f"split but the workers read {n}; nothing was kept. Rerun, or build "
-                      f"with data.beam_runner='' (the plain build)")
+                      f"split but the workers read {n}{seen}; nothing was kept. Rerun, or "
+                      f"build with data.beam_runner='' (the plain build)")
   stats = BandStats.from_dict(res["stats"])
   summary = Summary()
   s = res["summary"]

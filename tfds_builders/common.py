@@ -137,6 +137,11 @@ class TileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise error from e
     beam_tiles.record_results(self)
 
+  def _process_pipeline_result(self, pipeline_result):
+    """TFDS's hook after a Beam pipeline: its writer's counters, for the lost-tiles check."""
+    from tfds_builders import beam_tiles  # pylint: disable=import-outside-toplevel
+    self._beam_counters = beam_tiles.writer_counters(pipeline_result)
+
   def _split_generators(self, dl_manager):
     del dl_manager
     if getattr(self, "_beam", False):
