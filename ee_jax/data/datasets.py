@@ -12,7 +12,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ee_jax.data import contract, tfds_compat
+from ee_jax.data import beam_config, contract, tfds_compat
 from ee_jax.errors import ConfigError, DataError
 
 # Dataset name -> "module:Class". Imported lazily so reading never imports builder code.
@@ -38,6 +38,8 @@ def builder_class(name: str):
 def data_dir(data_cfg) -> str:
   """`config.data.data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   d = data_cfg.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  if "://" in d:   # a bucket (gs://, s3://): where a cloud runner's workers write the shards
+    return d
   return os.path.abspath(os.path.expanduser(d))
 
 
@@ -75,8 +77,18 @@ def _check_params_match(data_cfg, prepared) -> None:
         f"config.data.config_name or config.data.data_dir, or delete that folder.")
 
 
+def _download_config(data_cfg) -> tfds.download.DownloadConfig:
+  """The plain build, or with `data.beam_runner` a Beam pipeline (ee_jax/data/beam_config.py)."""
+  flags = beam_config.flags(data_cfg)
+  if flags is None:
+    return tfds.download.DownloadConfig(try_download_gcs=False)
+  return tfds.download.DownloadConfig(try_download_gcs=False,
+                                      beam_options=beam_config.pipeline_options(flags))
+
+
 def prepare(data_cfg, log=print) -> tfds.core.DatasetBuilder:
   """Builds the dataset unless it is already complete; returns it opened read-only."""
+  download_config = _download_config(data_cfg)   # a bad runner or option: before any work
   if is_prepared(data_cfg):
     prepared = open_prepared(data_cfg)
     _check_params_match(data_cfg, prepared)
@@ -84,10 +96,9 @@ def prepare(data_cfg, log=print) -> tfds.core.DatasetBuilder:
     return prepared
   builder = make_builder(data_cfg)
   tfds_compat.install()
-  log(f"Building {data_cfg.name}/{data_cfg.config_name} into {dataset_path(data_cfg)} ...")
-  builder.download_and_prepare(file_format="array_record",
-                               download_config=tfds.download.DownloadConfig(
-                                   try_download_gcs=False))
+  on = f" on Beam ({data_cfg.beam_runner})" if download_config.beam_options else ""
+  log(f"Building {data_cfg.name}/{data_cfg.config_name} into {dataset_path(data_cfg)}{on} ...")
+  builder.download_and_prepare(file_format="array_record", download_config=download_config)
   return open_prepared(data_cfg)
 
 

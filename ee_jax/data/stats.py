@@ -22,12 +22,32 @@ class BandStats:
       return
     x = pixels.astype(np.float64)
     chunk_mean = x.mean(axis=0)
-    chunk_m2 = ((x - chunk_mean) ** 2).sum(axis=0)
+    self._merge(n, chunk_mean, ((x - chunk_mean) ** 2).sum(axis=0))
+
+  def merge(self, other: "BandStats") -> "BandStats":
+    """Adds another accumulator's pixels (a Beam worker's share); returns self."""
+    if other.count:
+      self._merge(other.count, other.mean, other.m2)
+    return self
+
+  def _merge(self, n, mean, m2) -> None:
     total = self.count + n
-    delta = chunk_mean - self.mean
+    delta = mean - self.mean
     self.mean = self.mean + delta * (n / total)
-    self.m2 = self.m2 + chunk_m2 + delta ** 2 * (self.count * n / total)
+    self.m2 = self.m2 + m2 + delta ** 2 * (self.count * n / total)
     self.count = total
+
+  def as_dict(self) -> dict:
+    """Exact float64 moments as JSON-able lists (Python floats round-trip exactly)."""
+    return {"count": int(self.count), "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "BandStats":
+    stats = cls(len(d["mean"]))
+    stats.count = int(d["count"])
+    stats.mean = np.asarray(d["mean"], np.float64)
+    stats.m2 = np.asarray(d["m2"], np.float64)
+    return stats
 
   @property
   def std(self) -> np.ndarray:

@@ -90,6 +90,19 @@ class LabelReader:
     self._ds.close()
 
 
+def open_labels(params: dict, scene: Scene, spec: dict):
+  """The label reader of one scene (raster or vector), on the scene grid."""
+  first_image = scene.acquisitions[0].files[0]
+  if is_vector(spec["label"]):
+    return VectorLabels(spec["label"], spec["label_column"], scene.grid, params["classes"],
+                        first_image, mapping=spec.get("label_mapping"),
+                        border_px=spec.get("label_border_px", 0),
+                        layer=spec.get("label_layer"),
+                        outside=spec.get("label_outside", "error"))
+  return LabelReader(spec["label"], scene.grid, params["classes"], params["label_nodata"],
+                     params["allow_reproject"], first_image)
+
+
 class LandcoverTiles(TileBuilder):
   """Labelled land-cover tiles in the tile contract of docs/design.md."""
 
@@ -157,22 +170,36 @@ class LandcoverTiles(TileBuilder):
                 class_names=[c[0] for c in self.params["classes"]])
 
   def _tiles(self, split):
-    p = self.params
     for scene, spec in self._scenes():
-      first_image = scene.acquisitions[0].files[0]
-      if is_vector(spec["label"]):
-        labels = VectorLabels(spec["label"], spec["label_column"], scene.grid, p["classes"],
-                              first_image, mapping=spec.get("label_mapping"),
-                              border_px=spec.get("label_border_px", 0),
-                              layer=spec.get("label_layer"),
-                              outside=spec.get("label_outside", "error"))
-      else:
-        labels = LabelReader(spec["label"], scene.grid, p["classes"], p["label_nodata"],
-                             p["allow_reproject"], first_image)
+      labels = open_labels(self.params, scene, spec)
       try:
-        yield from scene_tiles(scene, p["bands"], p, split, label_window=labels)
+        yield from scene_tiles(scene, self.params["bands"], self.params, split,
+                               label_window=labels)
       finally:
         labels.close()
+
+  # --- Beam (tfds_builders/beam_tiles.py): a unit is a scene and its spec ---------------
+  def _beam_units(self):
+    return self._scenes()
+
+  @classmethod
+  def _unit_tiles(cls, params, context, unit, splits, summary):
+    scene, spec = unit
+    summary.add(scene)
+    labels = open_labels(params, scene, spec)
+    try:
+      for split in splits:
+        for key, example in scene_tiles(scene, params["bands"], params, split,
+                                        label_window=labels):
+          yield split, key, example
+    finally:
+      labels.close()
+
+  @classmethod
+  def _describe_unit(cls, unit):
+    scene, spec = unit
+    files = sorted({f for a in scene.acquisitions for f in a.files})
+    return f"scene {scene.scene_id} (images {', '.join(files)}; label {spec['label']})"
 
   def _extra_metadata(self):
     return {

@@ -122,6 +122,16 @@ def read_manifest(path: str) -> list:
   return products
 
 
+def padded_tiles(scene: Scene, params: dict, split: str, num_dates: int):
+  """The tiles of `scene` in `split`, a shorter series padded to `num_dates`."""
+  for key, example in scene_tiles(scene, params["bands"], params, split):
+    if len(scene.acquisitions) < num_dates:   # a location with fewer dates
+      example[contract.IMAGE], example[contract.VALID], example[contract.DATES] = \
+          bm.pad_series(example[contract.IMAGE], example[contract.VALID],
+                        example[contract.DATES], num_dates, scene.scene_id)
+    yield key, example
+
+
 class S2Tiles(TileBuilder):
   """Unlabelled Sentinel-2 tiles on the 10 m grid, in the tile contract of docs/design.md."""
 
@@ -256,12 +266,40 @@ class S2Tiles(TileBuilder):
     if not hasattr(self, "_archive_summary"):   # every split reads every scene: count once
       summary = self._archive_summary = archives.Summary()
     for scene in self._archive_scenes(summary):
-      for key, example in scene_tiles(scene, self.params["bands"], self.params, split):
-        if len(scene.acquisitions) < num_dates:   # a location with fewer dates
-          example[contract.IMAGE], example[contract.VALID], example[contract.DATES] = \
-              bm.pad_series(example[contract.IMAGE], example[contract.VALID],
-                            example[contract.DATES], num_dates, scene.scene_id)
-        yield key, example
+      yield from padded_tiles(scene, self.params, split, num_dates)
+
+  # --- Beam (tfds_builders/beam_tiles.py): a unit is a scene, or an archive's unit -------
+  def _beam_units(self):
+    if "archive" in self.params:
+      return archives.units(self.params["archive"])
+    return self._scenes()
+
+  def _beam_context(self):
+    return {"num_dates": self._tile_layout()["num_dates"]}
+
+  @classmethod
+  def _unit_tiles(cls, params, context, unit, splits, summary):
+    if "archive" not in params:
+      scenes = [unit]
+    else:
+      scenes = (Scene.from_acquisitions(acqs, scene_id) for scene_id, acqs in
+                archives.unit_scenes(params["archive"], unit, params["bands"],
+                                     time_series=params["time_series"],
+                                     remove_offset=params["remove_offset"],
+                                     nodata=params["nodata"]))
+    for scene in scenes:
+      summary.add(scene)
+      for split in splits:
+        for key, example in padded_tiles(scene, params, split, context["num_dates"]):
+          yield split, key, example
+
+  @classmethod
+  def _describe_unit(cls, unit):
+    if isinstance(unit, Scene):
+      return "product(s) " + ", ".join(sorted({f for a in unit.acquisitions for f in a.files}))
+    if len(unit) == 3 and isinstance(unit[1], int):
+      return f"{unit[0]}: row group {unit[1]}"
+    return f"{unit[1]}"
 
   def _extra_metadata(self):
     if "archive" in self.params:

@@ -61,17 +61,36 @@ def num_dates(archive: dict, time_series: bool) -> int:
   return 1
 
 
-def scenes(archive: dict, band_names: Sequence[str], *, time_series: bool,
-           remove_offset, nodata) -> Iterator:
-  """(scene id, acquisitions), one scene at a time (valid until the next is asked for)."""
+def units(archive: dict) -> list:
+  """The archive's work units for a distributed build, each small and picklable: a Major
+  TOM row group (shard, group, first row) or an SSL4EO location (id, folder, dates)."""
   # pylint: disable=import-outside-toplevel
   if archive["layout"] == "majortom_parquet":
     from ee_jax.geo.archives import majortom
-    return majortom.scenes(archive["root"], band_names, remove_offset=remove_offset,
-                           nodata=nodata)
+    return majortom.row_groups(archive["root"])
   from ee_jax.geo.archives import ssl4eo
-  return ssl4eo.scenes(archive["root"], band_names, levels=archive["levels"],
-                       time_series=time_series, remove_offset=remove_offset, nodata=nodata)
+  return ssl4eo.locations(archive["root"], archive["levels"])
+
+
+def unit_scenes(archive: dict, unit, band_names: Sequence[str], *, time_series: bool,
+                remove_offset, nodata) -> Iterator:
+  """(scene id, acquisitions) of one unit of `units`, one scene at a time."""
+  # pylint: disable=import-outside-toplevel
+  if archive["layout"] == "majortom_parquet":
+    from ee_jax.geo.archives import majortom
+    return majortom.group_scenes(*unit, band_names, remove_offset=remove_offset,
+                                 nodata=nodata)
+  from ee_jax.geo.archives import ssl4eo
+  return ssl4eo.location_scenes(unit, band_names, time_series=time_series,
+                                remove_offset=remove_offset, nodata=nodata)
+
+
+def scenes(archive: dict, band_names: Sequence[str], *, time_series: bool,
+           remove_offset, nodata) -> Iterator:
+  """(scene id, acquisitions), one scene at a time (valid until the next is asked for)."""
+  for unit in units(archive):
+    yield from unit_scenes(archive, unit, band_names, time_series=time_series,
+                           remove_offset=remove_offset, nodata=nodata)
 
 
 class Summary:
@@ -94,6 +113,17 @@ class Summary:
       if acq.date:
         self.dates = [min(self.dates[0], acq.date), max(self.dates[1], acq.date)] \
             if self.dates else [acq.date, acq.date]
+
+  def merge(self, other: "Summary") -> "Summary":
+    """Adds another worker's counts (a distributed build); returns self."""
+    self.products += other.products
+    self.scenes += other.scenes
+    self.offsets.update(other.offsets)
+    self.crs.update(other.crs)
+    if other.dates:
+      self.dates = [min(self.dates[0], other.dates[0]), max(self.dates[1], other.dates[1])] \
+          if self.dates else list(other.dates)
+    return self
 
   def as_metadata(self, archive: dict) -> dict:
     return {**archive, "products": self.products, "scenes": self.scenes,

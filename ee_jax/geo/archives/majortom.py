@@ -129,31 +129,51 @@ def _band_columns(shard: str, names: Sequence[str], band_names: Sequence[str]) -
   return {b: by_band[b] for b in band_names}
 
 
+def _open(shard: str):
+  try:
+    return _pyarrow_parquet().ParquetFile(shard)
+  except Exception as e:  # pylint: disable=broad-except  (pyarrow's errors vary by cause)
+    raise DataError(f"{shard}: cannot read as Parquet ({_first_line(e)})") from None
+
+
+def row_groups(root: str) -> list[tuple[str, int, int]]:
+  """(shard, row group, its first row) for every row group: the work units of a
+  distributed build (the published shards hold one row per group). Reads footers only."""
+  units = []
+  for shard in shard_paths(root):
+    pf = _open(shard)
+    with contextlib.closing(pf):
+      first = 0
+      for group in range(pf.num_row_groups):
+        units.append((shard, group, first))
+        first += pf.metadata.row_group(group).num_rows
+  return units
+
+
+def group_scenes(shard: str, group: int, first_row: int, band_names: Sequence[str], *,
+                 remove_offset="auto", nodata=None) -> Iterator:
+  """(scene id, [acquisition]) per row of one row group."""
+  nodata = productlib.parse_nodata(nodata)
+  pf = _open(shard)
+  with contextlib.closing(pf):
+    names = pf.schema_arrow.names
+    columns = _band_columns(shard, names, band_names)
+    wanted = list(columns.values()) + [c for c in ("product_id", "grid_cell", CLOUD_MASK,
+                                                    *DATE_COLUMNS) if c in names]
+    try:
+      table = pf.read_row_group(group, columns=wanted)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(f"{shard}: row group {group} cannot be read ({_first_line(e)})") from None
+    for j in range(table.num_rows):
+      values = {c: table.column(c)[j].as_py() for c in wanted}
+      with row_acquisition(shard, first_row + j, values, band_names, columns,
+                           remove_offset=remove_offset, nodata=nodata) as acq:
+        yield acq.product_id, [acq]
+
+
 def scenes(root: str, band_names: Sequence[str], *, remove_offset="auto",
            nodata=None) -> Iterator:
   """(scene id, [acquisition]) per row, shard by shard and row group by row group."""
-  pq = _pyarrow_parquet()
-  nodata = productlib.parse_nodata(nodata)
-  for shard in shard_paths(root):
-    try:
-      pf = pq.ParquetFile(shard)
-    except Exception as e:  # pylint: disable=broad-except  (pyarrow's errors vary by cause)
-      raise DataError(f"{shard}: cannot read as Parquet ({_first_line(e)})") from None
-    with contextlib.closing(pf):
-      names = pf.schema_arrow.names
-      columns = _band_columns(shard, names, band_names)
-      wanted = list(columns.values()) + [c for c in ("product_id", "grid_cell", CLOUD_MASK,
-                                                      *DATE_COLUMNS) if c in names]
-      row = 0
-      for group in range(pf.num_row_groups):
-        try:
-          table = pf.read_row_group(group, columns=wanted)
-        except Exception as e:  # pylint: disable=broad-except
-          raise DataError(f"{shard}: row group {group} cannot be read ({_first_line(e)})") from None
-        for j in range(table.num_rows):
-          values = {c: table.column(c)[j].as_py() for c in wanted}
-          with row_acquisition(shard, row, values, band_names, columns,
-                               remove_offset=remove_offset, nodata=nodata) as acq:
-            yield acq.product_id, [acq]
-          row += 1
-        del table
+  for shard, group, first_row in row_groups(root):
+    yield from group_scenes(shard, group, first_row, band_names,
+                            remove_offset=remove_offset, nodata=nodata)

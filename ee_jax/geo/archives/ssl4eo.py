@@ -67,17 +67,26 @@ def longest_series(root: str, levels: Sequence[str] = ()) -> int:
   return max(len(dates) for _, _, dates in locations(root, levels))
 
 
+def location_scenes(location: tuple, band_names: Sequence[str], *, time_series: bool = False,
+                    remove_offset="auto", nodata=None) -> Iterator:
+  """(scene id, acquisitions) of one location (an entry of `locations`): the work unit of
+  a distributed build."""
+  scene_id, path, dates = location
+  nodata = productlib.parse_nodata(nodata)
+  acqs = [productlib.product_folder(
+      os.path.join(path, d), band_names, date=bandlib.sensing_date(d),
+      remove_offset=remove_offset, product_id=f"{scene_id}_{d}", nodata=nodata)
+      for d in dates]
+  if time_series:
+    yield scene_id, acqs
+  else:
+    for acq in acqs:
+      yield acq.product_id, [acq]
+
+
 def scenes(root: str, band_names: Sequence[str], *, levels: Sequence[str] = (),
            time_series: bool = False, remove_offset="auto", nodata=None) -> Iterator:
   """(scene id, acquisitions): one per location (time_series) or per date folder."""
-  nodata = productlib.parse_nodata(nodata)
-  for scene_id, path, dates in locations(root, levels):
-    acqs = [productlib.product_folder(
-        os.path.join(path, d), band_names, date=bandlib.sensing_date(d),
-        remove_offset=remove_offset, product_id=f"{scene_id}_{d}", nodata=nodata)
-        for d in dates]
-    if time_series:
-      yield scene_id, acqs
-    else:
-      for acq in acqs:
-        yield acq.product_id, [acq]
+  for location in locations(root, levels):
+    yield from location_scenes(location, band_names, time_series=time_series,
+                               remove_offset=remove_offset, nodata=nodata)
