@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= $(CURDIR)/.data/tfds
 WORKDIR ?= $(CURDIR)/workdirs/demo
 
-.PHONY: venv demo test test-slow test-all bench clean
+.PHONY: venv demo test test-slow test-all test-beam bench clean
 
 venv: $(STAMP)
 
@@ -59,6 +59,19 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	"$(PY)" -m pytest -q -m slow
 
+# The Beam builds (tests/test_beam_build.py, slow ones included) in a venv of their own:
+# apache-beam needs protobuf<7, pyarrow<26 and python-dateutil<3 (constraints-beam.txt).
+BEAM_VENV := .venv-beam
+BEAM_STAMP := $(BEAM_VENV)/.installed
+$(BEAM_STAMP): setup.cfg pyproject.toml constraints-beam.txt
+	$(PYTHON) -m venv "$(BEAM_VENV)"
+	"$(BEAM_VENV)/bin/python" -m pip install -q --upgrade pip
+	"$(BEAM_VENV)/bin/python" -m pip install -q -c constraints-beam.txt -e '.[test,beam]'
+	touch "$(BEAM_STAMP)"
+
+test-beam: $(BEAM_STAMP)
+	"$(BEAM_VENV)/bin/python" -m pytest -q -m "slow or not slow" tests/test_beam_build.py
+
 test-all: $(STAMP)
 	"$(PY)" -m pytest -q -m "slow or not slow"
 
@@ -68,4 +81,4 @@ bench: $(STAMP)
 	"$(PY)" benchmarks/mtlcc_build.py
 
 clean:
-	rm -rf "$(VENV)" .data workdirs *.egg-info
+	rm -rf "$(VENV)" "$(BEAM_VENV)" .data workdirs *.egg-info
