@@ -11,12 +11,18 @@ passes, plus the classical baselines on 20 (fraction, seed) tile sets. Both reci
 `--config.study.candidates.pretrained='("full","lp_ft")'`. Arguments: `:demo` (2 fractions,
 1 seed, `lp_ft` alone, shorter runs: part of `make demo`), `:smoke` (1 seed, `lp_ft` alone).
 
-Cost and results of this default (5 seeds, random's recipe chosen per run, the pre-training
-with D = 128 and the spectral-shape target): not yet measured as a whole. From the
-pre-training's step-2000 checkpoint, 3 seeds, fractions 1/64 and 1/16 (docs/pretraining.md,
-section 8c; 42 min 52 s beside other jobs): pretrained 57.7 / 66.4, random 49.5 / 63.3,
-linear 52.5 / 62.9, LightGBM 52.2 / 65.3. The table below is the study as shipped before. `--config.model.head_input=raw3x3` (the head sees the input beside
-the features): docs/pretraining.md, section 7.
+Results of this default at 1/64 and 1/16 (5 seeds, paired, the shipped 2000-step
+pre-training; docs/pretraining.md, section 9; `--config.study.fractions='(0.015625,0.0625)'`,
+63 min on the 2-core AMD EPYC VM for the fine-tunings and fits, beside other jobs at first):
+
+  fraction   pretrained   random (chosen)   paired gain   linear       LightGBM
+  1/16       66.7 ± 2.5   63.4 ± 2.2        +3.2 ± 0.3    62.7 ± 2.4   64.8 ± 2.8
+  1/64       55.0 ± 2.1   48.1 ± 2.2        +6.9 ± 2.7    50.9 ± 2.8   48.5 ± 5.5
+
+Cost of the whole default (4 fractions): about 2 hours alone on that VM (section 9's
+arithmetic: 60 fine-tunings of 80-110 s, 40 fits, 13 min of pre-training), about half on
+the faster 2-core Xeon VM; not run as a whole. `--config.model.head_input=raw3x3` (the
+head sees the input beside the features): docs/pretraining.md, section 7.
 
 The study as shipped before (3 seeds, `lp_ft` alone for both arms), on the 2-core Intel Xeon
 VM, alone: 28 min 52 s (pre-training 846 s, then 24 runs of 33-40 s; docs/perf_log.md,
