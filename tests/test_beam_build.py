@@ -70,7 +70,7 @@ def test_unknown_runner_or_stray_options_are_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def beam():
   return pytest.importorskip("apache_beam", reason="apache-beam not installed "
-                             "(pip install -e '.[beam]')")
+                             "(make test-beam runs these in .venv-beam)")
 
 
 def _both(cfg):
