@@ -27,7 +27,10 @@ The model is pretrain_s2's UNet with `model.temporal='shared'`: a shared encoder
 pooled over the dates, identical to the plain UNet for one date, and it takes eolearn's five
 dates when fine-tuned there.
 
-Produced: not yet run (only built, tests/test_real_studies.py).
+Produced (docs/pretraining.md, section 9d): 1677 train tiles; 300 steps in about 13 min
+alone on the 2-core AMD EPYC VM. Fine-tuned on the Sen1Floods11 chip (3 seeds): 82.3 / 78.7
+test mIoU at 1/4 / 1/16 of the labels, random initialisation of the same network 81.7 /
+77.9 (within noise), LightGBM on the raw pixels 85.4 / 84.6.
 """
 
 import os
