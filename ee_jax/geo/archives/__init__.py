@@ -87,10 +87,16 @@ def unit_scenes(archive: dict, unit, band_names: Sequence[str], *, time_series: 
 
 def scenes(archive: dict, band_names: Sequence[str], *, time_series: bool,
            remove_offset, nodata) -> Iterator:
-  """(scene id, acquisitions), one scene at a time (valid until the next is asked for)."""
-  for unit in units(archive):
-    yield from unit_scenes(archive, unit, band_names, time_series=time_series,
-                           remove_offset=remove_offset, nodata=nodata)
+  """(scene id, acquisitions), one scene at a time (valid until the next is asked for), in
+  the order of `units` (a Beam build's units give the same scenes)."""
+  # pylint: disable=import-outside-toplevel
+  if archive["layout"] == "majortom_parquet":
+    from ee_jax.geo.archives import majortom
+    return majortom.scenes(archive["root"], band_names, remove_offset=remove_offset,
+                           nodata=nodata)
+  from ee_jax.geo.archives import ssl4eo
+  return ssl4eo.scenes(archive["root"], band_names, levels=archive["levels"],
+                       time_series=time_series, remove_offset=remove_offset, nodata=nodata)
 
 
 class Summary:

@@ -152,28 +152,41 @@ def row_groups(root: str) -> list[tuple[str, int, int]]:
 
 def group_scenes(shard: str, group: int, first_row: int, band_names: Sequence[str], *,
                  remove_offset="auto", nodata=None) -> Iterator:
-  """(scene id, [acquisition]) per row of one row group."""
-  nodata = productlib.parse_nodata(nodata)
+  """(scene id, [acquisition]) per row of one row group (a distributed build's unit)."""
   pf = _open(shard)
   with contextlib.closing(pf):
-    names = pf.schema_arrow.names
-    columns = _band_columns(shard, names, band_names)
-    wanted = list(columns.values()) + [c for c in ("product_id", "grid_cell", CLOUD_MASK,
-                                                    *DATE_COLUMNS) if c in names]
-    try:
-      table = pf.read_row_group(group, columns=wanted)
-    except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f"{shard}: row group {group} cannot be read ({_first_line(e)})") from None
-    for j in range(table.num_rows):
-      values = {c: table.column(c)[j].as_py() for c in wanted}
-      with row_acquisition(shard, first_row + j, values, band_names, columns,
-                           remove_offset=remove_offset, nodata=nodata) as acq:
-        yield acq.product_id, [acq]
+    yield from _rows(pf, shard, group, first_row, band_names, remove_offset=remove_offset,
+                     nodata=nodata)
+
+
+def _rows(pf, shard: str, group: int, first_row: int, band_names: Sequence[str], *,
+          remove_offset, nodata) -> Iterator:
+  """The rows of row group `group` of the open shard `pf`."""
+  nodata = productlib.parse_nodata(nodata)
+  names = pf.schema_arrow.names
+  columns = _band_columns(shard, names, band_names)
+  wanted = list(columns.values()) + [c for c in ("product_id", "grid_cell", CLOUD_MASK,
+                                                  *DATE_COLUMNS) if c in names]
+  try:
+    table = pf.read_row_group(group, columns=wanted)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"{shard}: row group {group} cannot be read ({_first_line(e)})") from None
+  for j in range(table.num_rows):
+    values = {c: table.column(c)[j].as_py() for c in wanted}
+    with row_acquisition(shard, first_row + j, values, band_names, columns,
+                         remove_offset=remove_offset, nodata=nodata) as acq:
+      yield acq.product_id, [acq]
 
 
 def scenes(root: str, band_names: Sequence[str], *, remove_offset="auto",
            nodata=None) -> Iterator:
-  """(scene id, [acquisition]) per row, shard by shard and row group by row group."""
-  for shard, group, first_row in row_groups(root):
-    yield from group_scenes(shard, group, first_row, band_names,
-                            remove_offset=remove_offset, nodata=nodata)
+  """(scene id, [acquisition]) per row, shard by shard and row group by row group; each
+  shard opened once (a published shard holds hundreds of one-row groups)."""
+  for shard in shard_paths(root):
+    pf = _open(shard)
+    with contextlib.closing(pf):
+      first = 0
+      for group in range(pf.num_row_groups):
+        yield from _rows(pf, shard, group, first, band_names, remove_offset=remove_offset,
+                         nodata=nodata)
+        first += pf.metadata.row_group(group).num_rows
