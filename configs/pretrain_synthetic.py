@@ -2,18 +2,18 @@
 
   python launch.py --mode=pretrain --config=configs/pretrain_synthetic.py --workdir=W
 
-Arguments: none (the default UNet with 128 features, 2000 steps of 16 tiles, masked
+Arguments: none (the default UNet with 128 features, 4000 steps of 16 tiles, masked
 reconstruction of the bands and of each date's spectral shape), `:demo` (a narrower model,
 200 steps: the pre-training of `make demo`'s study), `:smoke`.
 
-Produced (docs/pretraining.md, section 9; seed 0, 29 min 25 s on the 2-core VM beside 2-3
-other jobs, about 14 min alone): a linear probe of its features
-(benchmarks/feature_probe.py) reaches test mIoU 57.9 / 63.6 / 65.9 on 1/64 / 1/16 / 1/4 of
-the labels (raw pixels averaged over 3x3: 54.5 / 62.6 / 66.3). 2000 steps rather than
-4000 halve the pre-training's share of the default study's cost; the 2000-step checkpoint
-of a 4000-step run probed the same (57.9 / 65.7, section 8b), its end is not measured. Before the shape
-target and the width (D = 64, masked bands only), 4000 steps took 26.6 min on 2 CPU cores
-and probed 53.9 / 63.7 (section 1b).
+Produced (docs/pretraining.md, section 10; seed 0, about 25-29 min alone on the 2-core AMD
+EPYC VM at 37-43 tiles/s): a linear probe of its features (benchmarks/feature_probe.py)
+reaches test mIoU 59.1 / 65.2 / 66.6 on 1/64 / 1/16 / 1/4 of the labels (raw pixels
+averaged over 3x3: 54.5 / 62.6 / 66.3). The same schedule cut to 2000 steps probed 57.9 /
+63.6 / 65.9 and fine-tuned 1.8 / 1.1 points lower at 1/64 / 1/16 in the study (section 9):
+length still pays at this width. Before the shape target and the width (D = 64, masked
+bands only), 4000 steps took 26.6 min on 2 CPU cores and probed 53.9 / 63.7 at 1/64 / 1/4
+(section 1b).
 
 The views are chosen so that matching a pixel to itself needs its land cover, not a
 fingerprint (they matter for InfoNCE / VICReg / prototypes, when their weights are set).
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
   c.loss.positive_not_self = True
   c.loss.exclude_radius = 8.0
   c.loss.temperature = 0.2
-  c.train.steps = 2000   # the study's cost on 2 cores (docs/pretraining.md, section 9)
+  c.train.steps = 4000   # +1.8 / +1.1 study points over 2000 (docs/pretraining.md, section 10)
   c.train.log_every = 10
   c.train.eval_every = 1000
   c.train.checkpoint_every = 500
