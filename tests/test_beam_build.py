@@ -213,6 +213,39 @@ def test_real_ssl4eo_sample_beam_equals_plain(beam, shared_data, tmp_path):
   _assert_same(plain, beam_build)
 
 
+def _benchmark_cfg(tmp_path, name, **builder):
+  from tests import test_benchmark_builders as tb  # pylint: disable=import-outside-toplevel
+  writers = {"pastis": tb.write_pastis, "mtlcc": tb.write_mtlcc,
+             "sustainbench_crops": lambda root: tb.write_crops(root, builder["country"])}
+  writers[name](tmp_path / "src")
+  return tb.data_cfg(tmp_path, name, manual_dir=str(tmp_path / "src"), **builder)
+
+
+@pytest.mark.parametrize("name,builder", [
+    ("pastis", {"tile_size": 8}),                 # a unit is a patch, cut into 4 tiles
+    ("sustainbench_crops", {"country": "ghana"}), # a unit is a sample
+    ("mtlcc", {}),                                # a unit is a tile of one year
+])
+def test_benchmark_beam_equals_plain(beam, tmp_path, name, builder):
+  plain, beam_build = _both(_benchmark_cfg(tmp_path, name, **builder))
+  for split in ("train", "validation", "test"):
+    assert plain.info.splits[split].num_examples > 0, split
+  assert sum(plain.info.metadata["class_pixel_counts"]["train"]) > 0
+  _assert_same(plain, beam_build)
+
+
+def test_corrupt_benchmark_file_is_named_and_nothing_is_left(beam, tmp_path):
+  cfg = _benchmark_cfg(tmp_path, "pastis")
+  bad = tmp_path / "src" / "DATA_S2" / "S2_10002.npy"
+  bad.write_bytes(bad.read_bytes()[:100])       # the header survives, the values do not
+  cfg.beam_runner = "DirectRunner"
+  cfg.beam_options = TWO_WORKERS
+  with pytest.raises(DataError, match=str(bad)) as err:
+    datasets.prepare(cfg)
+  assert "\n" not in str(err.value) and not datasets.is_prepared(cfg)
+  assert os.listdir(tmp_path / "tfds" / "pastis" / "t") == []
+
+
 def test_tiles_lost_by_a_runner_fail_the_build(beam, tmp_path):
   """A runner that writes fewer (or more) tiles than its workers read fails the build."""
   import json, types  # pylint: disable=import-outside-toplevel,multiple-imports

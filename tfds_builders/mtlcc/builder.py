@@ -121,31 +121,6 @@ class Mtlcc(TileBuilder):
       self._geo_cache = geo
     return self._geo_cache
 
-  def _read_tile(self, path: str) -> dict:
-    """{feature: array} of the tile's one Example, `*/data` reshaped by `*/shape`."""
-    records = read_records(path)
-    if len(records) != 1:
-      raise DataError(f"{path}: {len(records)} records, expected one Example")
-    try:
-      feats = parse_example(records[0])
-    except WireError as e:
-      raise DataError(f"{path}: not a tf.train.Example ({e})") from e
-    out = {}
-    for key in ("x10", "x20", "x60", "labels", "dates/doy"):
-      data_key = key if key == "dates/doy" else f"{key}/data"
-      if data_key not in feats:
-        raise DataError(f"{path}: no feature '{data_key}' (has {sorted(feats)})")
-      value = feats[data_key]
-      arr = np.frombuffer(b"".join(value), "<i8") if isinstance(value, list) else value
-      shape_key = f"{key}/shape" if key != "dates/doy" else "dates/shape"
-      if shape_key in feats and key != "dates/doy":
-        shape = tuple(int(v) for v in feats[shape_key])
-        if int(np.prod(shape)) != arr.size:
-          raise DataError(f"{path}: '{data_key}' has {arr.size} values, shape {shape}")
-        arr = arr.reshape(shape)
-      out[key] = arr
-    return out
-
   def _num_dates(self) -> int:
     """The stored series length: the longest of the first train tile of each year."""
     if getattr(self, "_t_cache", None) is None:
@@ -153,7 +128,7 @@ class Mtlcc(TileBuilder):
       if not first:
         raise DataError(f"{self.name}: tileids/train_fold{self.params['fold']}.tileids is "
                         f"empty")
-      self._t_cache = max(int(np.asarray(self._read_tile(
+      self._t_cache = max(int(np.asarray(_read_tile(
           bm.need(self._tile_path(y, first[0]), self.name))["dates/doy"]).size)
           for y in self.params["years"])
     return self._t_cache
@@ -172,55 +147,50 @@ class Mtlcc(TileBuilder):
                       for y in self.params["years"]], self.name)
     return super()._split_generators(dl_manager)
 
-  def _tiles(self, split) -> Iterator[tuple[str, dict]]:
+  def _lut(self) -> np.ndarray:
+    """Raw class id -> class index (255 where ignored or unknown)."""
     lut = np.full(65536, contract.IGNORE_INDEX, np.uint8)
     for index, (cid, _) in enumerate(self._classes()):
       if 0 <= cid < 65536:
         lut[cid] = index
-    size = self.params["size"] // 10
-    geo = self._geotransforms()
-    for tileid in self._tileids(split):
-      if tileid not in geo:
-        raise DataError(f"{os.path.join(self._root(), 'geotransforms.csv')}: no row for "
-                        f"tile {tileid}")
-      (xmin, xres, _, ymax, _, yres), srid = geo[tileid]
-      for year in self.params["years"]:
-        path = self._tile_path(year, tileid)
-        image, valid, dates, labels = self._sample(path, year, size)
-        image, valid, dates = bm.sort_by_date(image, valid, dates)
-        image, valid, dates = bm.pad_series(image, valid, dates, self._num_dates(), path)
-        raw = labels.astype(np.int64)
-        label = np.where((raw >= 0) & (raw < 65536), lut[np.clip(raw, 0, 65535)],
-                         contract.IGNORE_INDEX).astype(np.uint8)
-        yield f"{year}/{tileid}", {
-            contract.IMAGE: image, contract.VALID: valid, contract.DATES: dates,
-            contract.LABEL: label, contract.CRS: f"EPSG:{srid}",
-            contract.TRANSFORM: np.array([xmin, xres, 0.0, ymax, 0.0, yres], np.float64),
-            contract.SCENE_ID: f"{tileid}_20{year:02d}",
-            contract.ROW: np.int32(0), contract.COL: np.int32(0),
-        }
+    return lut
 
-  def _sample(self, path, year, size):
-    t = self._read_tile(path)
-    doy = np.asarray(t["dates/doy"]).reshape(-1)
-    keep = doy != 0
-    parts = []
-    for key, n, f in (("x10", 4, 1), ("x20", 6, 2), ("x60", 3, 6)):
-      arr = t[key]
-      if arr.ndim != 4 or arr.shape[0] != doy.size or arr.shape[3] != n or \
-          arr.shape[1:3] != (size // f, size // f):
-        raise DataError(f"{path}: '{key}/data' has shape {arr.shape}, expected "
-                        f"[{doy.size}, {size // f}, {size // f}, {n}]")
-      parts.append(bm.upsample_to(np.moveaxis(arr[keep], -1, 1), (size, size),
-                                  f"{path}: {key}"))  # [T, C, H, W]
-    image, ok = bm.to_dn(np.moveaxis(np.concatenate(parts, axis=1), 1, -1))
-    labels = t["labels"]
-    labels = labels[0] if labels.ndim == 3 else labels
-    if labels.shape != (size, size):
-      raise DataError(f"{path}: 'labels/data' of shape {t['labels'].shape}, expected "
-                      f"[T, {size}, {size}]")
-    dates = np.array([bm.doy_to_yyyymmdd(2000 + year, d) for d in doy[keep]], np.int32)
-    return image, ok.all(axis=-1), dates, labels
+  def _units(self, splits):
+    """(split, year, tileid, path, geotransform) of every tile-year of `splits`."""
+    geo = self._geotransforms()
+    out = []
+    for split in splits:
+      for tileid in self._tileids(split):
+        if tileid not in geo:
+          raise DataError(f"{os.path.join(self._root(), 'geotransforms.csv')}: no row for "
+                          f"tile {tileid}")
+        for year in self.params["years"]:
+          out.append((split, year, tileid, self._tile_path(year, tileid), geo[tileid]))
+    return out
+
+  def _tiles(self, split) -> Iterator[tuple[str, dict]]:
+    lut, size, t_n = self._lut(), self.params["size"] // 10, self._num_dates()
+    for _, year, tileid, path, geo in self._units([split]):
+      yield _tile_example(year, tileid, path, geo, size, t_n, lut)
+
+  # --- Beam (tfds_builders/beam_tiles.py): a unit is a tile of one year ------------------
+  def _beam_units(self):
+    return self._units(SPLITS)
+
+  def _beam_context(self):
+    return dict(lut=self._lut(), num_dates=self._num_dates())
+
+  @classmethod
+  def _unit_tiles(cls, params, context, unit, splits, summary):
+    split, year, tileid, path, geo = unit
+    if split in splits:
+      key, example = _tile_example(year, tileid, path, geo, params["size"] // 10,
+                                   context["num_dates"], context["lut"])
+      yield split, key, example
+
+  @classmethod
+  def _describe_unit(cls, unit):
+    return f"tile {unit[2]} of 20{unit[1]:02d} ({unit[3]})"
 
   def _extra_metadata(self):
     return {"classes": [[n, c] for c, n in self._classes()], "fold": self.params["fold"],
@@ -237,3 +207,70 @@ def _is_number(text: str) -> bool:
     return True
   except ValueError:
     return False
+
+
+def _tile_example(year, tileid, path, geo, size, num_dates, lut) -> tuple[str, dict]:
+  """(key, example) of one tile in one year. Shared by the plain build and a Beam worker."""
+  (xmin, xres, _, ymax, _, yres), srid = geo
+  image, valid, dates, labels = _sample(path, year, size)
+  image, valid, dates = bm.sort_by_date(image, valid, dates)
+  image, valid, dates = bm.pad_series(image, valid, dates, num_dates, path)
+  raw = labels.astype(np.int64)
+  label = np.where((raw >= 0) & (raw < 65536), lut[np.clip(raw, 0, 65535)],
+                   contract.IGNORE_INDEX).astype(np.uint8)
+  return f"{year}/{tileid}", {
+      contract.IMAGE: image, contract.VALID: valid, contract.DATES: dates,
+      contract.LABEL: label, contract.CRS: f"EPSG:{srid}",
+      contract.TRANSFORM: np.array([xmin, xres, 0.0, ymax, 0.0, yres], np.float64),
+      contract.SCENE_ID: f"{tileid}_20{year:02d}",
+      contract.ROW: np.int32(0), contract.COL: np.int32(0),
+  }
+
+
+def _sample(path, year, size):
+  t = _read_tile(path)
+  doy = np.asarray(t["dates/doy"]).reshape(-1)
+  keep = doy != 0
+  parts = []
+  for key, n, f in (("x10", 4, 1), ("x20", 6, 2), ("x60", 3, 6)):
+    arr = t[key]
+    if arr.ndim != 4 or arr.shape[0] != doy.size or arr.shape[3] != n or \
+        arr.shape[1:3] != (size // f, size // f):
+      raise DataError(f"{path}: '{key}/data' has shape {arr.shape}, expected "
+                      f"[{doy.size}, {size // f}, {size // f}, {n}]")
+    parts.append(bm.upsample_to(np.moveaxis(arr[keep], -1, 1), (size, size),
+                                f"{path}: {key}"))  # [T, C, H, W]
+  image, ok = bm.to_dn(np.moveaxis(np.concatenate(parts, axis=1), 1, -1))
+  labels = t["labels"]
+  labels = labels[0] if labels.ndim == 3 else labels
+  if labels.shape != (size, size):
+    raise DataError(f"{path}: 'labels/data' of shape {t['labels'].shape}, expected "
+                    f"[T, {size}, {size}]")
+  dates = np.array([bm.doy_to_yyyymmdd(2000 + year, d) for d in doy[keep]], np.int32)
+  return image, ok.all(axis=-1), dates, labels
+
+
+def _read_tile(path: str) -> dict:
+  """{feature: array} of the tile's one Example, `*/data` reshaped by `*/shape`."""
+  records = read_records(path)
+  if len(records) != 1:
+    raise DataError(f"{path}: {len(records)} records, expected one Example")
+  try:
+    feats = parse_example(records[0])
+  except WireError as e:
+    raise DataError(f"{path}: not a tf.train.Example ({e})") from e
+  out = {}
+  for key in ("x10", "x20", "x60", "labels", "dates/doy"):
+    data_key = key if key == "dates/doy" else f"{key}/data"
+    if data_key not in feats:
+      raise DataError(f"{path}: no feature '{data_key}' (has {sorted(feats)})")
+    value = feats[data_key]
+    arr = np.frombuffer(b"".join(value), "<i8") if isinstance(value, list) else value
+    shape_key = f"{key}/shape" if key != "dates/doy" else "dates/shape"
+    if shape_key in feats and key != "dates/doy":
+      shape = tuple(int(v) for v in feats[shape_key])
+      if int(np.prod(shape)) != arr.size:
+        raise DataError(f"{path}: '{data_key}' has {arr.size} values, shape {shape}")
+      arr = arr.reshape(shape)
+    out[key] = arr
+  return out

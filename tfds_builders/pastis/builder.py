@@ -144,59 +144,32 @@ class Pastis(TileBuilder):
 
   def _tiles(self, split) -> Iterator[tuple[str, dict]]:
     folds = FOLDS[self.params["fold"]][SPLITS.index(split)]
-    s, t_n = self._tile_size(), self._num_dates()
     for patch in self._patches():
-      if patch["fold"] not in folds:
-        continue
-      s2_path, target_path = self._files(patch["id"])
-      image, valid, dates, label = self._read(patch, s2_path, target_path)
-      size = image.shape[1]
-      image, valid, dates = bm.sort_by_date(image, valid, dates)
-      image, valid, dates = bm.pad_series(image, valid, dates, t_n, s2_path)
-      x0, _, _, y1 = patch["bounds"]
-      scene_id = f"pastis_{patch['id']}"
-      for r in range(0, size, s):
-        for c in range(0, size, s):
-          yield f"{patch['id']}_{r}_{c}", {
-              contract.IMAGE: np.ascontiguousarray(image[:, r:r + s, c:c + s]),
-              contract.VALID: np.ascontiguousarray(valid[:, r:r + s, c:c + s]),
-              contract.DATES: dates,
-              contract.LABEL: np.ascontiguousarray(label[r:r + s, c:c + s]),
-              contract.CRS: _CRS,
-              contract.TRANSFORM: np.array([x0 + c * _GSD, _GSD, 0.0, y1 - r * _GSD, 0.0,
-                                            -_GSD], np.float64),
-              contract.SCENE_ID: scene_id,
-              contract.ROW: np.int32(r),
-              contract.COL: np.int32(c),
-          }
+      if patch["fold"] in folds:
+        yield from _patch_tiles(patch, self._files(patch["id"]), self._tile_size(),
+                                self._num_dates(), self.name)
 
-  def _read(self, patch, s2_path, target_path):
-    """One patch: image [T,H,W,C] uint16, valid [T,H,W], stored dates [T], label [H,W]."""
-    s = self._tile_size()
-    try:
-      raw = np.load(s2_path, allow_pickle=False)
-      target = np.load(target_path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-      raise DataError(f"{s2_path} / {target_path}: unreadable ({e})") from e
-    t = len(patch["dates"])
-    if raw.ndim != 4 or raw.shape[0] != t or raw.shape[1] != len(BANDS) or \
-        raw.shape[2] != raw.shape[3]:
-      raise DataError(f"{s2_path}: shape {raw.shape}, expected [T={t} (dates-S2 of patch "
-                      f"{patch['id']}), {len(BANDS)}, H, H]")
-    size = raw.shape[2]
-    if size % s:
-      raise ConfigError(f"data.builder.tile_size ({self.name}): {s} does not divide the "
-                        f"patch size {size} of {s2_path}")
-    if target.ndim == 3:
-      target = target[0]
-    if target.shape != (size, size):
-      raise DataError(f"{target_path}: shape {target.shape}, expected [3, {size}, {size}]")
-    image, valid = bm.to_dn(np.moveaxis(raw, 1, -1))
-    valid = valid.all(axis=-1)
-    label = np.full(target.shape, contract.IGNORE_INDEX, np.uint8)
-    known = (target >= 0) & (target < VOID)
-    label[known] = target[known].astype(np.uint8)
-    return image, valid, np.asarray(patch["dates"], np.int32), label
+  # --- Beam (tfds_builders/beam_tiles.py): a unit is a patch -----------------------------
+  def _beam_units(self):
+    folds = {f for fs in FOLDS[self.params["fold"]] for f in fs}
+    return [(p, self._files(p["id"])) for p in self._patches() if p["fold"] in folds]
+
+  def _beam_context(self):
+    return dict(tile_size=self._tile_size(), num_dates=self._num_dates())
+
+  @classmethod
+  def _unit_tiles(cls, params, context, unit, splits, summary):
+    patch, files = unit
+    split = next(s for s, folds in zip(SPLITS, FOLDS[params["fold"]]) if patch["fold"] in folds)
+    if split in splits:
+      for key, example in _patch_tiles(patch, files, context["tile_size"],
+                                       context["num_dates"], cls.name):
+        yield split, key, example
+
+  @classmethod
+  def _describe_unit(cls, unit):
+    patch, files = unit
+    return f"PASTIS patch {patch['id']} ({' / '.join(files)})"
 
   def _extra_metadata(self):
     path = os.path.join(self._root(), "NORM_S2_patch.json")
@@ -211,3 +184,57 @@ class Pastis(TileBuilder):
 
   def _describe_sources(self):
     return f"{self._root()}, fold {self.params['fold']}"
+
+
+def _patch_tiles(patch: dict, files, s: int, t_n: int, name: str):
+  """One patch's tiles of `s` px, its series sorted and padded to `t_n` dates: yields
+  (key, example). Shared by the plain build and a Beam worker."""
+  s2_path, target_path = files
+  image, valid, dates, label = _read_patch(patch, s2_path, target_path, s, name)
+  size = image.shape[1]
+  image, valid, dates = bm.sort_by_date(image, valid, dates)
+  image, valid, dates = bm.pad_series(image, valid, dates, t_n, s2_path)
+  x0, _, _, y1 = patch["bounds"]
+  scene_id = f"pastis_{patch['id']}"
+  for r in range(0, size, s):
+    for c in range(0, size, s):
+      yield f"{patch['id']}_{r}_{c}", {
+          contract.IMAGE: np.ascontiguousarray(image[:, r:r + s, c:c + s]),
+          contract.VALID: np.ascontiguousarray(valid[:, r:r + s, c:c + s]),
+          contract.DATES: dates,
+          contract.LABEL: np.ascontiguousarray(label[r:r + s, c:c + s]),
+          contract.CRS: _CRS,
+          contract.TRANSFORM: np.array([x0 + c * _GSD, _GSD, 0.0, y1 - r * _GSD, 0.0,
+                                        -_GSD], np.float64),
+          contract.SCENE_ID: scene_id,
+          contract.ROW: np.int32(r),
+          contract.COL: np.int32(c),
+      }
+
+
+def _read_patch(patch, s2_path, target_path, s: int, name: str):
+  """One patch: image [T,H,W,C] uint16, valid [T,H,W], stored dates [T], label [H,W]."""
+  try:
+    raw = np.load(s2_path, allow_pickle=False)
+    target = np.load(target_path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise DataError(f"{s2_path} / {target_path}: unreadable ({e})") from e
+  t = len(patch["dates"])
+  if raw.ndim != 4 or raw.shape[0] != t or raw.shape[1] != len(BANDS) or \
+      raw.shape[2] != raw.shape[3]:
+    raise DataError(f"{s2_path}: shape {raw.shape}, expected [T={t} (dates-S2 of patch "
+                    f"{patch['id']}), {len(BANDS)}, H, H]")
+  size = raw.shape[2]
+  if size % s:
+    raise ConfigError(f"data.builder.tile_size ({name}): {s} does not divide the "
+                      f"patch size {size} of {s2_path}")
+  if target.ndim == 3:
+    target = target[0]
+  if target.shape != (size, size):
+    raise DataError(f"{target_path}: shape {target.shape}, expected [3, {size}, {size}]")
+  image, valid = bm.to_dn(np.moveaxis(raw, 1, -1))
+  valid = valid.all(axis=-1)
+  label = np.full(target.shape, contract.IGNORE_INDEX, np.uint8)
+  known = (target >= 0) & (target < VOID)
+  label[known] = target[known].astype(np.uint8)
+  return image, valid, np.asarray(patch["dates"], np.int32), label

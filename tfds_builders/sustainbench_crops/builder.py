@@ -89,12 +89,7 @@ class SustainbenchCrops(TileBuilder):
     return self._sample_cache
 
   def _dates(self, sid: int) -> list[int]:
-    path = bm.need(self._paths(sid)["dates"], self.name)
-    try:
-      with open(path) as f:
-        return [_yyyymmdd(d) for d in json.load(f)["dates"]]
-    except (KeyError, TypeError, ValueError) as e:
-      raise DataError(f"{path}: expected {{\"dates\": [\"YYYY-MM-DD\", ...]}} ({e})") from e
+    return _read_dates(bm.need(self._paths(sid)["dates"], self.name))
 
   def _num_dates(self) -> int:
     if getattr(self, "_t_cache", None) is None:
@@ -118,45 +113,27 @@ class SustainbenchCrops(TileBuilder):
   def _tiles(self, split) -> Iterator[tuple[str, dict]]:
     part = SPLITS.index(split)
     for sid, p in self._samples():
-      if p != part:
-        continue
-      paths = self._paths(sid)
-      image, valid, label = self._read(paths)
-      dates = np.asarray(self._dates(sid), np.int32)
-      if len(dates) != image.shape[0]:
-        raise DataError(f"{paths['dates']}: {len(dates)} dates, but {paths['npz']} has "
-                        f"{image.shape[0]} S2 steps")
-      image, valid, dates = bm.sort_by_date(image, valid, dates)
-      image, valid, dates = bm.pad_series(image, valid, dates, self._num_dates(),
-                                          paths["npz"])
-      yield str(sid), {
-          contract.IMAGE: image, contract.VALID: valid, contract.DATES: dates,
-          contract.LABEL: label, contract.CRS: "",
-          contract.TRANSFORM: np.array([0.0, _GSD, 0.0, 0.0, 0.0, -_GSD], np.float64),
-          contract.SCENE_ID: f"{self.params['country']}_{sid:06d}",
-          contract.ROW: np.int32(0), contract.COL: np.int32(0),
-      }
+      if p == part:
+        yield _sample_example(sid, self._paths(sid), self._num_dates(), self.params["country"])
 
-  def _read(self, paths):
-    try:
-      with np.load(paths["npz"], allow_pickle=False) as z:
-        s2 = z["s2"]
-      with np.load(paths["truth"], allow_pickle=False) as z:
-        truth = z["truth"]
-    except KeyError as e:
-      raise DataError(f"{paths['npz']} / {paths['truth']}: no array {e}") from e
-    except (OSError, ValueError) as e:
-      raise DataError(f"{paths['npz']} / {paths['truth']}: unreadable ({e})") from e
-    if s2.ndim != 4 or s2.shape[0] != len(BANDS) or s2.shape[1:3] != (64, 64):
-      raise DataError(f"{paths['npz']}: s2 has shape {s2.shape}, expected "
-                      f"[{len(BANDS)}, 64, 64, T]")
-    if truth.shape != (64, 64):
-      raise DataError(f"{paths['truth']}: truth has shape {truth.shape}, expected [64, 64]")
-    image, ok = bm.to_dn(np.transpose(s2, (3, 1, 2, 0)))  # C,H,W,T -> T,H,W,C
-    label = np.full(truth.shape, contract.IGNORE_INDEX, np.uint8)
-    known = (truth >= 1) & (truth <= 4)
-    label[known] = (truth[known] - 1).astype(np.uint8)
-    return image, ok.all(axis=-1), label
+  # --- Beam (tfds_builders/beam_tiles.py): a unit is a sample ----------------------------
+  def _beam_units(self):
+    return [(sid, SPLITS[p], self._paths(sid)) for sid, p in self._samples()]
+
+  def _beam_context(self):
+    return dict(num_dates=self._num_dates())
+
+  @classmethod
+  def _unit_tiles(cls, params, context, unit, splits, summary):
+    sid, split, paths = unit
+    if split in splits:
+      key, example = _sample_example(sid, paths, context["num_dates"], params["country"])
+      yield split, key, example
+
+  @classmethod
+  def _describe_unit(cls, unit):
+    sid, _, paths = unit
+    return f"sample {sid} ({paths['npz']}, {paths['truth']}, {paths['dates']})"
 
   def _extra_metadata(self):
     return {"country": self.params["country"],
@@ -165,3 +142,53 @@ class SustainbenchCrops(TileBuilder):
 
   def _describe_sources(self):
     return self._dir()
+
+
+def _read_dates(path: str) -> list[int]:
+  try:
+    with open(path) as f:
+      return [_yyyymmdd(d) for d in json.load(f)["dates"]]
+  except (KeyError, TypeError, ValueError) as e:
+    raise DataError(f"{path}: expected {{\"dates\": [\"YYYY-MM-DD\", ...]}} ({e})") from e
+
+
+def _sample_example(sid: int, paths: dict, num_dates: int, country: str) -> tuple[str, dict]:
+  """(key, example) of one sample, its series sorted and padded to `num_dates`. Shared by
+  the plain build and a Beam worker."""
+  image, valid, label = _read_sample(paths)
+  dates = np.asarray(_read_dates(paths["dates"]), np.int32)
+  if len(dates) != image.shape[0]:
+    raise DataError(f"{paths['dates']}: {len(dates)} dates, but {paths['npz']} has "
+                    f"{image.shape[0]} S2 steps")
+  image, valid, dates = bm.sort_by_date(image, valid, dates)
+  image, valid, dates = bm.pad_series(image, valid, dates, num_dates, paths["npz"])
+  return str(sid), {
+      contract.IMAGE: image, contract.VALID: valid, contract.DATES: dates,
+      contract.LABEL: label, contract.CRS: "",
+      contract.TRANSFORM: np.array([0.0, _GSD, 0.0, 0.0, 0.0, -_GSD], np.float64),
+      contract.SCENE_ID: f"{country}_{sid:06d}",
+      contract.ROW: np.int32(0), contract.COL: np.int32(0),
+  }
+
+
+def _read_sample(paths: dict):
+  """One sample's S2 series [T,H,W,C] uint16, valid [T,H,W] and label [H,W]."""
+  try:
+    with np.load(paths["npz"], allow_pickle=False) as z:
+      s2 = z["s2"]
+    with np.load(paths["truth"], allow_pickle=False) as z:
+      truth = z["truth"]
+  except KeyError as e:
+    raise DataError(f"{paths['npz']} / {paths['truth']}: no array {e}") from e
+  except (OSError, ValueError) as e:
+    raise DataError(f"{paths['npz']} / {paths['truth']}: unreadable ({e})") from e
+  if s2.ndim != 4 or s2.shape[0] != len(BANDS) or s2.shape[1:3] != (64, 64):
+    raise DataError(f"{paths['npz']}: s2 has shape {s2.shape}, expected "
+                    f"[{len(BANDS)}, 64, 64, T]")
+  if truth.shape != (64, 64):
+    raise DataError(f"{paths['truth']}: truth has shape {truth.shape}, expected [64, 64]")
+  image, ok = bm.to_dn(np.transpose(s2, (3, 1, 2, 0)))  # C,H,W,T -> T,H,W,C
+  label = np.full(truth.shape, contract.IGNORE_INDEX, np.uint8)
+  known = (truth >= 1) & (truth <= 4)
+  label[known] = (truth[known] - 1).astype(np.uint8)
+  return image, ok.all(axis=-1), label
