@@ -121,9 +121,47 @@ class _SplitOf(beam.PTransform):
     return outputs[self._split] | "Take" >> beam.Map(lambda kv: kv)
 
 
+def guard_runner_data_plane() -> bool:
+  """Makes Beam's time-flushed data-plane stream lose nothing; True once it is guarded.
+
+  Beam's FnApiRunner (DirectRunner) sends each bundle's input to a worker through a
+  `TimeBasedBufferingClosableOutputStream` (worker_handlers.py: BeamFnDataServicer(
+  DATA_BUFFER_TIME_LIMIT_MS=1000)). Its periodic flusher thread runs `flush()`:
+  `callback(self.get())` then `self._clear()` (data_plane.py), holding a lock that
+  `write()` does not take. The callback queues the bytes for gRPC and blocks while the
+  100 MB send queue is full; meanwhile the runner's thread keeps writing the input's
+  chunks (fn_runner.py `_send_input_to_worker`), and `_clear()` then discards them: whole
+  elements vanish, silently, when an input is large enough to fill the queue (the
+  train tiles TFDS's BeamWriter shuffles, apache-beam 2.78.0). Here `write()` takes the
+  flush lock, so a write waits for a flush in progress instead of being cleared by it.
+  Applied in the process that runs the pipeline; idempotent."""
+  try:
+    from apache_beam.runners.worker import data_plane  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return False
+  cls = getattr(data_plane, "TimeBasedBufferingClosableOutputStream", None)
+  if cls is None:
+    return False
+  if getattr(cls, "_ee_jax_write_guarded", False):
+    return True
+  unguarded_write = cls.write   # OutputStream.write (Cython: no dispatch back to this)
+
+  def write(self, b, nested=False):
+    lock = getattr(self, "_flush_lock", None)
+    if lock is None:   # a Beam without the flush lock: nothing to wait for
+      return unguarded_write(self, b, nested)
+    with lock:
+      return unguarded_write(self, b, nested)
+
+  cls.write = write
+  cls._ee_jax_write_guarded = True
+  return True
+
+
 def read_units(builder, pipeline):
   """The tagged outputs of reading every unit, built once per pipeline; the combined
   partials are written to RESULTS as a side branch."""
+  guard_runner_data_plane()   # before the runner opens its data plane
   cached = getattr(builder, "_beam_outputs", None)
   if cached is not None and cached[0] is pipeline:
     return cached[1]
