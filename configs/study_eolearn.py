@@ -26,11 +26,10 @@ normalises with its statistics: init.allow_stats_mismatch is set by the study).
 The patch is tiny (10,100 px; forest 75 %, cultivated land 11 px) and two of its five dates
 are clouded out: a real sanity check, not a benchmark.
 
-Produced, with `--config.study.seeds='(0,1,2)' --config.model.head_input=raw3x3` (3 of the
-5 default seeds; 2-core VM beside
-two other jobs, 2026-12-06): 12 min 12 s. Test mIoU 20-25 for every arm and baseline at
-every fraction, all within noise of each other but the linear baseline at fraction 1
-(25.3 against 22.0): 6 test tiles (docs/pretraining.md, section 7b).
+Produced as shipped with `--config.study.seeds='(0,1,2)'` (3 of the 5 default seeds; 2-core
+VM, alone): 9 min. Test mIoU 19-25 for every arm and baseline at every fraction; pretrained
+- random +0.3 to +0.6, within noise; the linear baseline leads the deep arms by 1.0-4.5
+(docs/pretraining.md, section 10d). 6 test tiles: mostly the rare classes' luck.
 """
 
 import os
