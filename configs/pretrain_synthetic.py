@@ -6,10 +6,10 @@ Arguments: none (the default UNet with 128 features, 4000 steps of 16 tiles, mas
 reconstruction of the bands and of each date's spectral shape), `:demo` (a narrower model,
 200 steps: the pre-training of `make demo`'s study), `:smoke`.
 
-Produced (docs/pretraining.md, section 10; seed 0, about 25-29 min alone on the 2-core AMD
-EPYC VM at 37-43 tiles/s): a linear probe of its features (benchmarks/feature_probe.py)
-reaches test mIoU 59.1 / 65.2 / 66.6 on 1/64 / 1/16 / 1/4 of the labels (raw pixels
-averaged over 3x3: 54.5 / 62.6 / 66.3). The same schedule cut to 2000 steps probed 57.9 /
+Produced (docs/pretraining.md, section 10; 28 min alone on the 2-core AMD EPYC VM): a
+linear probe of its features (benchmarks/feature_probe.py) reaches test mIoU 59.1 / 65.2 /
+66.6 on 1/64 / 1/16 / 1/4 of the labels with seed 0, 58.1 / 64.8 / 66.2 with seed 1 (raw
+pixels averaged over 3x3: 54.5 / 62.6 / 66.3). The same schedule cut to 2000 steps probed 57.9 /
 63.6 / 65.9 and fine-tuned 1.8 / 1.1 points lower at 1/64 / 1/16 in the study (section 9):
 length still pays at this width. Before the shape target and the width (D = 64, masked
 bands only), 4000 steps took 26.6 min on 2 CPU cores and probed 53.9 / 63.7 at 1/64 / 1/4

@@ -24,12 +24,13 @@ Produced as shipped (docs/pretraining.md, section 10; pre-training seed 0): test
   1/16       67.8 ± 1.3   63.4 ± 2.2        +4.3 ± 0.9   62.7 ± 2.4   64.8 ± 2.8
   1/64       56.8 ± 2.3   48.1 ± 2.2        +8.7 ± 1.9   50.9 ± 2.8   48.5 ± 5.5
 
-The best classical baseline is beaten by +3.0 ± 2.2 at 1/16 (LightGBM; beyond noise by the
-report's rule, the mean at issue #30's +3 threshold) and +5.9 ± 2.4 at 1/64 (linear). Cost on the 2-core AMD EPYC VM, alone: about
-25-29 min of pre-training and 51 min of fine-tuning and fits (arithmetic from parts timed
-alone, section 10); the 2-core Xeon VM ran the same steps about twice as fast. The head sees
-the features alone; `--config.model.head_input=raw3x3` adds the input beside them
-(docs/pretraining.md, sections 7 and 9c).
+The best classical baseline is beaten by +3.0 ± 2.2 at 1/16 (LightGBM) and +5.9 ± 2.4 at
+1/64 (linear). A second pre-training (seed 1) gives 66.8 and 54.5: +2.1 and +3.6 over the
+best classical baseline. Cost on the 2-core AMD EPYC VM, alone: 28 min of pre-training and
+about 51 min of fine-tuning and fits (arithmetic from parts timed alone, section 10); the
+2-core Xeon VM ran the same steps about twice as fast. The head sees the features alone;
+`--config.model.head_input=raw3x3` adds the input beside them (docs/pretraining.md,
+sections 7 and 9c).
 """
 
 from configs import defaults, finetune_synthetic
