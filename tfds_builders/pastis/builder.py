@@ -144,10 +144,10 @@ class Pastis(TileBuilder):
 
   def _tiles(self, split) -> Iterator[tuple[str, dict]]:
     folds = FOLDS[self.params["fold"]][SPLITS.index(split)]
+    s, t_n = self._tile_size(), self._num_dates()  # once: size 0 reads a patch's header
     for patch in self._patches():
       if patch["fold"] in folds:
-        yield from _patch_tiles(patch, self._files(patch["id"]), self._tile_size(),
-                                self._num_dates(), self.name)
+        yield from _patch_tiles(patch, self._files(patch["id"]), s, t_n, self.name)
 
   # --- Beam (tfds_builders/beam_tiles.py): a unit is a patch -----------------------------
   def _beam_units(self):

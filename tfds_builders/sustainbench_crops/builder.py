@@ -111,10 +111,10 @@ class SustainbenchCrops(TileBuilder):
     return super()._split_generators(dl_manager)
 
   def _tiles(self, split) -> Iterator[tuple[str, dict]]:
-    part = SPLITS.index(split)
+    part, t_n = SPLITS.index(split), self._num_dates()
     for sid, p in self._samples():
       if p == part:
-        yield _sample_example(sid, self._paths(sid), self._num_dates(), self.params["country"])
+        yield _sample_example(sid, self._paths(sid), t_n, self.params["country"])
 
   # --- Beam (tfds_builders/beam_tiles.py): a unit is a sample ----------------------------
   def _beam_units(self):
