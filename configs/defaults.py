@@ -102,7 +102,8 @@ def add_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def study_recipes() -> dict:
   """Fine-tuning recipes a study can choose among (`study.recipes`): name -> overrides
-  {section: {key: value}} of the fine-tuning config."""
+  {section: {key: value}} of the fine-tuning config (of `model`, only models.RUN_CHOICES:
+  the architecture is the pre-training's)."""
   return {
       "full": {},                                     # every weight at optim's rate
       "slow_backbone": {"finetune": {"backbone_lr_mult": 0.1}},
@@ -110,6 +111,12 @@ def study_recipes() -> dict:
                  "optim": {"learning_rate": 1e-2}},
       # LP-FT: the head alone first (at finetune.linear_probe_lr), then every weight.
       "lp_ft": {"finetune": {"linear_probe_steps": 100}},
+      # The backbone frozen, a linear head on its features beside the normalised input and
+      # its 3x3 mean (model.head_input): a classifier of at least the linear baseline's
+      # view, plus what the features add (docs/pretraining.md, section 11).
+      "frozen_input": {"finetune": {"freeze_backbone": True},
+                       "optim": {"learning_rate": 1e-2},
+                       "model": {"head_input": "raw3x3"}},
   }
 
 

@@ -92,15 +92,17 @@ def run_config(config, fraction: float, init: str, seed: int, pretrain_dir: str,
                model: dict | None = None, recipe: str | None = None):
   """One run's config; `model` (the pre-trained architecture) is used by every init, so
   random-init runs train exactly the network the pre-trained runs start from; `recipe`
-  names the `study.recipes` entry applied on top."""
+  names the `study.recipes` entry applied on top (its model settings among
+  models.RUN_CHOICES, e.g. `head_input`, apply over that architecture too)."""
   c = config.copy_and_resolve_references()
   c.unlock()
   if recipe is not None:
     apply_recipe(c, recipe, config.study.recipes[recipe])
   del c["study"]
   if model is not None:
+    run_model = c.model  # the study's model choices with the recipe's on top
     c.model = ml_collections.ConfigDict(model)
-    models.take_run_choices(c.model, config.model)  # the study's, not the pre-training's
+    models.take_run_choices(c.model, run_model)  # the run's, not the pre-training's
   c.seed = seed
   c.finetune.label_fraction = fraction
   c.finetune.fraction_seed = seed
@@ -227,6 +229,12 @@ def check_recipes(config, recipes_of: dict) -> None:
   for recipe in sorted({r for names in recipes_of.values() for r in names}):
     if not recipe.isidentifier():
       raise ConfigError(f"config.study.recipes: name '{recipe}' is not an identifier")
+    architecture = sorted(set(dict(st.recipes[recipe]).get("model", {}))
+                          - set(models.RUN_CHOICES))
+    if architecture:
+      raise ConfigError(f"config.study.recipes.{recipe}: sets model.{architecture[0]}, but the "
+                        f"runs' architecture comes from the pre-training; a recipe may set "
+                        f"only model.{', model.'.join(sorted(models.RUN_CHOICES))}")
     candidate = config.copy_and_resolve_references()
     apply_recipe(candidate, recipe, st.recipes[recipe])
     try:

@@ -189,6 +189,33 @@ def test_study_recipe_errors(labelled_data_dir, pretrained, tmp_path):
   assert not os.listdir(tmp_path)  # refused before any work
 
 
+def test_a_recipes_head_input_reaches_both_arms_over_the_pretrained_architecture():
+  """`frozen_input` sets model.head_input: each run keeps it although its architecture comes
+  from the pre-training (whose own head_input is ''), and the study's dtype too."""
+  c = study_synthetic.get_config("smoke")
+  c.model.dtype = "bfloat16"
+  pretrained = dict(c.model.to_dict(), widths=(4, 8), head_input="", dtype="float32")
+  for init in study_lib.INITS:
+    run = study_lib.run_config(c, 0.5, init, 0, "/pretrain", pretrained, recipe="frozen_input")
+    assert run.model.head_input == "raw3x3", init
+    assert tuple(run.model.widths) == (4, 8) and run.model.dtype == "bfloat16", init
+    assert run.finetune.freeze_backbone and run.optim.learning_rate == 1e-2, init
+    plain = study_lib.run_config(c, 0.5, init, 0, "/pretrain", pretrained, recipe="lp_ft")
+    assert plain.model.head_input == "", init
+
+
+def test_a_recipe_may_not_change_the_architecture(labelled_data_dir, tmp_path):
+  c = tiny_study_config(labelled_data_dir)
+  c.study.recipes.full.model = {"features": 8}
+  defaults.set_candidates(c, ("full", "lp_ft"))
+  with pytest.raises(ConfigError, match=r"^config\.study\.recipes\.full: sets model\.features, "
+                                        r"but the runs' architecture comes from the "
+                                        r"pre-training") as refused:
+    run_study(c, str(tmp_path))
+  assert "\n" not in str(refused.value)
+  assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("candidates, message", [
     ({"pretrained": ("lp_ft",), "randm": ("full",)},
      r"^config\.study\.candidates: unknown initialisation\(s\) \['randm'\]; known: "
