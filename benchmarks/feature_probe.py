@@ -9,6 +9,14 @@ input pixels, all dates' bands) and `random` (a randomly initialised backbone).
   python benchmarks/feature_probe.py --config=configs/finetune_synthetic.py \\
       --sources=raw,random,/tmp/pre_syn [--fractions=0.015625,0.25] [--data_dir=...]
 
+`--classifier=lightgbm` fits the study's gradient-boosted trees instead of the softmax
+regression (ee_jax/baselines; any name there), on a seeded sample of at most 10,000 pixels a
+class, as the study's classical baselines. With it, `pixels` is the baseline's own per-pixel
+view (normalised bands, their 3x3 mean and, for the trees, the normalised-difference
+indices) and `SOURCE+pixels` a source's features and their 3x3 mean beside that view: the
+embedding used as extra features by a classical classifier (as Presto's evaluations do),
+against the same classifier without it.
+
 `--clusters=K` adds a second reading per source: k-means (K centres) on the features of
 all train tiles, labels unused, each cluster then named by the majority class of the
 label fraction's pixels in it. It asks whether land cover is the dominant structure of a
@@ -36,9 +44,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ee_jax import checkpoints, metrics, models  # noqa: E402
-from ee_jax.baselines.features import pixel_features, raw_features, smoothed  # noqa: E402
+from ee_jax import baselines, checkpoints, metrics, models  # noqa: E402
+from ee_jax.baselines.features import (counted, pixel_features, raw_features,  # noqa: E402
+                                       smoothed)
 from ee_jax.baselines.linear import fit_probe  # noqa: E402
+from ee_jax.baselines.runner import sample_pixels  # noqa: E402
 from ee_jax.data import contract, datasets, label_fractions, pipeline  # noqa: E402
 from ee_jax.errors import ConfigError  # noqa: E402
 from ee_jax.study import load_config_file  # noqa: E402
@@ -46,6 +56,7 @@ from ee_jax.train.finetune import prepare_inputs  # noqa: E402
 
 KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
 BESIDE = "+input"   # a source's features with the input and its 3x3 mean beside them
+PIXELS = "pixels"   # the classical baselines' per-pixel view; `SOURCE+pixels`: beside it
 
 
 def backbone_features(model_cfg, params, image, valid, mean, std, batch=32, layer=""):
@@ -76,6 +87,22 @@ def with_input(features, image, valid, mean, std):
   """features [N, H, W, D] with the normalised input and its 3x3 mean beside them: what the
   segmentation head sees with `model.head_input='raw3x3'`, in its order."""
   return np.concatenate([features, pixel_features(image, valid, mean, std, [])], -1)
+
+
+def beside_pixels(features, pixels):
+  """[N, H, W, P + 2D]: the baselines' per-pixel view `pixels` [N, H, W, P], then a source's
+  `features` [N, H, W, D] and their 3x3 mean (the view's own neighbourhood term)."""
+  return np.concatenate([pixels, features, smoothed(features)], -1).astype(np.float32)
+
+
+def fit_classifier(name: str, features, labels, keep, num_classes: int, seed: int):
+  """predict(features [..., D]) -> classes [n] of the study's classifier `name`, fitted on a
+  seeded sample of the pixels `keep` (at most runner.MAX_PIXELS_PER_CLASS a class), as the
+  study's baseline `name` samples them."""
+  classifier = baselines.get(name)
+  x, y = sample_pixels([(features, labels, keep)], seed)
+  predict = classifier.fit(x, y, num_classes, seed)
+  return lambda f: predict(f.reshape(-1, f.shape[-1]))
 
 
 def fit_clusters(pool, features, labels, num_clusters, num_classes, ignore_index,
@@ -119,6 +146,9 @@ def main(argv=None):
   ap.add_argument("--fractions", default="0.015625,0.25")
   ap.add_argument("--seed", type=int, default=0, help="label-fraction seed")
   ap.add_argument("--steps", type=int, default=300, help="probe optimisation steps")
+  ap.add_argument("--classifier", default="", help="a classical baseline's classifier "
+                  "(ee_jax/baselines: linear, lightgbm) on a pixel sample instead of the "
+                  "full-batch softmax probe")
   ap.add_argument("--clusters", type=int, default=0,
                   help="also k-means with this many centres on all train tiles (no labels), "
                        "clusters named by the labelled pixels; 0: off")
@@ -127,6 +157,10 @@ def main(argv=None):
   ap.add_argument("--builder", action="append", default=[], metavar="KEY=VALUE",
                   help="override config.data.builder.KEY (a Python literal); repeatable")
   args = ap.parse_args(argv)
+  try:
+    uses_indices = bool(args.classifier) and baselines.get(args.classifier).USES_INDICES
+  except ConfigError as e:
+    raise ConfigError(f"--classifier: {str(e).split(': ', 1)[1]}") from None
   path, _, arg = args.config.partition(":")
   config = load_config_file(path, arg or None, what="--config")
   if args.data_dir:
@@ -147,6 +181,12 @@ def main(argv=None):
 
   def features_of(source, batch):
     image, valid = batch[contract.IMAGE], batch[contract.VALID]
+    if source == PIXELS:
+      return pixel_features(image, valid, mean, std, list(meta[contract.META_BANDS]),
+                            indices=uses_indices)
+    if source.endswith("+" + PIXELS):
+      return beside_pixels(features_of(source[:-len(PIXELS) - 1], batch),
+                           features_of(PIXELS, batch))
     if source.endswith(BESIDE):
       return with_input(features_of(source[:-len(BESIDE)], batch), image, valid, mean, std)
     if source in ("raw", "raw3x3"):
@@ -191,8 +231,14 @@ def main(argv=None):
     train = pipeline.read_examples(builder, train_split, indices, KEYS)
     for source in sources:
       features = features_of(source, train)
-      report(fraction, len(indices), fit_probe(features, train[contract.LABEL], k, ignore,
-                                               steps=args.steps), source)
+      if args.classifier:
+        keep = counted(train[contract.LABEL], train[contract.VALID], k, ignore)
+        predict = fit_classifier(args.classifier, features, train[contract.LABEL], keep, k,
+                                 args.seed)
+      else:
+        predict = fit_probe(features, train[contract.LABEL], k, ignore, steps=args.steps)
+      report(fraction, len(indices), predict, source,
+             f" ({args.classifier})" if args.classifier else "")
       if args.clusters:
         report(fraction, len(indices),
                fit_clusters(pool[source], features, train[contract.LABEL], args.clusters, k,

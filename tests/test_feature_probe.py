@@ -113,3 +113,33 @@ def test_plus_input_is_what_the_segmentation_head_sees():
                                 *finetune.prepare_inputs(image, valid, mean, std))
   assert got.shape == (2, 8, 8, 16 + 2 * 2 * 3)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_beside_pixels_puts_the_baselines_view_first_then_the_features_and_their_3x3_mean():
+  rng = np.random.default_rng(2)
+  pixels, features = rng.normal(size=(2, 5, 5, 4)), rng.normal(size=(2, 5, 5, 3))
+  out = feature_probe.beside_pixels(features, pixels)
+  assert out.shape == (2, 5, 5, 10) and out.dtype == np.float32
+  np.testing.assert_allclose(out[..., :4], pixels, rtol=1e-6)
+  np.testing.assert_allclose(out[..., 4:7], features, rtol=1e-6)
+  np.testing.assert_allclose(out[..., 7:], feature_probe.smoothed(features), rtol=1e-6)
+
+
+def test_a_classifier_probe_fits_only_the_kept_pixels_and_separates_the_classes():
+  """`--classifier=lightgbm`'s fit: trees on a pixel sample; a pixel left out (unobserved)
+  with a wrong label must not teach them anything."""
+  pytest.importorskip("lightgbm")
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 3, size=(4, 8, 8))
+  features = np.eye(3)[labels] * 3 + 0.3 * rng.normal(size=labels.shape + (3,))
+  keep = np.ones(labels.shape, bool)
+  wrong = labels.copy()
+  wrong[:2] = (labels[:2] + 1) % 3        # half the tiles mislabelled, but not kept: counted,
+  keep[:2] = False                        # they would leave every class half wrong
+  predict = feature_probe.fit_classifier("lightgbm", features, wrong, keep, 3, seed=0)
+  assert (predict(features).reshape(labels.shape) == labels).mean() > 0.95
+
+
+def test_an_unknown_classifier_is_named_by_its_flag():
+  with pytest.raises(ConfigError, match=r"^--classifier: unknown 'forest'; known: "):
+    feature_probe.main(["--classifier=forest"])
