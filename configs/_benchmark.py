@@ -2,8 +2,8 @@
 
 Each benchmark file names its dataset, builder parameters, crop and batch; this builds the
 label-fraction study on it (the `study` section of configs/defaults.py: fractions 1 ...
-1/64, pretrained and random, 3 seeds, each run fine-tuned with `full` and `lp_ft` and
-keeping the better on validation; `smoke`: `lp_ft` alone). The same file gives the
+1/64, pretrained and random, 3 seeds, each run fine-tuned with its arm's candidate recipes,
+defaults.STUDY_CANDIDATES, keeping the best on validation; `smoke`: `lp_ft` alone). The same file gives the
 pre-training config the study runs first: `get_config('pretrain')` (or 'pretrain_smoke'),
 on the same dataset's train split, since the benchmarks have no separate unlabelled split.
 The one thing a user sets is `--config.data.builder.manual_dir=PATH` (the downloaded

@@ -18,10 +18,10 @@ normal case), the random arm with the labelled dataset's own; the band lists mus
 argument (or use `:smoke` alone and fill the fields in Python) for a tiny, fast run.
 
 By default 4 fractions x 2 inits x 5 seeds (0-4): the pretrained arm fine-tuned with
-`lp_ft`, the random arm with `full` and `lp_ft`, keeping the better on validation
-(`defaults.STUDY_CANDIDATES`; both for both: `--config.study.candidates.pretrained=
-'("full","lp_ft")'`): 60 fine-tunings and 20 validation passes after the pre-training. `smoke`: 2
-fractions, 1 seed, `lp_ft` alone.
+`lp_ft` and `frozen_input` (the backbone frozen, a linear head on its features beside the
+input), the random arm with those and `full`, each run keeping the best on validation
+(`defaults.STUDY_CANDIDATES`): 100 fine-tunings (40 of them head-only) and 100 validation
+passes after the pre-training. `smoke`: 2 fractions, 1 seed, `lp_ft` alone.
 
 Produced: not yet run on real data (only on the tests' small rasters); its cost is not yet
 measured.

@@ -157,6 +157,7 @@ def test_gain_is_against_randoms_chosen_recipe_and_the_report_shows_the_recipes(
   assert row["random"]["recipe_per_seed"] == {"0": "full", "1": "lp_ft", "2": "full"}
   c = study_synthetic.get_config()
   c.study.candidates.pretrained = ("lp_ft",)
+  c.study.candidates.random = ("full", "lp_ft")
   c.study.seeds = (0, 1, 2)
   report.write_study_json(str(tmp_path), RECIPE_RUNS, c, "/pre", complete=True)
   paths = report.write_report(str(tmp_path), report.summarise(RECIPE_RUNS), c, "/pre")

@@ -199,7 +199,7 @@ def test_a_recipes_head_input_reaches_both_arms_over_the_pretrained_architecture
     run = study_lib.run_config(c, 0.5, init, 0, "/pretrain", pretrained, recipe="frozen_input")
     assert run.model.head_input == "raw3x3", init
     assert tuple(run.model.widths) == (4, 8) and run.model.dtype == "bfloat16", init
-    assert run.finetune.freeze_backbone and run.optim.learning_rate == 1e-2, init
+    assert run.finetune.freeze_backbone and run.optim.learning_rate == 5e-2, init
     plain = study_lib.run_config(c, 0.5, init, 0, "/pretrain", pretrained, recipe="lp_ft")
     assert plain.model.head_input == "", init
 
@@ -250,13 +250,14 @@ def test_recipes_that_label_other_tiles_are_refused(labelled_data_dir, tmp_path)
 
 
 def test_candidates_default_per_arm_but_stay_cheap_in_smoke_and_demo():
-  """Default: the pretrained arm LP-FT, random initialisation both recipes (chosen per run)."""
+  """Default: the pretrained arm LP-FT or the frozen head beside the input, random
+  initialisation those and `full` (chosen per run on validation)."""
   c = study_synthetic.get_config()
-  assert c.study.candidates.to_dict() == {"pretrained": ("lp_ft",),
-                                          "random": ("full", "lp_ft")}
+  assert c.study.candidates.to_dict() == {"pretrained": ("lp_ft", "frozen_input"),
+                                          "random": ("full", "lp_ft", "frozen_input")}
   assert tuple(c.study.seeds) == (0, 1, 2, 3, 4)
-  assert study_lib.recipes_by_init(c.study) == {"pretrained": ["lp_ft"],
-                                                "random": ["full", "lp_ft"]}
+  assert study_lib.recipes_by_init(c.study) == {"pretrained": ["lp_ft", "frozen_input"],
+                                                "random": ["full", "lp_ft", "frozen_input"]}
   for arg in ("smoke", "demo"):
     c = study_synthetic.get_config(arg)
     assert c.study.candidates.to_dict() == {"pretrained": ("lp_ft",), "random": ("lp_ft",)}
