@@ -131,7 +131,7 @@ def study_recipes() -> dict:
 # every fine-tuned UNet fell 2-4 points under the linear classifier of the raw pixels, and
 # this head on the features beside the input brought both arms up to it, chosen on
 # validation in every such run; on synthetic_landcover it is the random arm's best recipe
-# at 1/64 (docs/pretraining.md, section 11). Both recipes for the pretrained arm too:
+# at 1/64 (docs/pretraining.md, section 11). `full` for the pretrained arm too:
 # `--config.study.candidates.pretrained='("full","lp_ft","frozen_input")'`.
 STUDY_CANDIDATES = {"pretrained": ("lp_ft", "frozen_input"),
                     "random": ("full", "lp_ft", "frozen_input")}

@@ -29,7 +29,8 @@ are clouded out: a real sanity check, not a benchmark.
 Produced as shipped with `--config.study.seeds='(0,1,2)'` (3 of the 5 default seeds; 2-core
 VM, alone): 9 min. Test mIoU 19-25 for every arm and baseline at every fraction; pretrained
 - random +0.3 to +0.6, within noise; the linear baseline leads the deep arms by 1.0-4.5
-(docs/pretraining.md, section 10d). 6 test tiles: mostly the rare classes' luck.
+(docs/pretraining.md, section 10d). 6 test tiles: mostly the rare classes' luck. Those
+runs predate `frozen_input` among the candidates (section 11); not rerun with it.
 """
 
 import os

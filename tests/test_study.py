@@ -45,27 +45,30 @@ def test_study_chooses_each_runs_recipe_on_validation(labelled_data_dir, pretrai
   c = tiny_study_config(labelled_data_dir)
   c.study.fractions = (0.25,)
   c.study.pretrain_workdir = pretrained
-  defaults.set_candidates(c, ("full", "frozen"))  # a plain tuple: the same for every init
+  defaults.set_candidates(c, ("full", "frozen_input"))  # a plain tuple: the same for all
   run_study(c, str(tmp_path))
   study = json.load(open(tmp_path / "study.json"))
   assert len(study["runs"]) == 2
   for run in study["runs"]:
     val, test = {}, {}
-    for recipe in ("full", "frozen"):
+    for recipe in ("full", "frozen_input"):
       rundir = tmp_path / "runs" / f"{run['name']}_{recipe}"
       val[recipe] = json.load(open(rundir / "eval_validation.json"))["miou"]
       test[recipe] = json.load(open(rundir / "eval.json"))["miou"]
-      assert json.load(open(rundir / "config.json"))["finetune"]["freeze_backbone"] == (
-          recipe == "frozen")
-    best = "frozen" if val["frozen"] > val["full"] else "full"
+      saved = json.load(open(rundir / "config.json"))
+      assert saved["finetune"]["freeze_backbone"] == (recipe == "frozen_input")
+      # the recipe's head_input reached the run (its architecture is the pre-training's)
+      assert saved["model"]["head_input"] == ("raw3x3" if recipe == "frozen_input" else "")
+    best = "frozen_input" if val["frozen_input"] > val["full"] else "full"
     assert run["recipe"] == best and run["miou"] == test[best]
-    assert run["recipe_scores"]["frozen"] == {"validation_miou": val["frozen"],
-                                              "test_miou": test["frozen"]}
+    assert run["recipe_scores"]["frozen_input"] == {"validation_miou": val["frozen_input"],
+                                                    "test_miou": test["frozen_input"]}
   report_text = open(tmp_path / "report.md").read()
   pre, rnd = study["runs"]
   assert (f"| 1/4 | {pre['recipe']} 1 | 0 {pre['recipe']} | {rnd['recipe']} 1 | "
           f"0 {rnd['recipe']} |") in report_text
-  assert "Candidates: pretrained `full`, `frozen`; random `full`, `frozen`." in report_text
+  assert ("Candidates: pretrained `full`, `frozen_input`; random `full`, `frozen_input`."
+          in report_text)
 
 
 def test_each_arm_tries_its_own_candidates(labelled_data_dir, pretrained, tmp_path):
