@@ -13,9 +13,9 @@ from ee_jax.models.unet3d import UNet3D
 from ee_jax.models.wrappers import BACKBONE, HEAD, PretrainModel, SegmentationModel
 
 __all__ = [
-    "BACKBONE", "BACKBONES", "HEAD", "RUN_CHOICES", "PretrainModel", "ProjectionHead", "SegmentationHead",
-    "SegmentationModel", "TEMPORAL_MODES", "TemporalAttentionUNet", "UNet", "UNet3D",
-    "attention_weights", "backbone_name", "build_backbone", "build_pretrain_model",
+    "BACKBONE", "BACKBONES", "HEAD", "PretrainModel", "ProjectionHead", "RUN_CHOICES",
+    "SegmentationHead", "SegmentationModel", "TEMPORAL_MODES", "TemporalAttentionUNet", "UNet",
+    "UNet3D", "attention_weights", "backbone_name", "build_backbone", "build_pretrain_model",
     "build_segmentation_model", "count_params", "default_config", "init_params",
     "stacks_dates", "take_run_choices", "temporal_pool",
 ]
