@@ -24,10 +24,10 @@ VM, alone): 14 min 29 s. Test mIoU pretrained / random (chosen recipe) / linear 
 LightGBM: 83.0 / 84.0 / 84.0 / 86.5 at 1, 77.8 / 78.1 / 82.1 / 84.6 at 1/16, 75.5 / 72.7 /
 78.6 / 78.4 at 1/64: pre-training on the chip gains only at 1/64 (+2.8 ± 1.6) and the
 classical baselines lead by 2.5-6.6 at every fraction (docs/pretraining.md, section 10d).
-Those runs predate `frozen_input` among the candidates; with it (section 11f's candidates,
-seeds 0-2, the 2-core Xeon VM): 83.3 / 84.1 at 1 (validation keeps the fine-tuned UNets),
-81.4 / 81.1 at 1/16 (frozen_input chosen in all 6 runs at its former rate 1e-2; 82.2 / 81.9
-at the shipped 5e-2), against linear 82.1 and LightGBM 84.6 (section 11b).
+Those runs predate `frozen_input` among the candidates. As shipped now (seeds 0-2, 2-core
+Xeon VM, 6 min 44 s reusing part of an earlier study): pretrained / random 83.9 / 83.6 at 1,
+83.7 / 83.4 at 1/4, 82.2 / 81.9 at 1/16, 78.6 / 78.9 at 1/64, `frozen_input` chosen in every
+run; LightGBM still leads by 1.8-2.6 down to 1/16, all within noise at 1/64 (section 11g).
 """
 
 import os
