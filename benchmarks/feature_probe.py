@@ -157,10 +157,10 @@ def main(argv=None):
   ap.add_argument("--builder", action="append", default=[], metavar="KEY=VALUE",
                   help="override config.data.builder.KEY (a Python literal); repeatable")
   args = ap.parse_args(argv)
-  try:
-    uses_indices = bool(args.classifier) and baselines.get(args.classifier).USES_INDICES
-  except ConfigError as e:
-    raise ConfigError(f"--classifier: {str(e).split(': ', 1)[1]}") from None
+  if args.classifier and args.classifier not in baselines.CLASSIFIERS:
+    raise ConfigError(f"--classifier: unknown '{args.classifier}'; known: "
+                      f"{sorted(baselines.CLASSIFIERS)}")
+  uses_indices = bool(args.classifier) and baselines.get(args.classifier).USES_INDICES
   path, _, arg = args.config.partition(":")
   config = load_config_file(path, arg or None, what="--config")
   if args.data_dir:
