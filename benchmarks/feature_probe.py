@@ -39,60 +39,29 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ee_jax import baselines, checkpoints, metrics, models  # noqa: E402
+from ee_jax import baselines, metrics, models  # noqa: E402
+from ee_jax.baselines.embedding import (backbone_features, beside_pixels,  # noqa: E402
+                                        from_checkpoint)
 from ee_jax.baselines.features import (counted, pixel_features, raw_features,  # noqa: E402
                                        smoothed)
 from ee_jax.baselines.linear import fit_probe  # noqa: E402
 from ee_jax.baselines.runner import sample_pixels  # noqa: E402
 from ee_jax.data import contract, datasets, label_fractions, pipeline  # noqa: E402
-from ee_jax.errors import ConfigError  # noqa: E402
 from ee_jax.study import load_config_file  # noqa: E402
-from ee_jax.train.finetune import prepare_inputs  # noqa: E402
 
 KEYS = (contract.IMAGE, contract.VALID, contract.LABEL)
 BESIDE = "+input"   # a source's features with the input and its 3x3 mean beside them
 PIXELS = "pixels"   # the classical baselines' per-pixel view; `SOURCE+pixels`: beside it
 
 
-def backbone_features(model_cfg, params, image, valid, mean, std, batch=32, layer=""):
-  """Backbone output [N, H, W, D] for uint16 tiles, in batches.
-
-  `layer` (e.g. 'enc0', 'dec1'): that UNet block's output instead, resized to the tile's
-  H, W (bilinear) when coarser: where along the network land cover gets lost."""
-  backbone = models.build_backbone(model_cfg)
-
-  def forward(p, im, v):
-    inputs = prepare_inputs(im, v, mean, std)
-    if not layer:
-      return backbone.apply({"params": p}, *inputs)
-    _, state = backbone.apply({"params": p}, *inputs, capture_intermediates=True)
-    levels = state["intermediates"]
-    if layer not in levels:
-      names = sorted(k for k in levels if k != "__call__")
-      raise ConfigError(f"--layer: the backbone has no block '{layer}'; it has {names}")
-    f = levels[layer]["__call__"][0]
-    return jax.image.resize(f, f.shape[:1] + im.shape[2:4] + f.shape[3:], "bilinear")
-
-  apply = jax.jit(forward)
-  return np.concatenate([np.asarray(apply(params, image[i:i + batch], valid[i:i + batch]))
-                         for i in range(0, len(image), batch)])
-
-
 def with_input(features, image, valid, mean, std):
   """features [N, H, W, D] with the normalised input and its 3x3 mean beside them: what the
   segmentation head sees with `model.head_input='raw3x3'`, in its order."""
   return np.concatenate([features, pixel_features(image, valid, mean, std, [])], -1)
-
-
-def beside_pixels(features, pixels):
-  """[N, H, W, P + 2D]: the baselines' per-pixel view `pixels` [N, H, W, P], then a source's
-  `features` [N, H, W, D] and their 3x3 mean (the view's own neighbourhood term)."""
-  return np.concatenate([pixels, features, smoothed(features)], -1).astype(np.float32)
 
 
 def fit_classifier(name: str, features, labels, keep, num_classes: int, seed: int):
@@ -157,10 +126,8 @@ def main(argv=None):
   ap.add_argument("--builder", action="append", default=[], metavar="KEY=VALUE",
                   help="override config.data.builder.KEY (a Python literal); repeatable")
   args = ap.parse_args(argv)
-  if args.classifier and args.classifier not in baselines.CLASSIFIERS:
-    raise ConfigError(f"--classifier: unknown '{args.classifier}'; known: "
-                      f"{sorted(baselines.CLASSIFIERS)}")
-  uses_indices = bool(args.classifier) and baselines.get(args.classifier).USES_INDICES
+  uses_indices = (bool(args.classifier)
+                  and baselines.get(args.classifier, "--classifier").USES_INDICES)
   path, _, arg = args.config.partition(":")
   config = load_config_file(path, arg or None, what="--config")
   if args.data_dir:
@@ -178,6 +145,8 @@ def main(argv=None):
                                 np.arange(builder.info.splits[test_split].num_examples), KEYS)
   n_train = builder.info.splits[train_split].num_examples
   t, s, c = int(meta[contract.META_NUM_DATES]), int(meta[contract.META_TILE_SIZE]), len(mean)
+
+  embedders = {}
 
   def features_of(source, batch):
     image, valid = batch[contract.IMAGE], batch[contract.VALID]
@@ -197,13 +166,10 @@ def main(argv=None):
       params = models.init_params(models.build_backbone(cfg), jax.random.PRNGKey(0),
                                   (1, t, s, s, c), with_valid=True)
       return backbone_features(cfg, params, image, valid, mean, std, layer=args.layer)
-    params, ckpt_meta = checkpoints.load_params(source)
-    checkpoints.check_bands(ckpt_meta, {"bands": list(meta[contract.META_BANDS])}, source,
-                            os.fspath(builder.data_dir))
-    return backbone_features(ml_collections.ConfigDict(ckpt_meta["model"]),
-                             params["backbone"], image, valid,
-                             np.asarray(ckpt_meta["mean"]), np.asarray(ckpt_meta["std"]),
-                             layer=args.layer)
+    if source not in embedders:  # one checkpoint read per source
+      embedders[source] = from_checkpoint(source, meta[contract.META_BANDS],
+                                          os.fspath(builder.data_dir), layer=args.layer)
+    return embedders[source](image, valid)
 
   def where(source):
     return f" [{args.layer}]" if args.layer and not source.startswith("raw") else ""

@@ -44,7 +44,8 @@ def get_config(arg: str | None = None):
   defaults.add_study(c, pretrain_config="configs/pretrain_synthetic.py", pretrain_arg=arg or "",
                      fractions=fractions, seeds=seeds, smoke=arg == "smoke",
                      # :demo and :smoke: one fine-tuning a run, as before (cheap)
-                     candidates=defaults.CHEAP_CANDIDATES if arg else None)
+                     candidates=defaults.CHEAP_CANDIDATES if arg else None,
+                     embedding_baselines=() if arg else None)
   if arg == "demo":  # shorter runs
     c.train.steps = 200
   return c

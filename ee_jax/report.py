@@ -21,6 +21,12 @@ in each summary row (`recipes`, `recipe_per_seed`) and each gain (`per_seed_reci
 Classical baselines (ee_jax/baselines) are judged by the same rule: per fraction, the best
 deep arm minus the best baseline (each the best by mean mIoU there), paired by seed (they
 run on the study's seeds; only seeds both sides have count).
+
+Embedding baselines (a classical classifier with the pre-trained embedding beside its
+pixel features) use the pre-training, so they are never "classical": each is paired with
+the same classifier on the pixels alone (what the embedding adds), and the study's answer
+per fraction is the best use of the pre-training (the pretrained arm or an embedding
+baseline) against the best without it (the random arm or a classical baseline).
 """
 
 import io
@@ -111,18 +117,44 @@ def deep_vs_classical(runs, baselines, row: dict) -> dict | None:
   return {"deep": deep, "classical": classical, **gain}
 
 
+def with_vs_without(runs, baselines, embedded, row: dict) -> dict | None:
+  """Paired gain (mIoU points) of the best use of the pre-training at `row`'s fraction (the
+  pretrained arm or an embedding baseline) over the best without it (the random arm or a
+  classical baseline), each the best by mean mIoU there; None where a side is missing."""
+  f = row["fraction"]
+  sides = {"with": {}, "without": {}}  # side -> {arm: (its statistics, {seed: mIoU})}
+  for side, init in (("with", "pretrained"), ("without", "random")):
+    if init in row:
+      sides[side][init] = (row[init], _by_seed(runs, f, "init", init, "miou"))
+  for name, stats in row.get("embedding_baselines", {}).items():
+    sides["with"][f"{name}+pretrained"] = (stats, _by_seed(embedded, f, "baseline", name, "miou"))
+  for name, stats in row.get("baselines", {}).items():
+    sides["without"][name] = (stats, _by_seed(baselines, f, "baseline", name, "miou"))
+  best = {side: _best({arm: v[0] for arm, v in arms.items()}, list(arms))
+          for side, arms in sides.items()}
+  if None in best.values():
+    return None
+  gain = _paired(sides["with"][best["with"]][1], sides["without"][best["without"]][1])
+  return {"with": best["with"], "without": best["without"], **gain}
+
+
 def _scores(sel: list[dict]) -> dict:
   """mIoU, OA and kappa statistics (x100) of runs `sel`; kappa n/a in runs scored before
   eval.json had it."""
   return {m: _stats([r.get(m) for r in sel]) for m in ("miou", "oa", "kappa")}
 
 
-def summarise(runs: list[dict], baselines: list[dict] = ()) -> list[dict]:
+def summarise(runs: list[dict], baselines: list[dict] = (),
+              embedded: list[dict] = ()) -> list[dict]:
   """One row per fraction: mIoU/OA/kappa statistics (x100) per init, paired gains (points);
   with `baselines` (classical runs, each naming its `baseline`) their statistics under
-  `baselines` and the best deep arm against the best of them (`deep_vs_classical`)."""
+  `baselines` and the best deep arm against the best of them (`deep_vs_classical`); with
+  `embedded` (embedding baselines) their statistics under `embedding_baselines`, each with
+  its paired gain over the same classifier on the pixels (`gain_over_pixels`), and the
+  best with the pre-training against the best without (`with_vs_without`)."""
   rows = []
-  for fraction in sorted({r["fraction"] for r in [*runs, *baselines]}, reverse=True):
+  for fraction in sorted({r["fraction"] for r in [*runs, *baselines, *embedded]},
+                         reverse=True):
     row = {"fraction": fraction}
     for init in sorted({r["init"] for r in runs}):
       sel = [r for r in runs if r["fraction"] == fraction and r["init"] == init]
@@ -143,6 +175,17 @@ def summarise(runs: list[dict], baselines: list[dict] = ()) -> list[dict]:
         row["baselines"][name] = {**_scores(sel),
                                   "indices": sel[0].get("indices", []) if sel else []}
       row["deep_vs_classical"] = deep_vs_classical(runs, baselines, row)
+    if embedded:
+      row["embedding_baselines"] = {}
+      for name in sorted({r["baseline"] for r in embedded}):
+        sel = [r for r in embedded if r["fraction"] == fraction and r["baseline"] == name]
+        pixels = _by_seed(baselines, fraction, "baseline", name, "miou")
+        row["embedding_baselines"][name] = {
+            **_scores(sel),
+            "gain_over_pixels": (_paired(_by_seed(embedded, fraction, "baseline", name, "miou"),
+                                         pixels) if pixels else None)}
+    if embedded or baselines:
+      row["with_vs_without"] = with_vs_without(runs, baselines, embedded, row)
     rows.append(row)
   return rows
 
@@ -223,6 +266,18 @@ def baseline_table(summary: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _versus(f: str, a: str, b: str, c: dict) -> str:
+  """'- 1/16: A beats B beyond noise: +x ± y points (n seeds).' for the paired gain `c` of
+  A over B."""
+  gain = f"{_pm(c, '+')} points"
+  if c["within_noise"] is None:
+    return f"- {f}: {a} vs {b}: {gain}; 1 seed: not judged."
+  if c["within_noise"]:
+    return f"- {f}: {a} is within noise of {b}: {gain}."
+  verb = "beats" if c["mean"] > 0 else "is below"
+  return f"- {f}: {a} {verb} {b} beyond noise: {gain} ({c['n']} seeds)."
+
+
 def comparison_line(row: dict) -> str:
   """Whether the best deep arm beats the best classical baseline at `row`'s fraction."""
   f = _fraction_label(row["fraction"])
@@ -232,13 +287,65 @@ def comparison_line(row: dict) -> str:
   deep = f"the best deep arm ({c['deep']}, {row[c['deep']]['miou']['mean']:.1f})"
   classical = (f"the best classical baseline ({c['classical']}, "
                f"{row['baselines'][c['classical']]['miou']['mean']:.1f})")
-  gain = f"{_pm(c, '+')} points"
-  if c["within_noise"] is None:
-    return f"- {f}: {deep} vs {classical}: {gain}; 1 seed: not judged."
-  if c["within_noise"]:
-    return f"- {f}: {deep} is within noise of {classical}: {gain}."
-  verb = "beats" if c["mean"] > 0 else "is below"
-  return f"- {f}: {deep} {verb} {classical} beyond noise: {gain} ({c['n']} seeds)."
+  return _versus(f, deep, classical, c)
+
+
+def _arm_mean(row: dict, arm: str) -> float:
+  """Mean mIoU of `arm` in `row`: an init, a baseline or '<baseline>+pretrained'."""
+  if arm in INITS:
+    return row[arm]["miou"]["mean"]
+  if arm.endswith("+pretrained"):
+    return row["embedding_baselines"][arm[:-len("+pretrained")]]["miou"]["mean"]
+  return row["baselines"][arm]["miou"]["mean"]
+
+
+def with_without_line(row: dict) -> str:
+  """Whether the best use of the pre-training beats the best without it at `row`'s
+  fraction."""
+  f = _fraction_label(row["fraction"])
+  c = row.get("with_vs_without")
+  if not c or c["mean"] is None:
+    return f"- {f}: no paired results with and without the pre-training."
+  return _versus(f, f"the best with the pre-training ({c['with']}, "
+                    f"{_arm_mean(row, c['with']):.1f})",
+                 f"the best without it ({c['without']}, {_arm_mean(row, c['without']):.1f})", c)
+
+
+def embedding_table(summary: list[dict]) -> str:
+  """mIoU of each embedding baseline and its paired gain over the same classifier on the
+  pixels alone."""
+  names = sorted(summary[0]["embedding_baselines"])
+  head = ("| fraction | "
+          + " | ".join(f"{n} + pretrained mIoU | gain over {n} on pixels | gain vs noise"
+                       for n in names) + " |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for row in summary:
+    cells = [_fraction_label(row["fraction"])]
+    for name in names:
+      arm = row["embedding_baselines"][name]
+      gain = arm["gain_over_pixels"]
+      cells += [_pm(arm["miou"])] + ([_pm(gain, "+"), _verdict(gain)] if gain
+                                     else ["n/a (no classical run)", "n/a"])
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _embedding_section(summary) -> list[str]:
+  out = []
+  if summary and "embedding_baselines" in summary[0]:
+    out += ["## Classical classifiers with the pre-trained embedding", "",
+            "Each classifier of `study.embedding_baselines` on the same sampled pixels as its "
+            "classical run, with the pre-trained backbone's per-pixel embedding (frozen, no "
+            "fine-tuning) and the embedding's 3x3 mean beside the per-pixel features: the "
+            "pre-training used without a deep head. Gain = with the embedding - without, "
+            f"paired by seed; {NOISE_RULE}.", "", embedding_table(summary), ""]
+  if summary and any(row.get("with_vs_without") for row in summary):
+    out += ["## With the pre-training or without", "",
+            "Per fraction, the best use of the pre-training (the pretrained arm or a "
+            "classifier with its embedding) against the best without it (the random arm or a "
+            "classical baseline), each the best by mean mIoU, paired by seed.", "",
+            *[with_without_line(row) for row in summary], ""]
+  return out
 
 
 def _baseline_section(summary) -> list[str]:
@@ -270,11 +377,13 @@ def spread_note(summary: list[dict]) -> str:
 
 
 def write_study_json(workdir, runs, config, pretrain_dir, complete: bool,
-                     objective: dict | None = None, baselines: list[dict] = ()) -> str:
+                     objective: dict | None = None, baselines: list[dict] = (),
+                     embedded: list[dict] = ()) -> str:
   path = os.path.join(workdir, "study.json")
   out = {"complete": complete, "pretrain_workdir": pretrain_dir,
          "pretrain_objective": objective, "runs": runs, "baselines": list(baselines),
-         "summary": summarise(runs, baselines) if runs or baselines else [],
+         "embedding_baselines": list(embedded),
+         "summary": summarise(runs, baselines, embedded) if runs or baselines or embedded else [],
          "study": config.study.to_dict(), "dataset": config.data.name}
   storage.write_text(path, json.dumps(out, indent=2))  # never a half-written study.json
   return path
@@ -324,12 +433,19 @@ def draw(ax, summary: list[dict], objective: dict | None = None) -> None:
           ax.annotate(recipe_counts(r[init]["recipes"]), (r["fraction"], r[init]["miou"]["mean"]),
                       textcoords="offset points", xytext=(4, 6 if init == "pretrained" else -10),
                       fontsize=6, color=colours[init])
-  names = sorted({n for r in summary for n in r.get("baselines", {})})
+  names = sorted({n for r in summary
+                  for n in (*r.get("baselines", {}), *r.get("embedding_baselines", {}))})
   for i, name in enumerate(names):
     pts = [(r["fraction"], r["baselines"][name]["miou"]) for r in summary
            if name in r.get("baselines", {}) and r["baselines"][name]["miou"]["mean"] is not None]
     if pts:
       _curve(ax, pts, "s--", BASELINE_COLOURS[i % len(BASELINE_COLOURS)], name)
+    pts = [(r["fraction"], r["embedding_baselines"][name]["miou"]) for r in summary
+           if name in r.get("embedding_baselines", {})
+           and r["embedding_baselines"][name]["miou"]["mean"] is not None]
+    if pts:  # the same classifier with the embedding: its colour, dotted
+      _curve(ax, pts, "^:", BASELINE_COLOURS[i % len(BASELINE_COLOURS)],
+             f"{name} + pretrained embedding")
   ax.set_xscale("log", base=2)
   fractions = sorted({r["fraction"] for r in summary})
   ax.set_xticks(fractions)
@@ -404,6 +520,7 @@ def write_report(workdir, summary, config, pretrain_dir, objective: dict | None 
       "",
       *_recipe_section(summary, st),
       *_baseline_section(summary),
+      *_embedding_section(summary),
   ]
   report_path = os.path.join(workdir, "report.md")
   storage.write_text(report_path, "\n".join(text))

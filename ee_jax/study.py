@@ -25,7 +25,11 @@ the objective the pretrained arm was pre-trained with (its checkpoint's `loss.we
 Classical baselines (`study.baselines`, ee_jax/baselines) then run per fraction and seed on
 the tiles the deep runs of that fraction and seed train on (the same selection), each in
 <workdir>/runs/frac<f>_<baseline>_seed<s> and reused like a deep run once its eval.json
-exists; the deep runs do not depend on them.
+exists; the deep runs do not depend on them. `study.embedding_baselines` names classifiers
+that run again on the same pixels with the pre-trained backbone's per-pixel embedding beside
+the features (frozen, no fine-tuning: ee_jax/baselines/embedding.py), in
+<workdir>/runs/frac<f>_<baseline>+pretrained_seed<s>: the pre-training used by a classical
+classifier, paired with that classifier on the pixels alone.
 """
 
 import importlib.util
@@ -121,8 +125,13 @@ def run_study(config, workdir: str) -> dict:
     raise ConfigError(f"config.study.inits: unknown {unknown}; known: {list(INITS)}")
   if any(not 0 < f <= 1 for f in st.fractions):
     raise ConfigError(f"config.study.fractions must be in (0, 1]: {list(st.fractions)}")
-  for name in st.get("baselines", ()):
-    baselines_lib.get(name)  # an unknown name: refused before any work
+  for key in ("baselines", "embedding_baselines"):
+    for name in st.get(key, ()):
+      baselines_lib.get(name, f"config.study.{key}")  # unknown: refused before any work
+  if st.get("embedding_baselines") and "pretrained" not in st.inits:
+    raise ConfigError(f"config.study.embedding_baselines: {tuple(st.embedding_baselines)} "
+                      f"need the pretrained arm's checkpoint, but config.study.inits has no "
+                      f"'pretrained'; set --config.study.embedding_baselines='()'")
   recipes_of = recipes_by_init(st)
   check_recipes(config, recipes_of)
   storage.makedirs(workdir)
@@ -172,10 +181,20 @@ def run_study(config, workdir: str) -> dict:
           report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
                                   objective=objective, baselines=classical)
 
-  summary = report.summarise(runs, classical)
+  embedded = []
+  for fraction in st.fractions:
+    for name in st.get("embedding_baselines", ()):
+      for seed in st.seeds:
+        embedded.append(_baseline(config, workdir, name, fraction, seed,
+                                  _tile_recipe(recipes_of), embedding_from=pretrain_dir))
+        if distributed.is_primary():
+          report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
+                                  objective=objective, baselines=classical, embedded=embedded)
+
+  summary = report.summarise(runs, classical, embedded)
   if distributed.is_primary():
     report.write_study_json(workdir, runs, config, pretrain_dir, complete=True,
-                            objective=objective, baselines=classical)
+                            objective=objective, baselines=classical, embedded=embedded)
     paths = report.write_report(workdir, summary, config, pretrain_dir, objective=objective)
     print(report.table(summary))
     print(f"Report: {paths['report']}\nPlot: {paths['plot']}\nResults: {paths['json']}")
@@ -280,13 +299,14 @@ def _run_or_reuse(run_cfg, rundir: str, label: str) -> dict:
 
 
 def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
-              recipe: str | None) -> dict:
+              recipe: str | None, embedding_from: str = "") -> dict:
   """Classical baseline `name`'s record at `fraction` and `seed`, run unless its eval.json
   is there. Its tiles come from a deep run's config at that fraction and seed (with
   `recipe`, a candidate: every candidate labels the same tiles), through the same
-  finetune.select_tiles."""
+  finetune.select_tiles. `embedding_from`: the pre-training, whose embedding goes beside
+  the pixels' features (the run is named `<name>+pretrained`)."""
   from ee_jax.baselines import runner  # pylint: disable=import-outside-toplevel
-  run = run_name(fraction, name, seed)
+  run = run_name(fraction, f"{name}+pretrained" if embedding_from else name, seed)
   rundir = os.path.join(workdir, "runs", run)
   eval_path = os.path.join(rundir, "eval.json")
   if storage.exists(eval_path):
@@ -294,11 +314,13 @@ def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
   else:
     distributed.log(f"== {run}")
     result = runner.run_baseline(run_config(config, fraction, "random", seed, "", None,
-                                            recipe), name, rundir)
+                                            recipe), name, rundir,
+                                 embedding_from=embedding_from)
   return {"name": run, "fraction": fraction, "baseline": name, "seed": seed,
           "miou": result["miou"], "oa": result["oa"], "kappa": result.get("kappa"),
           "per_class_iou": result["per_class_iou"], "per_class_f1": result.get("per_class_f1"),
           "indices": result.get("indices", []),
+          **({"embedding_from": embedding_from} if embedding_from else {}),
           "workdir": rundir}
 
 

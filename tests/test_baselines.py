@@ -161,3 +161,119 @@ def test_lightgbm_fits_when_only_one_class_has_pixels():
   x = np.arange(40, dtype=np.float32).reshape(20, 2)
   predict = baselines.get("lightgbm").fit(x, np.full(20, 2, np.int32), 3, seed=0)
   assert (predict(x) == 2).all()
+
+
+# The pre-trained embedding beside the pixels (study.embedding_baselines).
+
+EMBEDDED = [{"fraction": 0.25, "baseline": b, "seed": s, "miou": m, "oa": m}
+            for b, s, m in [("lightgbm", 0, 0.66), ("lightgbm", 1, 0.64)]]
+
+
+def test_embedding_baseline_gains_and_with_vs_without_hand_computed():
+  row = report.summarise(BASE_RUNS, CLASSICAL, EMBEDDED)[0]
+  gain = row["embedding_baselines"]["lightgbm"]["gain_over_pixels"]
+  # lightgbm + pretrained (66, 64) - lightgbm on the pixels (50, 51), per seed.
+  assert gain["per_seed"] == pytest.approx({"0": 16.0, "1": 13.0})
+  assert gain["mean"] == pytest.approx(14.5) and gain["within_noise"] is False
+  # Best with the pre-training: lightgbm+pretrained (65.0) over pretrained (61.0); best
+  # without: random (52.0) over lightgbm (50.5) and linear (42.0).
+  c = row["with_vs_without"]
+  assert (c["with"], c["without"]) == ("lightgbm+pretrained", "random")
+  assert c["per_seed"] == pytest.approx({"0": 16.0, "1": 10.0})
+  # mean 13, std 4.24, se 3: |13| > 2 x 3 -> beyond noise.
+  assert c["mean"] == pytest.approx(13.0) and c["within_noise"] is False
+  assert report.with_without_line(row) == (
+      "- 1/4: the best with the pre-training (lightgbm+pretrained, 65.0) beats the best "
+      "without it (random, 52.0) beyond noise: +13.0 ± 4.2 points (2 seeds).")
+  # The embedding baseline is never "classical": the deep-vs-classical pair is unchanged.
+  assert row["deep_vs_classical"]["classical"] == "lightgbm"
+  assert row["deep_vs_classical"]["mean"] == pytest.approx(10.5)
+  table = report.embedding_table([row])
+  assert "| 1/4 | 65.0 ± 1.4 | +14.5 ± 2.1 | beyond noise (2 seeds) |" in table
+
+
+def test_plot_draws_the_embedding_baseline_dotted_in_its_classifiers_colour():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots()
+  report.draw(ax, report.summarise(BASE_RUNS, CLASSICAL, EMBEDDED))
+  handles, labels = ax.get_legend_handles_labels()
+  lines = {label: h.lines[0] for h, label in zip(handles, labels)}
+  plt.close(fig)
+  assert lines["lightgbm + pretrained embedding"].get_linestyle() == ":"
+  assert lines["lightgbm + pretrained embedding"].get_color() == lines["lightgbm"].get_color()
+
+
+def test_embedding_baseline_fits_the_same_pixels_with_the_checkpoints_embedding_beside(
+    labelled_data_dir, pretrained, tmp_path, monkeypatch):
+  """Paired exactly with the classifier on the pixels alone: the same sampled pixels, in
+  the same order, then the checkpoint's embedding of each of them and its 3x3 mean."""
+  from ee_jax.baselines import embedding, linear  # pylint: disable=import-outside-toplevel
+  from ee_jax.data import contract, datasets, pipeline  # pylint: disable=import-outside-toplevel
+  from ee_jax.study import run_config  # pylint: disable=import-outside-toplevel
+  seen = []
+  fit = linear.fit
+  monkeypatch.setattr(linear, "fit", lambda x, *a: seen.append(x) or fit(x, *a))
+  c = run_config(tiny_study_config(labelled_data_dir), 0.25, "random", 0, "", None, "lp_ft")
+  plain = runner.run_baseline(c, "linear", str(tmp_path / "plain"))
+  embedded = runner.run_baseline(c, "linear", str(tmp_path / "embedded"),
+                                 embedding_from=pretrained)
+  x_plain, x_embedded = seen
+  d = (x_embedded.shape[1] - x_plain.shape[1]) // 2
+  assert d > 0 and embedded["num_features"] == plain["num_features"] + 2 * d
+  assert embedded["train_pixels_per_class"] == plain["train_pixels_per_class"]
+  np.testing.assert_array_equal(x_embedded[:, :x_plain.shape[1]], x_plain)
+  assert embedded["embedding_from"] == pretrained and plain["embedding_from"] is None
+  # Each row's embedding columns are the embedding of some pixel of the labelled tiles.
+  builder = datasets.open_prepared(c.data)
+  tiles = json.load(open(tmp_path / "embedded" / "label_fraction.json"))["indices"]
+  b = pipeline.read_examples(builder, "train", np.asarray(tiles),
+                             (contract.IMAGE, contract.VALID))
+  embed = embedding.from_checkpoint(pretrained, builder.info.metadata["bands"], "")
+  every = embed(b[contract.IMAGE], b[contract.VALID]).reshape(-1, d)
+  nearest = np.abs(every[None] - x_embedded[:5, None, x_plain.shape[1]:x_plain.shape[1] + d])
+  assert (nearest.max(-1).min(-1) < 1e-5).all()
+
+
+def test_embedding_baselines_need_the_pretrained_arm_and_known_names(labelled_data_dir,
+                                                                   tmp_path):
+  c = tiny_study_config(labelled_data_dir)
+  c.study.inits = ("random",)
+  c.study.embedding_baselines = ("linear",)
+  with pytest.raises(ConfigError, match=r"^config.study.embedding_baselines: \('linear',\) "
+                     r"need the pretrained arm's checkpoint"):
+    run_study(c, str(tmp_path))
+  c.study.inits = ("pretrained", "random")
+  c.study.embedding_baselines = ("forest",)
+  with pytest.raises(ConfigError, match=r"^config.study.embedding_baselines: unknown 'forest'"):
+    run_study(c, str(tmp_path))
+  assert not os.listdir(tmp_path)                            # refused before any work
+
+
+def test_smoke_study_adds_embedding_rows_beside_the_classical_ones(labelled_data_dir,
+                                                                  pretrained, tmp_path):
+  c = tiny_study_config(labelled_data_dir)
+  c.study.inits = ("pretrained",)                            # one deep run: faster
+  c.study.fractions = (0.25,)
+  c.study.pretrain_workdir = pretrained
+  c.study.baselines = ("linear",)
+  c.study.embedding_baselines = ("linear",)
+  run_study(c, str(tmp_path))
+  study = json.load(open(tmp_path / "study.json"))
+  [row] = study["embedding_baselines"]
+  assert row["name"] == "frac0.25_linear+pretrained_seed0" and row["baseline"] == "linear"
+  assert row["embedding_from"] == pretrained and 0 < row["miou"] <= 1
+  assert [b["name"] for b in study["baselines"]] == ["frac0.25_linear_seed0"]
+  mine = json.load(open(tmp_path / "runs" / row["name"] / "label_fraction.json"))
+  deep = json.load(open(tmp_path / "runs" / "frac0.25_pretrained_seed0" / "label_fraction.json"))
+  assert mine["indices"] == deep["indices"]
+  summary = study["summary"][0]
+  gain = summary["embedding_baselines"]["linear"]["gain_over_pixels"]
+  assert gain["per_seed"]["0"] == pytest.approx(100 * (row["miou"]
+                                                       - study["baselines"][0]["miou"]))
+  assert summary["with_vs_without"]["with"] in ("pretrained", "linear+pretrained")
+  assert summary["with_vs_without"]["without"] == "linear"   # no random arm here
+  text = open(tmp_path / "report.md").read()
+  assert "## Classical classifiers with the pre-trained embedding" in text
+  assert "## With the pre-training or without" in text and "- 1/4: the best with" in text

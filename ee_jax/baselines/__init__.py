@@ -26,10 +26,11 @@ def _discover() -> dict:
 CLASSIFIERS = _discover()
 
 
-def get(name: str):
-  """The classifier module named `name`; an unknown name is one error naming the known."""
+def get(name: str, where: str = "config.study.baselines"):
+  """The classifier module named `name`; an unknown name is one error naming `where` (the
+  setting it came from) and the known."""
   if name not in CLASSIFIERS:
-    raise ConfigError(f"config.study.baselines: unknown '{name}'; known: {sorted(CLASSIFIERS)}")
+    raise ConfigError(f"{where}: unknown '{name}'; known: {sorted(CLASSIFIERS)}")
   return CLASSIFIERS[name]
 
 

@@ -1,6 +1,9 @@
 """One baseline run: the label fraction's tiles (the deep runs' own), their counted pixels
 (at most MAX_PIXELS_PER_CLASS a class, sampled with the seed), a fit, and the test split
 scored with the project's confusion matrix into <workdir>/eval.json (a deep run's fields).
+With `embedding` (a checkpoint), a backbone's per-pixel embedding and its 3x3 mean go beside
+the per-pixel features (ee_jax/baselines/embedding.py): the same pixels are sampled, so the
+run pairs exactly with the same classifier on the pixels alone.
 """
 
 import json
@@ -9,29 +12,33 @@ import os
 import numpy as np
 
 from ee_jax import baselines, metrics, storage
-from ee_jax.baselines import features
+from ee_jax.baselines import embedding, features
 
 # Bounds a baseline's time and memory on large fractions: the pixels of a class beyond this
 # are a seeded random sample of it.
 MAX_PIXELS_PER_CLASS = 10000
-CHUNK_TILES = 64   # tiles read and featurised at a time
+# Pixels read and featurised at a time (whole tiles, at least one): 64 tiles of 32 x 32 px;
+# bounds a chunk's features to 256 MiB at 1,000 features a pixel, whatever the tile size.
+CHUNK_PIXELS = 65536
 _SALT = 0xBA5E
 
 
-def _chunks(indices):
-  for i in range(0, len(indices), CHUNK_TILES):
-    yield indices[i:i + CHUNK_TILES]
+def _chunks(indices, tile_pixels: int):
+  size = max(1, CHUNK_PIXELS // max(1, tile_pixels))
+  for i in range(0, len(indices), size):
+    yield indices[i:i + size]
 
 
 class _Data:
   """The dataset's tiles, normalisation and classes, as the random-init arm sees them."""
 
-  def __init__(self, builder, uses_indices: bool):
+  def __init__(self, builder, uses_indices: bool, embed=None):
     from ee_jax.data import contract  # pylint: disable=import-outside-toplevel
     from ee_jax.train.pretrain import dataset_metadata  # pylint: disable=import-outside-toplevel
     meta = dataset_metadata(builder)
     info = builder.info.metadata
-    self.builder, self.uses_indices = builder, uses_indices
+    self.builder, self.uses_indices, self.embed = builder, uses_indices, embed
+    self.tile_pixels = int(info[contract.META_TILE_SIZE]) ** 2
     self.mean, self.std = np.asarray(meta["mean"]), np.asarray(meta["std"])
     self.bands = meta["bands"]
     self.class_names = list(info[contract.META_CLASS_NAMES])
@@ -45,11 +52,13 @@ class _Data:
   def tiles(self, split: str, indices):
     """(features [n, H, W, D], label, counted) per chunk of `indices` of `split`."""
     from ee_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    for chunk in _chunks(np.asarray(indices, np.int64)):
+    for chunk in _chunks(np.asarray(indices, np.int64), self.tile_pixels):
       b = pipeline.read_examples(self.builder, split, chunk, self.keys)
       image, valid, label = (b[key] for key in self.keys)
       f = features.pixel_features(image, valid, self.mean, self.std, self.bands,
                                   indices=self.uses_indices)
+      if self.embed is not None:
+        f = embedding.beside_pixels(self.embed(image, valid), f)
       yield f, label, features.counted(label, valid, self.k, self.ignore)
 
 
@@ -86,10 +95,12 @@ def confusion(predict, chunks, num_classes: int, ignore_index: int) -> np.ndarra
   return cm
 
 
-def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLASS) -> dict:
+def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLASS,
+                 embedding_from: str = "") -> dict:
   """Baseline `name` on the tiles the fine-tuning config `config` trains on (its
   label_fraction, fraction_seed; selection recorded in <workdir>/label_fraction.json),
-  scored on config.finetune.test_split; writes and returns <workdir>/eval.json."""
+  scored on config.finetune.test_split; writes and returns <workdir>/eval.json.
+  `embedding_from`: a checkpoint whose backbone's embedding goes beside the features."""
   import jax  # pylint: disable=import-outside-toplevel
   from ee_jax.data import datasets  # pylint: disable=import-outside-toplevel
   from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
@@ -98,7 +109,9 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
   storage.makedirs(workdir)
   builder = distributed.primary_first(
       lambda: datasets.prepare(config.data, log=lambda *a: None), "prepare")
-  data = _Data(builder, classifier.USES_INDICES)
+  embed = (embedding.from_checkpoint(embedding_from, builder.info.metadata["bands"],
+                                     str(builder.data_dir)) if embedding_from else None)
+  data = _Data(builder, classifier.USES_INDICES, embed)
   train_split = config.data.train_split
   indices = finetune.select_tiles(config, builder, workdir, data.k, data.ignore)
   if indices is None:
@@ -123,7 +136,8 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
       train_pixels_per_class=dict(zip(data.class_names,
                                       np.bincount(y, minlength=data.k).tolist())),
       num_features=int(x.shape[1]) if len(y) else None,
-      indices=features.available_indices(data.bands) if classifier.USES_INDICES else [])
+      indices=features.available_indices(data.bands) if classifier.USES_INDICES else [],
+      embedding_from=embedding_from or None)
   if jax.process_index() == 0:
     storage.write_text(os.path.join(workdir, "eval.json"),  # never a half-written result
                        json.dumps(result, indent=2))
