@@ -25,10 +25,10 @@ representation, which is what pulling alike pixels together without labels can f
 A source is a pre-training or fine-tuning workdir (or checkpoint folder), `raw`, `raw3x3`
 (raw averaged over 3x3 pixels) or `random` (the config's model); any of them followed by
 `+input` has the normalised input and its 3x3 mean beside it (what the segmentation head
-sees with `model.head_input='raw3x3'`; `raw+input` is the linear baseline's view); `--layer=enc0` probes a
-block inside the backbone instead of its output. The dataset comes from the config and
-must be built;
-`--builder KEY=VALUE` (repeatable) probes one built with other builder parameters, e.g.
+sees with `model.head_input='raw3x3'`; `raw+input` is the linear baseline's view).
+`--layer=enc0` probes a block inside the backbone instead of its output,
+`--layer=output,dec1` several side by side. The dataset comes from the config and must be
+built; `--builder KEY=VALUE` (repeatable) probes one built with other builder parameters, e.g.
 `--data_dir=/tmp/notex --builder texture_std=0.0`.
 """
 
@@ -121,8 +121,8 @@ def main(argv=None):
   ap.add_argument("--clusters", type=int, default=0,
                   help="also k-means with this many centres on all train tiles (no labels), "
                        "clusters named by the labelled pixels; 0: off")
-  ap.add_argument("--layer", default="", help="probe this backbone block (e.g. enc0, dec1); "
-                  "default: the backbone's output")
+  ap.add_argument("--layer", default="", help="probe this backbone block (e.g. enc0, dec1), "
+                  "or several side by side (e.g. output,dec1,dec2); default: the output")
   ap.add_argument("--builder", action="append", default=[], metavar="KEY=VALUE",
                   help="override config.data.builder.KEY (a Python literal); repeatable")
   args = ap.parse_args(argv)

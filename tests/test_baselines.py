@@ -228,7 +228,7 @@ def test_embedding_baseline_fits_the_same_pixels_with_the_checkpoints_embedding_
   # Each row's embedding columns are the embedding of some pixel of the labelled tiles.
   builder = datasets.open_prepared(c.data)
   tiles = json.load(open(tmp_path / "embedded" / "label_fraction.json"))["indices"]
-  b = pipeline.read_examples(builder, "train", np.asarray(tiles),
+  b = pipeline.read_examples(builder, c.data.train_split, np.asarray(tiles),
                              (contract.IMAGE, contract.VALID))
   embed = embedding.from_checkpoint(pretrained, builder.info.metadata["bands"], "")
   every = embed(b[contract.IMAGE], b[contract.VALID]).reshape(-1, d)

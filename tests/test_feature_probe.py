@@ -87,6 +87,12 @@ def test_layer_probes_a_block_inside_the_backbone_at_tile_resolution():
   pre = feature_probe.backbone_features(*args, layer="out_norm")
   np.testing.assert_allclose(np.maximum(pre, 0.0), out, rtol=1e-6, atol=1e-6)
   assert (pre < 0).any()
+  # Several blocks side by side, in the order named ('output': the backbone's output).
+  both = feature_probe.backbone_features(*args, layer="output,enc0")
+  assert both.shape == (2, 8, 8, 16 + 8)
+  np.testing.assert_allclose(both[..., :16], out, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(both[..., 16:], feature_probe.backbone_features(*args, layer="enc0"),
+                             rtol=1e-6, atol=1e-6)
   with pytest.raises(ConfigError, match="no block 'enc7'.*'enc0'"):
     feature_probe.backbone_features(*args, layer="enc7")
 

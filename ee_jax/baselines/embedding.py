@@ -18,24 +18,35 @@ def embedder(model_cfg, params, mean, std, batch: int = 32, layer: str = ""):
   statistics); compiled once per tile shape, however many times it is called.
 
   `layer` (e.g. 'enc0', 'dec1'): that UNet block's output instead, resized to the tile's
-  H, W (bilinear) when coarser: where along the network land cover gets lost."""
+  H, W (bilinear) when coarser: where along the network land cover gets lost. Several,
+  comma-separated, are concatenated in that order (a hypercolumn; 'output' names the
+  backbone's output among them, e.g. 'output,dec1,dec2')."""
   import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from ee_jax import models  # pylint: disable=import-outside-toplevel
   from ee_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from ee_jax.train.finetune import prepare_inputs  # pylint: disable=import-outside-toplevel
   backbone = models.build_backbone(model_cfg)
 
+  names = layer.split(",") if layer else []
+
   def forward(p, im, v):
     inputs = prepare_inputs(im, v, mean, std)
-    if not layer:
+    if not names:
       return backbone.apply({"params": p}, *inputs)
-    _, state = backbone.apply({"params": p}, *inputs, capture_intermediates=True)
+    out, state = backbone.apply({"params": p}, *inputs, capture_intermediates=True)
     levels = state["intermediates"]
-    if layer not in levels:
-      names = sorted(k for k in levels if k != "__call__")
-      raise ConfigError(f"--layer: the backbone has no block '{layer}'; it has {names}")
-    f = levels[layer]["__call__"][0]
-    return jax.image.resize(f, f.shape[:1] + im.shape[2:4] + f.shape[3:], "bilinear")
+    parts = []
+    for name in names:
+      if name == "output":
+        parts.append(out)
+        continue
+      if name not in levels:
+        known = sorted(k for k in levels if k != "__call__")
+        raise ConfigError(f"--layer: the backbone has no block '{name}'; it has {known}")
+      f = levels[name]["__call__"][0]
+      parts.append(jax.image.resize(f, f.shape[:1] + im.shape[2:4] + f.shape[3:], "bilinear"))
+    return jnp.concatenate([f.astype(jnp.float32) for f in parts], -1)
 
   apply = jax.jit(forward)
 
