@@ -26,13 +26,11 @@ normalises with its statistics: init.allow_stats_mismatch is set by the study).
 The patch is tiny (10,100 px; forest 75 %, cultivated land 11 px) and two of its five dates
 are clouded out: a real sanity check, not a benchmark.
 
-Produced as shipped with `--config.study.seeds='(0,1,2)'` (3 of the 5 default seeds; 2-core
-VM, alone): 9 min. Test mIoU 19-25 for every arm and baseline at every fraction; pretrained
-- random +0.3 to +0.6, within noise; the linear baseline leads the deep arms by 1.0-4.5
-(docs/pretraining.md, section 10d). 6 test tiles: mostly the rare classes' luck. Those
-runs predate `frozen_input` among the candidates. As shipped now (seeds 0-2, 2-core Xeon VM,
-alone: 10 min 30 s): pretrained / random 24.5 / 23.1 at 1, 20.3 / 19.9 at 1/8; the linear
-baseline's lead within noise below fraction 1 (section 11g).
+What it shows with the shipped defaults (seeds 0-2; docs/pretraining.md, sections 11g and
+12c): test mIoU 20-25 for every arm and baseline; pre-training gains +1.4 ± 0.7 with all the
+labels and nothing measurable below; the linear baseline is level with the deep arms below
+fraction 1; the embedding beside the pixels adds nothing to LightGBM. 6 test tiles: mostly
+the rare classes' luck.
 """
 
 import os

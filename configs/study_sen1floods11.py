@@ -19,15 +19,10 @@ study).
 
 One chip of one flood: a real sanity check, not a benchmark.
 
-Produced as shipped with `--config.study.seeds='(0,1,2)'` (3 of the 5 default seeds; 2-core
-VM, alone): 14 min 29 s. Test mIoU pretrained / random (chosen recipe) / linear /
-LightGBM: 83.0 / 84.0 / 84.0 / 86.5 at 1, 77.8 / 78.1 / 82.1 / 84.6 at 1/16, 75.5 / 72.7 /
-78.6 / 78.4 at 1/64: pre-training on the chip gains only at 1/64 (+2.8 ± 1.6) and the
-classical baselines lead by 2.5-6.6 at every fraction (docs/pretraining.md, section 10d).
-Those runs predate `frozen_input` among the candidates. As shipped now (seeds 0-2, 2-core
-Xeon VM, 6 min 44 s reusing part of an earlier study): pretrained / random 83.9 / 83.6 at 1,
-83.7 / 83.4 at 1/4, 82.2 / 81.9 at 1/16, 78.6 / 78.9 at 1/64, `frozen_input` chosen in every
-run; LightGBM still leads by 1.8-2.6 down to 1/16, all within noise at 1/64 (section 11g).
+What it shows with the shipped defaults (seeds 0-2; docs/pretraining.md, sections 11g and
+12c): pre-training on the chip gains nothing measurable over random initialisation, LightGBM
+leads the deep arms by 1.8-2.6 mIoU down to 1/16, and the chip's embedding beside the pixels
+adds nothing to LightGBM (within a point at every fraction).
 """
 
 import os
