@@ -138,9 +138,9 @@ STUDY_CANDIDATES = {"pretrained": ("lp_ft", "frozen_input"),
 # `:smoke` and `:demo` studies stay one fine-tuning a run (cheap): LP-FT, the recipe the
 # shipped study used alone before the choice per run.
 CHEAP_CANDIDATES = ("lp_ft",)
-# LightGBM with the pre-trained embedding beside its pixel features: on synthetic_landcover
-# +4.4 and +9.3 mIoU over LightGBM on the pixels at 1/16 and 1/64 (docs/pretraining.md,
-# section 11e), the largest use of the pre-training measured at scarce labels.
+# LightGBM with the pre-trained embedding beside its pixel features: the largest use of the
+# pre-training measured at scarce labels on synthetic_landcover, nothing on the real samples
+# (docs/pretraining.md, section 12).
 EMBEDDING_BASELINES = ("lightgbm",)
 
 
