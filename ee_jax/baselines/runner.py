@@ -1,9 +1,9 @@
 """One baseline run: the label fraction's tiles (the deep runs' own), their counted pixels
 (at most MAX_PIXELS_PER_CLASS a class, sampled with the seed), a fit, and the test split
 scored with the project's confusion matrix into <workdir>/eval.json (a deep run's fields).
-With `embedding_from` (a checkpoint), its backbone's per-pixel embedding and its 3x3 mean go beside
-the per-pixel features (ee_jax/baselines/embedding.py): the same pixels are sampled, so the
-run pairs exactly with the same classifier on the pixels alone.
+With `embedding_from` (a checkpoint), its backbone's per-pixel embedding and the embedding's
+3x3 mean go beside the per-pixel features (ee_jax/baselines/embedding.py): the same pixels
+are sampled, so the run pairs exactly with the same classifier on the pixels alone.
 """
 
 import json
