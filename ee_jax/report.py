@@ -316,15 +316,15 @@ def embedding_table(summary: list[dict]) -> str:
   pixels alone."""
   names = sorted(summary[0]["embedding_baselines"])
   head = ("| fraction | "
-          + " | ".join(f"{n} + pretrained mIoU | gain over {n} on pixels | gain vs noise"
-                       for n in names) + " |")
+          + " | ".join(f"{n} + pretrained mIoU | {n} + pretrained OA | gain over {n} on "
+                       f"pixels (mIoU pts) | gain vs noise" for n in names) + " |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for row in summary:
     cells = [_fraction_label(row["fraction"])]
     for name in names:
       arm = row["embedding_baselines"][name]
       gain = arm["gain_over_pixels"]
-      cells += [_pm(arm["miou"])] + ([_pm(gain, "+"), _verdict(gain)] if gain
+      cells += [_pm(arm["miou"]), _pm(arm["oa"])] + ([_pm(gain, "+"), _verdict(gain)] if gain
                                      else ["n/a (no classical run)", "n/a"])
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
