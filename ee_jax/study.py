@@ -32,6 +32,7 @@ the features (frozen, no fine-tuning: ee_jax/baselines/embedding.py), in
 classifier, paired with that classifier on the pixels alone.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -182,11 +183,14 @@ def run_study(config, workdir: str) -> dict:
                                   objective=objective, baselines=classical)
 
   embedded = []
+  # One embedder for all the rows' runs (loaded and compiled at the first that runs).
+  shared_embedder = functools.cache(lambda: _embedder(pretrain_dir, builder))
   for fraction in st.fractions:
     for name in st.get("embedding_baselines", ()):
       for seed in st.seeds:
         embedded.append(_baseline(config, workdir, name, fraction, seed,
-                                  _tile_recipe(recipes_of), embedding_from=pretrain_dir))
+                                  _tile_recipe(recipes_of), embedding_from=pretrain_dir,
+                                  embedder=shared_embedder))
         if distributed.is_primary():
           report.write_study_json(workdir, runs, config, pretrain_dir, complete=False,
                                   objective=objective, baselines=classical, embedded=embedded)
@@ -298,13 +302,20 @@ def _run_or_reuse(run_cfg, rundir: str, label: str) -> dict:
   return json.loads(storage.read_text(eval_path))
 
 
+def _embedder(pretrain_dir: str, builder):
+  from ee_jax.baselines import embedding  # pylint: disable=import-outside-toplevel
+  return embedding.from_checkpoint(pretrain_dir, builder.info.metadata["bands"],
+                                   str(builder.data_dir))
+
+
 def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
-              recipe: str | None, embedding_from: str = "") -> dict:
+              recipe: str | None, embedding_from: str = "", embedder=None) -> dict:
   """Classical baseline `name`'s record at `fraction` and `seed`, run unless its eval.json
   is there. Its tiles come from a deep run's config at that fraction and seed (with
   `recipe`, a candidate: every candidate labels the same tiles), through the same
   finetune.select_tiles. `embedding_from`: the pre-training, whose embedding goes beside
-  the pixels' features (the run is named `<name>+pretrained`)."""
+  the pixels' features (the run is named `<name>+pretrained`); `embedder()` returns its
+  embedder, built once for all the runs."""
   from ee_jax.baselines import runner  # pylint: disable=import-outside-toplevel
   run = run_name(fraction, f"{name}+pretrained" if embedding_from else name, seed)
   rundir = os.path.join(workdir, "runs", run)
@@ -315,7 +326,8 @@ def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
     distributed.log(f"== {run}")
     result = runner.run_baseline(run_config(config, fraction, "random", seed, "", None,
                                             recipe), name, rundir,
-                                 embedding_from=embedding_from)
+                                 embedding_from=embedding_from,
+                                 embed=embedder() if embedder and embedding_from else None)
   return {"name": run, "fraction": fraction, "baseline": name, "seed": seed,
           "miou": result["miou"], "oa": result["oa"], "kappa": result.get("kappa"),
           "per_class_iou": result["per_class_iou"], "per_class_f1": result.get("per_class_f1"),

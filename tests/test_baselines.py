@@ -277,3 +277,27 @@ def test_smoke_study_adds_embedding_rows_beside_the_classical_ones(labelled_data
   text = open(tmp_path / "report.md").read()
   assert "## Classical classifiers with the pre-trained embedding" in text
   assert "## With the pre-training or without" in text and "- 1/4: the best with" in text
+
+
+def test_study_loads_and_compiles_the_embedding_once_for_all_its_rows(labelled_data_dir,
+                                                                     pretrained, tmp_path,
+                                                                     monkeypatch):
+  from ee_jax.baselines import embedding  # pylint: disable=import-outside-toplevel
+  loads, real = [], embedding.from_checkpoint
+  monkeypatch.setattr(embedding, "from_checkpoint",
+                      lambda *a, **k: loads.append(a) or real(*a, **k))
+  c = tiny_study_config(labelled_data_dir)
+  c.study.inits = ("pretrained",)
+  c.study.fractions = (0.25,)
+  c.study.seeds = (0, 1)
+  c.study.pretrain_workdir = pretrained
+  c.study.baselines = ("linear",)
+  c.study.embedding_baselines = ("linear",)
+  run_study(c, str(tmp_path))
+  rows = json.load(open(tmp_path / "study.json"))["embedding_baselines"]
+  assert [r["name"] for r in rows] == ["frac0.25_linear+pretrained_seed0",
+                                       "frac0.25_linear+pretrained_seed1"]
+  assert len(loads) == 1 and loads[0][0] == pretrained
+  loads.clear()
+  run_study(c, str(tmp_path))           # every run is reused: no checkpoint is loaded
+  assert not loads

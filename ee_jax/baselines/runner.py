@@ -96,11 +96,13 @@ def confusion(predict, chunks, num_classes: int, ignore_index: int) -> np.ndarra
 
 
 def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLASS,
-                 embedding_from: str = "") -> dict:
+                 embedding_from: str = "", embed=None) -> dict:
   """Baseline `name` on the tiles the fine-tuning config `config` trains on (its
   label_fraction, fraction_seed; selection recorded in <workdir>/label_fraction.json),
   scored on config.finetune.test_split; writes and returns <workdir>/eval.json.
-  `embedding_from`: a checkpoint whose backbone's embedding goes beside the features."""
+  `embedding_from`: a checkpoint whose backbone's embedding goes beside the features;
+  `embed`: its embedder when the caller built it already (embedding.from_checkpoint; a study
+  reuses one for all its runs instead of loading and compiling it again each time)."""
   import jax  # pylint: disable=import-outside-toplevel
   from ee_jax.data import datasets  # pylint: disable=import-outside-toplevel
   from ee_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
@@ -109,8 +111,11 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
   storage.makedirs(workdir)
   builder = distributed.primary_first(
       lambda: datasets.prepare(config.data, log=lambda *a: None), "prepare")
-  embed = (embedding.from_checkpoint(embedding_from, builder.info.metadata["bands"],
-                                     str(builder.data_dir)) if embedding_from else None)
+  if embedding_from and embed is None:
+    embed = embedding.from_checkpoint(embedding_from, builder.info.metadata["bands"],
+                                      str(builder.data_dir))
+  elif not embedding_from:
+    embed = None
   data = _Data(builder, classifier.USES_INDICES, embed)
   train_split = config.data.train_split
   indices = finetune.select_tiles(config, builder, workdir, data.k, data.ignore)
