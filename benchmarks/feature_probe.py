@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ee_jax import baselines, metrics, models  # noqa: E402
-from ee_jax.baselines.embedding import (backbone_features, beside_pixels,  # noqa: E402
+from ee_jax.baselines.embedding import (beside_pixels, embedder,  # noqa: E402
                                         from_checkpoint)
 from ee_jax.baselines.features import (counted, pixel_features, raw_features,  # noqa: E402
                                        smoothed)
@@ -161,14 +161,15 @@ def main(argv=None):
     if source in ("raw", "raw3x3"):
       raw = raw_features(image, valid, mean, std)
       return raw if source == "raw" else smoothed(raw)
-    if source == "random":
-      cfg = config.model
-      params = models.init_params(models.build_backbone(cfg), jax.random.PRNGKey(0),
-                                  (1, t, s, s, c), with_valid=True)
-      return backbone_features(cfg, params, image, valid, mean, std, layer=args.layer)
-    if source not in embedders:  # one checkpoint read per source
-      embedders[source] = from_checkpoint(source, meta[contract.META_BANDS],
-                                          os.fspath(builder.data_dir), layer=args.layer)
+    if source not in embedders:  # one initialisation or checkpoint read (and compile) each
+      if source == "random":
+        cfg = config.model
+        params = models.init_params(models.build_backbone(cfg), jax.random.PRNGKey(0),
+                                    (1, t, s, s, c), with_valid=True)
+        embedders[source] = embedder(cfg, params, mean, std, layer=args.layer)
+      else:
+        embedders[source] = from_checkpoint(source, meta[contract.META_BANDS],
+                                            os.fspath(builder.data_dir), layer=args.layer)
     return embedders[source](image, valid)
 
   def where(source):

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from ee_jax.baselines import embedding
 from ee_jax.errors import ConfigError
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
@@ -79,22 +80,22 @@ def test_layer_probes_a_block_inside_the_backbone_at_tile_resolution():
   valid = np.ones(shape[:4], bool)
   mean, std = np.full(3, 1000.0), np.full(3, 300.0)
   args = (cfg, params, image, valid, mean, std)
-  out = feature_probe.backbone_features(*args)
+  out = embedding.backbone_features(*args)
   assert out.shape == (2, 8, 8, 16)
-  assert feature_probe.backbone_features(*args, layer="enc1").shape == (2, 8, 8, 16)
-  assert feature_probe.backbone_features(*args, layer="enc0").shape == (2, 8, 8, 8)
+  assert embedding.backbone_features(*args, layer="enc1").shape == (2, 8, 8, 16)
+  assert embedding.backbone_features(*args, layer="enc0").shape == (2, 8, 8, 8)
   # The output is ReLU of the final GroupNorm: the captured block is the right tensor.
-  pre = feature_probe.backbone_features(*args, layer="out_norm")
+  pre = embedding.backbone_features(*args, layer="out_norm")
   np.testing.assert_allclose(np.maximum(pre, 0.0), out, rtol=1e-6, atol=1e-6)
   assert (pre < 0).any()
   # Several blocks side by side, in the order named ('output': the backbone's output).
-  both = feature_probe.backbone_features(*args, layer="output,enc0")
+  both = embedding.backbone_features(*args, layer="output,enc0")
   assert both.shape == (2, 8, 8, 16 + 8)
   np.testing.assert_allclose(both[..., :16], out, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(both[..., 16:], feature_probe.backbone_features(*args, layer="enc0"),
+  np.testing.assert_allclose(both[..., 16:], embedding.backbone_features(*args, layer="enc0"),
                              rtol=1e-6, atol=1e-6)
   with pytest.raises(ConfigError, match="no block 'enc7'.*'enc0'"):
-    feature_probe.backbone_features(*args, layer="enc7")
+    embedding.backbone_features(*args, layer="enc7")
 
 
 def test_plus_input_is_what_the_segmentation_head_sees():
@@ -113,7 +114,7 @@ def test_plus_input_is_what_the_segmentation_head_sees():
   image = rng.integers(500, 1500, size=shape).astype(np.uint16)
   valid = rng.random(shape[:4]) > 0.2
   mean, std = np.full(3, 1000.0), np.full(3, 300.0)
-  base = feature_probe.backbone_features(cfg, params["backbone"], image, valid, mean, std)
+  base = embedding.backbone_features(cfg, params["backbone"], image, valid, mean, std)
   got = feature_probe.with_input(base, image, valid, mean, std)
   want = finetune.head_features(model, params["backbone"],
                                 *finetune.prepare_inputs(image, valid, mean, std))
