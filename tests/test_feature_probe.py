@@ -150,3 +150,25 @@ def test_a_classifier_probe_fits_only_the_kept_pixels_and_separates_the_classes(
 def test_an_unknown_classifier_is_named_by_its_flag():
   with pytest.raises(ConfigError, match=r"^--classifier: unknown 'forest'; known: "):
     feature_probe.main(["--classifier=forest"])
+
+
+def test_probe_runs_end_to_end_and_builds_each_backbone_once(labelled_data_dir, pretrained,
+                                                             monkeypatch, capsys):
+  """Every source is probed at every fraction; the random backbone and the checkpoint are
+  each initialised (or read) and compiled once, however many tile sets they embed."""
+  from tests.helpers import tiny_finetune_config
+  monkeypatch.setattr(feature_probe, "load_config_file",
+                      lambda *a, **k: tiny_finetune_config(labelled_data_dir))
+  built = []
+  for name in ("embedder", "from_checkpoint"):
+    real = getattr(feature_probe, name)
+    monkeypatch.setattr(feature_probe, name,
+                        lambda *a, _real=real, _name=name, **k: built.append(_name)
+                        or _real(*a, **k))
+  feature_probe.main([f"--sources=raw3x3,random,{pretrained}", "--fractions=0.5,1",
+                      "--steps=5"])
+  rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+  assert [(r[0], r[-1]) for r in rows] == [(f, s) for f in ("0.5", "1")
+                                           for s in ("raw3x3", "random", pretrained)]
+  assert all(0 <= float(r[2]) <= 100 and 0 <= float(r[3]) <= 100 for r in rows)
+  assert sorted(built) == ["embedder", "from_checkpoint"]
