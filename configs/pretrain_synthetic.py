@@ -3,8 +3,11 @@
   python launch.py --mode=pretrain --config=configs/pretrain_synthetic.py --workdir=W
 
 Arguments: none (the default UNet with 128 features, 4000 steps of 16 tiles, masked
-reconstruction of the bands and of each date's spectral shape), `:demo` (a narrower model,
-200 steps: the pre-training of `make demo`'s study), `:smoke`.
+reconstruction of the bands and of each date's spectral shape), `:wide` (the same with the
+full-resolution level twice as wide, widths (64, 64, 128, 256): features that hold more
+land cover than the pixels, at about 1.3x the pre-training time and 1.8x each
+fine-tuning's; docs/pretraining.md, sections 12e and 13), `:demo` (a narrower model, 200
+steps: the pre-training of `make demo`'s study), `:smoke`.
 
 Produced (docs/pretraining.md, section 10; 28 min alone on the 2-core AMD EPYC VM): a
 linear probe of its features (benchmarks/feature_probe.py) reaches test mIoU 59.1 / 65.2 /
@@ -34,7 +37,7 @@ from tfds_builders.synthetic_landcover.builder import SyntheticLandcover
 
 
 def get_config(arg: str | None = None):
-  arg = defaults.parse_arg(arg, ("smoke", "demo"), "configs/pretrain_synthetic.py")
+  arg = defaults.parse_arg(arg, ("smoke", "demo", "wide"), "configs/pretrain_synthetic.py")
   c = defaults.get_base_config()
   c.data.name = "synthetic_landcover"
   c.data.config_name = "default"
@@ -63,6 +66,8 @@ def get_config(arg: str | None = None):
     c.augment.crop_shift = 4
     c.data.config_name = "smoke"
     c.data.builder.num_tiles = {"unlabelled": 64, "train": 32, "validation": 32, "test": 16}
+  elif arg == "wide":  # dec0 bounds the output's 128 features: 64 channels, not 32
+    c.model.widths = (64, 64, 128, 256)
   elif arg == "demo":  # a narrower model, for `make demo` on 2 CPU cores
     c.model.widths = (16, 32, 64, 128)
     c.model.features = 32

@@ -13,7 +13,10 @@ fine-tunings (20 of them head-only), plus the classical baselines (linear, Light
 pixels (`study.embedding_baselines`). More fractions:
 `--config.study.fractions='(1.0,0.25,0.0625,0.015625)'`. Arguments: `:demo` (fractions 1
 and 1/16, 1 seed, `lp_ft` alone, no embedding row, shorter runs: part of `make demo`),
-`:smoke` (1 seed, `lp_ft` alone, no embedding row).
+`:smoke` (1 seed, `lp_ft` alone, no embedding row), `:wide` (the default study pre-training
+configs/pretrain_synthetic.py:wide, whose architecture both arms fine-tune: the fine-tuned
+pretrained arm leads further, at about 1.4x the default study's time; docs/pretraining.md,
+section 13).
 
 Why these two fractions by default: they are where pre-training has to pay (issue #30's
 criteria), and 5 paired seeds of 4 fractions cost over 2 hours on a 2-core VM, beyond the
@@ -26,16 +29,18 @@ from configs import defaults, finetune_synthetic
 
 
 def get_config(arg: str | None = None):
-  arg = defaults.parse_arg(arg, ("smoke", "demo"), "configs/study_synthetic.py")
+  arg = defaults.parse_arg(arg, ("smoke", "demo", "wide"), "configs/study_synthetic.py")
   c = finetune_synthetic.get_config("smoke" if arg == "smoke" else None)
+  cheap = arg in ("smoke", "demo")
   fractions, seeds = {None: ((1 / 16, 1 / 64), (0, 1, 2, 3, 4)),  # scarce labels: section 10
+                      "wide": ((1 / 16, 1 / 64), (0, 1, 2, 3, 4)),
                       "smoke": ((1.0, 1 / 4), (0,)),
                       "demo": ((1.0, 1 / 16), (0,))}[arg]  # demo: part of `make demo`
   defaults.add_study(c, pretrain_config="configs/pretrain_synthetic.py", pretrain_arg=arg or "",
                      fractions=fractions, seeds=seeds, smoke=arg == "smoke",
                      # :demo and :smoke: one fine-tuning a run, as before (cheap)
-                     candidates=defaults.CHEAP_CANDIDATES if arg else None,
-                     embedding_baselines=() if arg else None)
+                     candidates=defaults.CHEAP_CANDIDATES if cheap else None,
+                     embedding_baselines=() if cheap else None)
   if arg == "demo":  # shorter runs
     c.train.steps = 200
   return c

@@ -68,3 +68,20 @@ def test_every_study_builds_the_same_study_section(name):
   study = importlib.import_module(f"configs.{name}").get_config("smoke").study
   assert set(study) <= want and want - set(study) <= {"pretrain_data"}
   assert study.seeds == (0,) and len(study.fractions) == 2
+
+
+def test_wide_study_is_the_default_study_on_the_wide_pre_training():
+  """study_synthetic:wide changes only which pre-training runs (pretrain_synthetic:wide,
+  twice the full-resolution width); the fine-tuning runs take its architecture."""
+  from configs import study_synthetic
+  from ee_jax.study import pretrain_config_for
+  default, wide = study_synthetic.get_config(), study_synthetic.get_config("wide")
+  assert wide.study.pretrain_arg == "wide" and default.study.pretrain_arg == ""
+  wide.study.pretrain_arg = ""
+  assert wide.to_dict() == default.to_dict()
+  wide.study.pretrain_arg = "wide"
+  shipped, wider = pretrain_config_for(default), pretrain_config_for(wide)
+  assert wider.model.widths[0] == 2 * shipped.model.widths[0]
+  assert wider.model.widths[1:] == shipped.model.widths[1:]
+  wider.model.widths = shipped.model.widths
+  assert wider.to_dict() == shipped.to_dict()
