@@ -118,7 +118,7 @@ def test_killed_build_never_looks_complete_and_rebuild_works(tmp_path):
     (["--config=configs/pretrain_synthetic.py:smoke", "--config.train.steps=abc"],
      "error: --config.train.steps=abc: 'abc' is not a number (int)"),
     (["--config=configs/pretrain_synthetic.py:smok"],
-     "error: configs/pretrain_synthetic.py: unknown argument 'smok' (known: smoke, demo)"),
+     "error: configs/pretrain_synthetic.py: unknown argument 'smok' (known: smoke, demo, wide)"),
     (["--config=configs/pretrain_synthetic.py:smoke", "--mode=train"],
      "error: --mode=train: value should be one of <build|embed|evaluate|finetune|predict|"
      "pretrain|study>"),
