@@ -327,7 +327,7 @@ def _baseline(config, workdir: str, name: str, fraction: float, seed: int,
     result = runner.run_baseline(run_config(config, fraction, "random", seed, "", None,
                                             recipe), name, rundir,
                                  embedding_from=embedding_from,
-                                 embed=embedder() if embedder and embedding_from else None)
+                                 embed=embedder() if embedder else None)
   return {"name": run, "fraction": fraction, "baseline": name, "seed": seed,
           "miou": result["miou"], "oa": result["oa"], "kappa": result.get("kappa"),
           "per_class_iou": result["per_class_iou"], "per_class_f1": result.get("per_class_f1"),

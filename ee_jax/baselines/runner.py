@@ -111,11 +111,11 @@ def run_baseline(config, name: str, workdir: str, cap: int = MAX_PIXELS_PER_CLAS
   storage.makedirs(workdir)
   builder = distributed.primary_first(
       lambda: datasets.prepare(config.data, log=lambda *a: None), "prepare")
-  if embedding_from and embed is None:
-    embed = embedding.from_checkpoint(embedding_from, builder.info.metadata["bands"],
-                                      str(builder.data_dir))
-  elif not embedding_from:
-    embed = None
+  if embedding_from:
+    embed = embed or embedding.from_checkpoint(embedding_from, builder.info.metadata["bands"],
+                                               str(builder.data_dir))
+  else:
+    embed = None  # `embed` only ever comes with the checkpoint eval.json names
   data = _Data(builder, classifier.USES_INDICES, embed)
   train_split = config.data.train_split
   indices = finetune.select_tiles(config, builder, workdir, data.k, data.ignore)
