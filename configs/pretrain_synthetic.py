@@ -3,11 +3,12 @@
   python launch.py --mode=pretrain --config=configs/pretrain_synthetic.py --workdir=W
 
 Arguments: none (the default UNet with 128 features, 4000 steps of 16 tiles, masked
-reconstruction of the bands and of each date's spectral shape), `:wide` (the same with the
-full-resolution level twice as wide, widths (64, 64, 128, 256): features that hold more
-land cover than the pixels, at about 1.3x the pre-training time and 1.8x each
-fine-tuning's; docs/pretraining.md, sections 12e and 13), `:demo` (a narrower model, 200
-steps: the pre-training of `make demo`'s study), `:smoke`.
+reconstruction of the bands and of each date's spectral shape), `:wide` (the pre-training
+of the shipped study, configs/study_synthetic.py: the full-resolution level twice as wide,
+widths (64, 64, 128, 256), and 3000 steps: features that hold more land cover than the
+pixels at every fraction probed, each fine-tuning about 1.8x as long; docs/pretraining.md,
+sections 12e, 13 and 14), `:demo` (a narrower model, 200 steps: the pre-training of `make
+demo`'s study), `:smoke`.
 
 Produced (docs/pretraining.md, section 10; 28 min alone on the 2-core AMD EPYC VM): a
 linear probe of its features (benchmarks/feature_probe.py) reaches test mIoU 59.1 / 65.2 /
@@ -68,6 +69,7 @@ def get_config(arg: str | None = None):
     c.data.builder.num_tiles = {"unlabelled": 64, "train": 32, "validation": 32, "test": 16}
   elif arg == "wide":  # dec0 bounds the output's 128 features: 64 channels, not 32
     c.model.widths = (64, 64, 128, 256)
+    c.train.steps = 3000  # probes level with 4000 at this width, 5 min less (section 13d)
   elif arg == "demo":  # a narrower model, for `make demo` on 2 CPU cores
     c.model.widths = (16, 32, 64, 128)
     c.model.features = 32

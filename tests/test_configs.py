@@ -70,18 +70,22 @@ def test_every_study_builds_the_same_study_section(name):
   assert study.seeds == (0,) and len(study.fractions) == 2
 
 
-def test_wide_study_is_the_default_study_on_the_wide_pre_training():
-  """study_synthetic:wide changes only which pre-training runs (pretrain_synthetic:wide,
-  twice the full-resolution width); the fine-tuning runs take its architecture."""
+def test_default_study_is_the_narrow_one_on_the_wide_pre_training_with_shorter_runs():
+  """study_synthetic (default) against :narrow (the study shipped before): only which
+  pre-training runs (pretrain_synthetic:wide: twice the full-resolution width, 3000 steps
+  instead of 4000) and 200 fine-tuning steps instead of 300; the runs take the
+  pre-training's architecture."""
   from configs import study_synthetic
   from ee_jax.study import pretrain_config_for
-  default, wide = study_synthetic.get_config(), study_synthetic.get_config("wide")
-  assert wide.study.pretrain_arg == "wide" and default.study.pretrain_arg == ""
-  wide.study.pretrain_arg = ""
-  assert wide.to_dict() == default.to_dict()
-  wide.study.pretrain_arg = "wide"
-  shipped, wider = pretrain_config_for(default), pretrain_config_for(wide)
+  default, narrow = study_synthetic.get_config(), study_synthetic.get_config("narrow")
+  assert default.study.pretrain_arg == "wide" and narrow.study.pretrain_arg == ""
+  assert (default.train.steps, narrow.train.steps) == (200, 300)
+  default.study.pretrain_arg, default.train.steps = "", 300
+  assert default.to_dict() == narrow.to_dict()
+  default.study.pretrain_arg = "wide"
+  shipped, wider = pretrain_config_for(narrow), pretrain_config_for(default)
   assert wider.model.widths[0] == 2 * shipped.model.widths[0]
   assert wider.model.widths[1:] == shipped.model.widths[1:]
-  wider.model.widths = shipped.model.widths
+  assert (wider.train.steps, shipped.train.steps) == (3000, 4000)
+  wider.model.widths, wider.train.steps = shipped.model.widths, shipped.train.steps
   assert wider.to_dict() == shipped.to_dict()
