@@ -47,6 +47,6 @@ def get_config(arg: str | None = None):
                      # :demo and :smoke: one fine-tuning a run, as before (cheap)
                      candidates=defaults.CHEAP_CANDIDATES if cheap else None,
                      embedding_baselines=() if cheap else None)
-  if arg in (None, "demo"):  # 200 steps: within the budget, about 1 point below 300 (14)
+  if arg in (None, "demo"):  # 200 steps a run: the default within the budget (section 14)
     c.train.steps = 200
   return c
